@@ -1,0 +1,252 @@
+"""Complexity of any PyTorch image model: what Table 1 counts, and what it leaves out.
+
+The model is traced once with :func:`torch.export.export` at batch 1 and its ATen graph is walked:
+
+* **MACs** (multiply-adds) of convolutions and fully-connected layers, Table 1's convention:
+  ``output elements x (in_channels / groups) x kernel area`` for a conv, ``out x in`` for a linear layer;
+  biases are not counted.
+* **Other operations**, by kind, so that nothing is hidden: pooling (one op per window element),
+  resampling (one per output element), normalisation (one per element; a deployment runtime folds it
+  into the conv), element-wise arithmetic and activations (one per output element), and data movement
+  (elements copied by concatenation, padding or layout changes). Ops of no known kind are listed in
+  ``unclassified`` rather than dropped.
+* **Weight memory**: parameters (BN's scale and shift included, as in Table 1) at 4 bytes and at
+  1 byte (the paper's 8-bit convention).
+* **Peak activation memory** at batch 1: the largest total of activation tensors alive at once when the
+  graph runs in order, each tensor freed after its last use. Views and in-place ops share their input's
+  buffer, and an element-wise op (normalisation, activation, add, multiply) writes over an input of its
+  own shape that dies there, as deployment runtimes do when they fold BN and fuse activations. The input
+  image counts; weights do not (they live in flash).
+
+KB in this module means 1024 bytes, as microcontroller datasheets count flash and SRAM.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+POOLING = {"max_pool2d", "avg_pool2d", "max_pool2d_with_indices", "max_pool1d", "avg_pool1d"}
+GLOBAL_POOLING = {"adaptive_avg_pool2d", "adaptive_max_pool2d", "mean", "amax", "sum"}
+RESAMPLING = {"upsample_nearest2d", "upsample_bilinear2d", "upsample_bicubic2d", "_upsample_nearest_exact2d",
+              "grid_sampler_2d", "max_unpool2d"}
+NORMALIZATION = {"batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm", "layer_norm",
+                 "group_norm", "native_layer_norm", "native_group_norm"}
+ELEMENTWISE = {"add", "sub", "mul", "div", "relu", "relu6", "hardtanh", "hardswish", "hardsigmoid", "sigmoid",
+               "silu", "gelu", "tanh", "clamp", "clamp_min", "clamp_max", "leaky_relu", "elu", "exp", "log",
+               "sqrt", "rsqrt", "neg", "abs", "pow", "softmax", "_softmax", "log_softmax", "where", "maximum",
+               "minimum", "erf", "mish", "addcmul"}
+MOVEMENT = {"cat", "constant_pad_nd", "pad", "clone", "contiguous", "_to_copy", "copy", "repeat",
+            "repeat_interleave", "stack", "roll", "index_select", "channel_shuffle", "pixel_shuffle"}
+# Ops that return a view of their first argument (no new memory, no arithmetic).
+VIEWS = {"view", "_unsafe_view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose", "t",
+         "expand", "slice", "select", "narrow", "alias", "detach", "dropout", "feature_dropout", "identity",
+         "unflatten", "split", "chunk", "split_with_sizes", "getitem", "_assert_tensor_metadata", "lift_fresh_copy"}
+CONV = {"conv2d", "convolution", "conv1d", "_convolution", "conv_transpose2d"}
+MATMUL = {"linear", "addmm", "mm", "matmul", "bmm", "baddbmm"}
+OTHER_KINDS = ("pooling", "resampling", "normalization", "elementwise", "data_movement")
+
+
+@dataclass
+class Complexity:
+    """Complexity figures of one model at one input size (batch 1)."""
+
+    params: int
+    macs: int
+    other_ops: dict[str, int]
+    weight_bytes_fp32: int
+    weight_bytes_int8: int
+    peak_activation_elements: int
+    input_size: tuple[int, int, int]
+    per_block: dict[str, dict[str, int]] = field(default_factory=dict)
+    unclassified: list[str] = field(default_factory=list)
+
+    @property
+    def peak_activation_bytes_fp32(self) -> int:
+        return 4 * self.peak_activation_elements
+
+    @property
+    def peak_activation_bytes_int8(self) -> int:
+        return self.peak_activation_elements
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["other_ops_total"] = sum(self.other_ops.values())
+        out["peak_activation_bytes_fp32"] = self.peak_activation_bytes_fp32
+        out["peak_activation_bytes_int8"] = self.peak_activation_bytes_int8
+        return out
+
+
+def _op_name(target) -> str:
+    """``aten.relu_.default`` -> ``relu_``; ``operator.getitem`` -> ``getitem``."""
+    packet = getattr(target, "overloadpacket", None)
+    return getattr(packet, "__name__", None) or getattr(target, "__name__", str(target))
+
+
+def _numel(value) -> int:
+    return value.numel() if isinstance(value, torch.Tensor) else 0
+
+
+def _tensor_val(node):
+    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return val if isinstance(val, torch.Tensor) else None
+
+
+def _count(name: str, node: torch.fx.Node) -> tuple[str, int] | None:
+    """(kind, count) for one op: kind is ``"macs"`` or one of :data:`OTHER_KINDS`; ``None`` if unknown."""
+    out = _tensor_val(node)
+    out_elems = _numel(out) if out is not None else 0
+    args = node.args
+    if name in CONV:
+        weight = _tensor_val(args[1])
+        return "macs", out_elems * math.prod(weight.shape[1:])
+    if name in MATMUL:
+        first = _tensor_val(args[1] if name in ("addmm", "baddbmm") else args[0])
+        return "macs", out_elems * first.shape[-1]
+    if name in POOLING:
+        kernel = args[1] if len(args) > 1 else node.kwargs["kernel_size"]
+        kernel = list(kernel) if isinstance(kernel, (list, tuple)) else [kernel]
+        return "pooling", out_elems * math.prod(kernel * (2 // len(kernel)))
+    if name in GLOBAL_POOLING:
+        return "pooling", _numel(_tensor_val(args[0]))
+    if name in RESAMPLING:
+        return "resampling", out_elems
+    if name in NORMALIZATION:
+        return "normalization", out_elems
+    if name in ELEMENTWISE:
+        return "elementwise", out_elems
+    if name in MOVEMENT:
+        return "data_movement", out_elems
+    return None
+
+
+def _block_of(node: torch.fx.Node, depth: int) -> str:
+    """The module path (cut to ``depth`` levels) that issued the node, e.g. ``blocks.3``."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "(top)"
+    path = list(stack.values())[-1][0]
+    path = path.replace("L['self'].", "").replace("L__self___", "")
+    return ".".join(path.split(".")[:depth]) or "(top)"
+
+
+def _base_name(name: str) -> str:
+    """``relu_`` -> ``relu``: the out-of-place name of an in-place op."""
+    return name[:-1] if name.endswith("_") and not name.startswith("_") else name
+
+
+def _peak_activation(graph: torch.fx.Graph, user_inputs: set[str]) -> int:
+    """Largest number of activation elements alive at once; see the module docstring for the rules."""
+    nodes = list(graph.nodes)
+    index = {n: i for i, n in enumerate(nodes)}
+    buffer_of: dict[torch.fx.Node, torch.fx.Node] = {}  # tensor node -> node that owns its buffer
+    aliases: dict[torch.fx.Node, list[torch.fx.Node]] = defaultdict(list)  # buffer -> tensors sharing it
+    size: dict[torch.fx.Node, int] = {}
+
+    def assign(n: torch.fx.Node, buf: torch.fx.Node) -> None:
+        buffer_of[n] = buf
+        aliases[buf].append(n)
+
+    def last_read(buf: torch.fx.Node) -> int:
+        return max((index[u] for a in aliases[buf] for u in a.users), default=index[buf])
+
+    for n in nodes:
+        val = _tensor_val(n)
+        if n.op == "placeholder":
+            if n.name in user_inputs and val is not None:
+                assign(n, n)
+                size[n] = val.numel()
+            continue
+        if n.op != "call_function" or val is None:
+            continue
+        srcs = [a for a in n.all_input_nodes if a in buffer_of]
+        name = _op_name(n.target)
+        base = _base_name(name)
+        if srcs and (name in VIEWS or base != name):  # a view or an in-place op: shares its input's buffer
+            assign(n, buffer_of[srcs[0]])
+            continue
+        if base in ELEMENTWISE or base in NORMALIZATION:  # may overwrite an input of its size dying here
+            dying = [s for s in srcs if s.meta["val"].numel() == val.numel() and last_read(buffer_of[s]) == index[n]]
+            if dying:
+                assign(n, buffer_of[dying[0]])
+                continue
+        assign(n, n)
+        size[n] = val.numel()
+
+    graph_outputs = {buffer_of[a] for n in nodes if n.op == "output" for a in n.all_input_nodes if a in buffer_of}
+    frees: dict[int, list[torch.fx.Node]] = defaultdict(list)
+    for buf in size:
+        if buf not in graph_outputs:
+            frees[last_read(buf)].append(buf)
+    live = peak = 0
+    for n in nodes:
+        if n in size:
+            live += size[n]
+        peak = max(peak, live)
+        live -= sum(size[b] for b in frees.get(index[n], []))
+    return peak
+
+
+def profile_model(
+    model: nn.Module, img_size: int | tuple[int, int] = 224, in_chans: int | None = None, block_depth: int = 2
+) -> Complexity:
+    """Count parameters, MACs, other ops, weight and peak activation memory of ``model`` at batch 1.
+
+    ``in_chans`` defaults to the model's own ``in_chans`` attribute, else 3. ``block_depth`` sets how
+    many levels of the module path name a row of ``per_block`` (``blocks.3`` at depth 2).
+    """
+    height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
+    chans = in_chans or getattr(model, "in_chans", 3)
+    was_training = model.training
+    model.eval()
+    try:
+        example = torch.zeros(1, chans, height, width)
+        try:
+            exported = torch.export.export(model, (example,))
+        except Exception as err:  # export raises many types; the user needs one line
+            raise RuntimeError(f"cannot trace {type(model).__name__} for profiling: {err}".splitlines()[0]) from err
+    finally:
+        model.train(was_training)
+
+    graph = exported.graph_module.graph
+    user_inputs = set(exported.graph_signature.user_inputs)
+    macs = 0
+    other = dict.fromkeys(OTHER_KINDS, 0)
+    per_block: dict[str, dict[str, int]] = defaultdict(lambda: {"macs": 0, "other_ops": 0})
+    unclassified: set[str] = set()
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = _op_name(node.target)
+        base = _base_name(name)
+        if name in VIEWS or base in VIEWS:
+            continue
+        counted = _count(base, node)
+        if counted is None:
+            unclassified.add(name)
+            continue
+        kind, n = counted
+        block = per_block[_block_of(node, block_depth)]
+        if kind == "macs":
+            macs += n
+            block["macs"] += n
+        else:
+            other[kind] += n
+            block["other_ops"] += n
+
+    params = sum(p.numel() for p in model.parameters())
+    return Complexity(
+        params=params,
+        macs=macs,
+        other_ops=other,
+        weight_bytes_fp32=4 * params,
+        weight_bytes_int8=params,
+        peak_activation_elements=_peak_activation(graph, user_inputs),
+        input_size=(chans, height, width),
+        per_block=dict(per_block),
+        unclassified=sorted(unclassified),
+    )

@@ -1,0 +1,174 @@
+"""Architectures as plain data: block specs, a whole-network spec, and JSON/YAML round-trips.
+
+A spec is what a person reads and what a search writes; :func:`attendnets.model.build_model` is the one
+path from a spec to modules. Channel counts are absolute (no width multipliers hidden in code)::
+
+    {"name": "tiny", "num_classes": 10,
+     "blocks": [{"type": "conv", "out": 16, "kernel": 3, "stride": 2},
+                {"type": "vac", "mid": 8},
+                {"type": "pepe", "proj": 16, "mult": 2, "proj2": 16, "out": 32, "stride": 2}],
+     "head": {"hidden": [64]}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Union
+
+import yaml
+
+from attendnets.errors import AttendNetsError
+
+
+class SpecError(AttendNetsError):
+    """A spec that cannot describe a network; the message names the offending block."""
+
+
+@dataclass
+class ConvSpec:
+    """Conv -> BN -> act. ``kernel`` 3 is a spatial conv, 1 a pointwise conv; ``groups`` equal to the
+    input channels makes it depthwise (``out`` a multiple of the input gives a depthwise expansion)."""
+
+    out: int
+    kernel: int = 3
+    stride: int = 1
+    groups: int = 1
+    act: str = "relu"
+    type: ClassVar[str] = "conv"
+
+
+@dataclass
+class VACSpec:
+    """Visual attention condenser on the current channels; see
+    :class:`attendnets.blocks.VisualAttentionCondenser` for each field's meaning."""
+
+    mid: int
+    pool: int = 2
+    embed_kernel: int = 3
+    embed_groups: int = 4
+    scale: str = "channel"
+    act: str = "relu"
+    residual: bool = True
+    type: ClassVar[str] = "vac"
+
+
+@dataclass
+class PEPESpec:
+    """Projection-expansion-projection-expansion module; see :class:`attendnets.blocks.PEPE`."""
+
+    proj: int
+    proj2: int
+    out: int
+    mult: int = 2
+    kernel: int = 3
+    stride: int = 1
+    act: str = "relu"
+    type: ClassVar[str] = "pepe"
+
+
+BlockSpec = Union[ConvSpec, VACSpec, PEPESpec]
+BLOCK_TYPES: dict[str, type] = {cls.type: cls for cls in (ConvSpec, VACSpec, PEPESpec)}
+
+
+@dataclass
+class HeadSpec:
+    """Global average pooling, then fully-connected layers of ``hidden`` widths (each followed by
+    ``act`` and dropout ``dropout``), then the classifier."""
+
+    hidden: list[int] = field(default_factory=list)
+    act: str = "relu"
+    dropout: float = 0.0
+
+
+@dataclass
+class ArchSpec:
+    """A whole network: feature blocks in order, then the head.
+
+    ``num_classes``, ``in_chans`` and ``img_size`` are the defaults the network was designed for;
+    the builder can override the first two.
+    """
+
+    name: str
+    blocks: list[BlockSpec]
+    head: HeadSpec = field(default_factory=HeadSpec)
+    num_classes: int = 50
+    in_chans: int = 3
+    img_size: int = 224
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict in which every block carries its ``type``."""
+        out = dataclasses.asdict(self)
+        out["blocks"] = [{"type": b.type, **dataclasses.asdict(b)} for b in self.blocks]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArchSpec:
+        """Parse a dict as written by :meth:`to_dict`; unknown keys are errors, not silently ignored."""
+        if not isinstance(data, dict):
+            raise SpecError(f"a spec must be a mapping, got {type(data).__name__}")
+        data = dict(data)
+        raw_blocks = data.pop("blocks", None)
+        if not isinstance(raw_blocks, list) or not raw_blocks:
+            raise SpecError("a spec needs a non-empty list 'blocks'")
+        blocks = [_block_from_dict(i, b) for i, b in enumerate(raw_blocks)]
+        head = _dataclass_from_dict(HeadSpec, data.pop("head", {}) or {}, "head")
+        if "name" not in data:
+            raise SpecError("a spec needs a 'name'")
+        return _dataclass_from_dict(cls, {**data, "blocks": blocks, "head": head}, "spec")
+
+    def to_json(self) -> str:
+        """JSON with one block per line, so that a spec reads like the table of a paper's figure."""
+        data = self.to_dict()
+        blocks = ",\n".join("    " + json.dumps(b) for b in data.pop("blocks"))
+        fields = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in data.items()]
+        return "{\n" + ",\n".join(fields) + ',\n  "blocks": [\n' + blocks + "\n  ]\n}"
+
+    def save(self, path: str | Path) -> None:
+        """Write as YAML when the suffix is ``.yaml``/``.yml``, else JSON."""
+        path = Path(path)
+        if path.suffix in (".yaml", ".yml"):
+            text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        else:
+            text = self.to_json() + "\n"
+        path.write_text(text)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ArchSpec:
+        """Read a JSON or YAML spec file."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise SpecError(f"cannot read spec file {path}: {err.strerror}") from None
+        try:
+            data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as err:
+            raise SpecError(f"spec file {path} is not valid {path.suffix[1:].upper()}: {err}") from None
+        return cls.from_dict(data)
+
+
+def _dataclass_from_dict(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(names)}")
+    try:
+        return cls(**data)
+    except TypeError as err:
+        raise SpecError(f"{where}: {err}") from None
+
+
+def _block_from_dict(index: int, data: Any) -> BlockSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"block {index}: expected a mapping, got {type(data).__name__}")
+    data = dict(data)
+    kind = data.pop("type", None)
+    if kind not in BLOCK_TYPES:
+        raise SpecError(f"block {index}: unknown block type {kind!r}; known: {sorted(BLOCK_TYPES)}")
+    return _dataclass_from_dict(BLOCK_TYPES[kind], data, f"block {index} ({kind})")
