@@ -1,0 +1,5 @@
+import sys
+
+from attendnets.cli import main
+
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""``attendnets <verb>``: one command line for every task.
+
+Each verb lives in its own module of this package, which defines ``HELP`` (one line), ``DESCRIPTION``
+(what it does, with examples), ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from attendnets.errors import AttendNetsError
+
+VERBS = ("models", "profile")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attendnets",
+        description="Tiny 8-bit image-recognition networks (AttendNets): build, profile, train, ship.",
+        epilog="Run 'attendnets VERB --help' for the options and examples of each verb.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for name in VERBS:
+        module = importlib.import_module(f"attendnets.cli.{name}")
+        sub = verbs.add_parser(
+            name,
+            help=module.HELP,
+            description=module.DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def _version() -> str:
+    from attendnets import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (AttendNetsError, FileNotFoundError) as err:
+        print(f"attendnets {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"attendnets {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
