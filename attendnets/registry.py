@@ -16,6 +16,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+from attendnets.errors import AttendNetsError
 from attendnets.model import AttendNet
 from attendnets.spec import ArchSpec
 
@@ -50,7 +51,7 @@ REPORTED_ONLY = ("attonet_a", "attonet_b")  # no public architecture: shown with
 def load_preset(name: str) -> ArchSpec:
     """The spec of a preset (``attendnet_a`` or ``attendnet_b``)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        raise AttendNetsError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
     return ArchSpec.load(PRESET_DIR / f"{name}.json")
 
 
@@ -82,7 +83,7 @@ default_cfgs = generate_default_cfgs(
 
 def _create(variant: str, spec: ArchSpec, pretrained: bool, **kwargs) -> AttendNet:
     if pretrained:
-        raise ValueError(f"no pretrained weights are published for {variant}; load a checkpoint instead")
+        raise AttendNetsError(f"no pretrained weights are published for {variant}; load a checkpoint instead")
     kwargs.pop("global_pool", None)
     return build_model_with_cfg(
         AttendNet, variant, pretrained=False, spec=spec, feature_cfg=dict(flatten_sequential=True), **kwargs
@@ -106,7 +107,7 @@ def attendnet(pretrained: bool = False, spec: ArchSpec | dict | str | Path | Non
     """An AttendNet from any spec (file path, dict or :class:`ArchSpec`); the spec's own ``num_classes``
     and ``in_chans`` are the defaults."""
     if spec is None:
-        raise ValueError("timm.create_model('attendnet', spec=...) needs a spec file, dict or ArchSpec")
+        raise AttendNetsError("timm.create_model('attendnet', spec=...) needs a spec file, dict or ArchSpec")
     if isinstance(spec, dict):
         spec = ArchSpec.from_dict(spec)
     elif not isinstance(spec, ArchSpec):
@@ -129,10 +130,10 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
     if is_spec_path(name):
         return timm.create_model("attendnet", spec=name, **overrides, **kwargs)
     if name in REPORTED_ONLY:
-        raise ValueError(f"{name} has no public architecture: only the paper's reported figures are known")
+        raise AttendNetsError(f"{name} has no public architecture: only the paper's reported figures are known")
     timm_name = BASELINES.get(name, name)
     if not timm.is_model(timm_name):
-        raise ValueError(
+        raise AttendNetsError(
             f"unknown model {name!r}: give a preset ({', '.join(PRESETS)}), a baseline "
             f"({', '.join(BASELINES)}), a timm model name, or a .json/.yaml spec file"
         )

@@ -1,0 +1,50 @@
+"""``attendnets models`` and ``attendnets profile`` as a user and a script would call them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from attendnets.cli import main
+
+
+def test_profile_default_shows_table1_comparison(capsys) -> None:
+    assert main(["profile", "--json"]) == 0
+    records = {r["model"]: r for r in json.loads(capsys.readouterr().out)["models"]}
+    assert set(records) == {"attendnet_a", "attendnet_b", "mobilenet_v1", "mobilenet_v2", "attonet_a", "attonet_b"}
+    for name, tolerance in [("attendnet_a", 0.03), ("attendnet_b", 0.03), ("mobilenet_v1", 0.01), ("mobilenet_v2", 0.01)]:
+        assert abs(records[name]["table1"]["params_deviation"]) <= tolerance
+        assert abs(records[name]["table1"]["macs_deviation"]) <= tolerance
+    assert records["attonet_b"]["source"] == "reported (Table 1)"
+    # The paper: AttendNet-B has ~4.17x fewer params, ~3x fewer MACs, ~16.7x lower weight memory than MobileNet-V1.
+    ratios = records["attendnet_b"]["vs_mobilenet_v1"]
+    assert ratios["fewer_params"] == pytest.approx(4.17, rel=0.03)
+    assert ratios["fewer_macs"] == pytest.approx(3.0, rel=0.03)
+    assert ratios["lower_weight_memory"] == pytest.approx(16.7, rel=0.03)
+
+
+def test_profile_table_and_spec_file(tmp_path, tiny_spec, capsys) -> None:
+    path = tmp_path / "tiny.json"
+    tiny_spec.save(path)
+    assert main(["profile", "--spec", str(path), "--img-size", "32", "--num-classes", "5", "--per-block"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny.json" in out and "blocks.1" in out and "Table 1" not in out
+
+
+def test_models_lists_presets_and_baselines(capsys) -> None:
+    assert main(["models", "--json"]) == 0
+    kinds = {r["model"]: r["kind"] for r in json.loads(capsys.readouterr().out)}
+    assert kinds["attendnet_b"] == "preset" and kinds["mobilenet_v1"] == "baseline"
+    assert kinds["attonet_a"] == "reported only"
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "bad", "blocks": [{"type": "conv", "out": 8, "groups": 3}]}))
+    assert main(["profile", "--spec", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "block 0 (conv): groups=3" in err
+    assert main(["profile", "no_such_model"]) == 2
+    assert "unknown model 'no_such_model'" in capsys.readouterr().err
+    assert main(["profile", "attonet_a", "--img-size", "224"]) == 0  # reported-only rows need no build

@@ -1,0 +1,94 @@
+"""The profiler against hand counts, Table 1, and simple memory schedules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from attendnets.complexity import profile_model
+from attendnets.model import build_model
+from attendnets.registry import TABLE1, create_model
+
+
+def test_macs_and_params_match_a_hand_count(tiny_spec) -> None:
+    """Tiny spec at 3x16x16: conv 3->8 s2 (8x8), VAC 8 (mid 4, 2 groups), PEPE s2 -> 16 (4x4), FC 16->12->5."""
+    macs = {
+        "stem 3x3": 8 * 8 * 8 * 3 * 9,
+        "vac down-mix": 8 * 8 * 4 * 8,
+        "vac grouped 3x3 at 4x4": 4 * 4 * 4 * 2 * 9,
+        "vac embed 1x1": 4 * 4 * 4 * 4,
+        "vac up-mix": 8 * 8 * 8 * 4,
+        "pepe project": 8 * 8 * 4 * 8,
+        "pepe depthwise x2 s2": 4 * 4 * 8 * 9,
+        "pepe project2": 4 * 4 * 4 * 8,
+        "pepe expand": 4 * 4 * 16 * 4,
+        "fc": 16 * 12,
+        "classifier": 12 * 5,
+    }
+    params = {
+        "stem": 8 * 27 + 2 * 8,
+        "vac": (4 * 8 + 8) + (4 * 2 * 9 + 8) + (4 * 4 + 4) + 4 + (8 * 4 + 16),
+        "pepe": (4 * 8 + 8) + (8 * 9 + 16) + (4 * 8 + 8) + (16 * 4 + 32),
+        "head": (16 * 12 + 12) + (12 * 5 + 5),
+    }
+    result = profile_model(build_model(tiny_spec), img_size=16)
+    assert result.macs == sum(macs.values()) == 24316
+    assert result.params == sum(params.values())
+    assert result.weight_bytes_fp32 == 4 * result.params and result.weight_bytes_int8 == result.params
+    assert result.unclassified == []
+
+
+def test_vac_other_ops_are_counted(tiny_spec) -> None:
+    """The VAC's non-MAC work at 8x8 with 4 mid channels: pooling, resampling, sigmoid, multiplies."""
+    vac = profile_model(build_model(tiny_spec), img_size=16).per_block["blocks.1"]
+    pooling = 4 * 4 * 4 * 4  # 2x2 max pool, 4x4x4 outputs
+    resampling = 4 * 8 * 8  # nearest unpooling to 8x8
+    # BN+ReLU after down-mix and embed conv, sigmoid, two multiplies, BN after up-mix, residual add
+    elementwise = 2 * 256 + 2 * 64 + 64 + 2 * 256 + 512 + 512
+    assert vac["other_ops"] == pooling + resampling + elementwise
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
+def test_mobilenets_match_table1_within_1_percent(name: str) -> None:
+    result = profile_model(create_model(name, num_classes=50))
+    assert result.params == pytest.approx(TABLE1[name].params, rel=0.01)
+    assert result.macs == pytest.approx(TABLE1[name].macs, rel=0.01)
+    assert result.unclassified == []
+
+
+@pytest.mark.parametrize("name", ["attendnet_a", "attendnet_b"])
+def test_presets_match_table1_within_3_percent(name: str) -> None:
+    result = profile_model(create_model(name, num_classes=50))
+    assert result.params == pytest.approx(TABLE1[name].params, rel=0.03)
+    assert result.macs == pytest.approx(TABLE1[name].macs, rel=0.03)
+
+
+def test_peak_activation_of_a_chain() -> None:
+    """conv 3->8 (3x8x8 in, 8x8x8 out), BN and ReLU in place, conv 8->4: peak is 8x8x8 + 4x8x8."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    result = profile_model(model, img_size=8, in_chans=3)
+    assert result.peak_activation_elements == 512 + 256
+    assert result.peak_activation_bytes_fp32 == 4 * (512 + 256)
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.wide = nn.Conv2d(3, 16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wide(x + self.conv(x))
+
+
+def test_peak_activation_keeps_the_skip_alive() -> None:
+    """The input (192) lives through the conv (192 more); the add writes in place; then 192 + 1024."""
+    result = profile_model(Residual(), img_size=8, in_chans=3)
+    assert result.peak_activation_elements == 192 + 16 * 64
+
+
+def test_profiler_restores_training_mode(tiny_spec) -> None:
+    model = build_model(tiny_spec).train()
+    profile_model(model, img_size=16)
+    assert model.training

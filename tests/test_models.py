@@ -1,0 +1,128 @@
+"""Every registered AttendNet and spec path: forward, backward, round-trips, timm API, export, bad specs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+
+import attendnets  # noqa: F401  (registers the models with timm)
+from attendnets.model import build_model
+from attendnets.registry import PRESETS, load_preset
+from attendnets.spec import ArchSpec, SpecError
+
+from .conftest import TINY_SPEC
+
+REGISTERED = sorted(set(timm.list_models("attendnet_*")))
+
+
+def test_presets_are_registered() -> None:
+    assert set(PRESETS) <= set(REGISTERED)
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+@pytest.mark.parametrize("size", [224, 160, 97])
+def test_forward_shapes(name: str, size: int) -> None:
+    model = timm.create_model(name, num_classes=7).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, size, size)).shape == (1, 7)
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_gradients_reach_every_parameter(name: str) -> None:
+    model = timm.create_model(name, num_classes=3).train()
+    model(torch.randn(2, 3, 64, 64)).logsumexp(1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_timm_api(name: str) -> None:
+    model = timm.create_model(name, num_classes=11, in_chans=1).eval()
+    x = torch.randn(2, 1, 96, 96)
+    features = model.forward_features(x)
+    assert features.shape == (2, model.num_features, 3, 3)
+    assert model.forward_head(features, pre_logits=True).shape == (2, model.head_hidden_size)
+    assert model.get_classifier().out_features == 11
+    model.reset_classifier(4)
+    assert model(x).shape == (2, 4)
+    assert model.pretrained_cfg["num_classes"] == 50
+    extractor = timm.create_model(name, features_only=True)
+    maps = extractor(torch.randn(1, 3, 64, 64))
+    assert [m.shape[1] for m in maps] == extractor.feature_info.channels()
+    assert extractor.feature_info.reduction() == [2, 4, 8, 16, 32]
+
+
+def test_spec_file_through_timm(tmp_path, tiny_spec: ArchSpec) -> None:
+    path = tmp_path / "tiny.yaml"
+    tiny_spec.save(path)
+    model = timm.create_model("attendnet", spec=str(path))
+    assert model.num_classes == 5
+    assert timm.create_model("attendnet", spec=str(path), num_classes=9)(torch.randn(1, 3, 32, 32)).shape == (1, 9)
+    assert attendnets.create_model(str(path), num_classes=2)(torch.randn(1, 3, 32, 32)).shape == (1, 2)
+
+
+@pytest.mark.parametrize("spec", [load_preset(p) for p in PRESETS] + [ArchSpec.from_dict(TINY_SPEC)], ids=lambda s: s.name)
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_spec_round_trip_builds_identical_model(tmp_path, spec: ArchSpec, suffix: str) -> None:
+    path = tmp_path / f"spec{suffix}"
+    spec.save(path)
+    again = ArchSpec.load(path)
+    assert again == spec
+    assert ArchSpec.from_dict(json.loads(spec.to_json())) == spec
+    shapes = {k: v.shape for k, v in build_model(spec).state_dict().items()}
+    assert {k: v.shape for k, v in build_model(again).state_dict().items()} == shapes
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_say_they_are_reconstructions(name: str) -> None:
+    assert "reconstruction" in load_preset(name).description
+    assert "not copied from the figure" in load_preset(name).description
+
+
+@pytest.mark.parametrize("name", [*PRESETS, "attendnet"])
+def test_torch_export(name: str) -> None:
+    kwargs = {"spec": TINY_SPEC} if name == "attendnet" else {}
+    model = timm.create_model(name, num_classes=10, **kwargs).eval()
+    x = torch.randn(1, 3, 97, 97)
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        assert torch.allclose(exported.module()(x), model(x), atol=1e-5)
+
+
+def _with_block(index: int, **changes) -> dict:
+    spec = json.loads(json.dumps(TINY_SPEC))
+    spec["blocks"][index].update(changes)
+    return spec
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (_with_block(1, type="attention"), r"block 1: unknown block type 'attention'"),
+        (_with_block(0, groups=3), r"block 0 \(conv\): groups=3 must divide"),
+        (_with_block(1, mid=5), r"block 1 \(vac\): mid=5 is not divisible by embed_groups=2"),
+        (_with_block(2, out=0), r"block 2 \(pepe\): out must be a positive integer"),
+        (_with_block(2, mult=-1), r"block 2 \(pepe\): mult must be a positive integer"),
+        (_with_block(0, kernel=2), r"block 0 \(conv\): kernel must be odd"),
+        (_with_block(1, pool=16), r"block 1 \(vac\): spatial size 8 at 16px input is below its pool size 16"),
+        (_with_block(1, colour="red"), r"block 1 \(vac\): unknown field\(s\) \['colour'\]"),
+        (_with_block(1, act="swoosh"), r"block 1 \(vac\): unknown activation 'swoosh'"),
+        ({**TINY_SPEC, "blocks": []}, r"non-empty list 'blocks'"),
+        ({**TINY_SPEC, "head": {"hidden": [0]}}, r"head hidden layer 0: units must be a positive integer"),
+    ],
+)
+def test_bad_specs_fail_at_build_naming_the_block(spec: dict, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        build_model(spec)
+
+
+def test_bad_spec_files(tmp_path) -> None:
+    with pytest.raises(SpecError, match="cannot read spec file"):
+        ArchSpec.load(tmp_path / "missing.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(SpecError, match="is not valid JSON"):
+        ArchSpec.load(broken)
