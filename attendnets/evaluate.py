@@ -1,0 +1,187 @@
+"""Accuracy of a model on an image folder: top-1, top-5, per-class accuracy and the confusion matrix.
+
+Counts are gathered in a :class:`Tally` (a confusion matrix plus top-5 hits and the summed loss), which
+distributed training sums across processes; the figures are derived from it, so top-1, per-class accuracy
+and the confusion matrix can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from timm.data import create_transform
+from torch import nn
+from torch.utils.data import DataLoader
+
+from attendnets.checkpoint import atomic_write, atomic_write_text, load_checkpoint
+from attendnets.data import ImageList, open_split
+from attendnets.errors import AttendNetsError
+from attendnets.runtime import tune_malloc
+
+
+@dataclass
+class Tally:
+    """Running counts over labelled predictions. ``confusion[t, p]`` counts images of class ``t``
+    predicted as ``p``."""
+
+    confusion: torch.Tensor
+    topk_hits: torch.Tensor
+    loss_sum: torch.Tensor
+
+    @classmethod
+    def empty(cls, num_classes: int) -> Tally:
+        return cls(
+            torch.zeros(num_classes, num_classes, dtype=torch.int64),
+            torch.zeros((), dtype=torch.int64),
+            torch.zeros((), dtype=torch.float64),
+        )
+
+    @property
+    def k(self) -> int:
+        """The ``k`` of top-k: 5, or the class count when there are fewer classes."""
+        return min(5, self.confusion.shape[0])
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        logits, targets = logits.detach().float().cpu(), targets.cpu()
+        n = self.confusion.shape[0]
+        self.confusion += torch.bincount(targets * n + logits.argmax(1), minlength=n * n).view(n, n)
+        self.topk_hits += (logits.topk(self.k, dim=1).indices == targets[:, None]).any(1).sum()
+        self.loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
+
+    def all_reduce(self) -> None:
+        """Sum the counts of every process (a no-op outside distributed runs)."""
+        if dist.is_available() and dist.is_initialized():
+            for t in (self.confusion, self.topk_hits, self.loss_sum):
+                dist.all_reduce(t)
+
+    @property
+    def images(self) -> int:
+        return int(self.confusion.sum())
+
+    def summary(self, classes: list[str] | None = None) -> dict[str, Any]:
+        """Percentages (top-1, top-k, per class), mean cross-entropy and the confusion matrix."""
+        n = max(self.images, 1)
+        per_class_total = self.confusion.sum(1).clamp(min=1)
+        per_class = (100.0 * self.confusion.diag() / per_class_total).tolist()
+        classes = classes or [str(i) for i in range(self.confusion.shape[0])]
+        return {
+            "images": self.images,
+            "top1": 100.0 * float(self.confusion.diag().sum()) / n,
+            "top5": 100.0 * float(self.topk_hits) / n,
+            "top5_k": self.k,
+            "loss": float(self.loss_sum) / n,
+            "classes": classes,
+            "per_class_top1": dict(zip(classes, per_class)),
+            "confusion": self.confusion.tolist(),
+        }
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, channels_last: bool = True
+) -> Tally:
+    """Run ``model`` (in eval mode) over ``loader``; in distributed runs, the counts of all processes."""
+    was_training = model.training
+    model.eval()
+    tally = Tally.empty(num_classes)
+    for images, targets in loader:
+        images = images.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        tally.update(model(images), targets)
+    tally.all_reduce()
+    model.train(was_training)
+    return tally
+
+
+def eval_transform(meta: dict[str, Any]):
+    """The deterministic preprocessing a checkpoint was validated with: resize, centre crop, normalise."""
+    return create_transform(
+        meta["img_size"],
+        is_training=False,
+        interpolation=meta["interpolation"],
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+        crop_pct=meta["crop_pct"],
+    )
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike | None,
+    split: str = "val",
+    batch_size: int = 64,
+    workers: int = 2,
+    strict: bool = False,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on ``DATA/split``: the :meth:`Tally.summary` plus what was evaluated."""
+    tune_malloc()
+    model, meta = load_checkpoint(checkpoint)
+    classes, samples = open_split(data, split, strict)
+    if classes != meta["class_names"]:
+        raise AttendNetsError(
+            f"the classes of {split}/ ({len(classes)}: {', '.join(classes[:3])}, ...) are not the "
+            f"{len(meta['class_names'])} the checkpoint was trained on ({', '.join(meta['class_names'][:3])}, ...)"
+        )
+    loader = DataLoader(
+        ImageList(samples, classes, eval_transform(meta)),
+        batch_size=batch_size,
+        num_workers=workers,
+        persistent_workers=False,
+    )
+    model = model.to(memory_format=torch.channels_last)
+    tally = evaluate_model(model, loader, len(classes), torch.device("cpu"))
+    return {
+        "checkpoint": str(checkpoint),
+        "split": split,
+        "model": meta.get("model") or meta["spec"]["name"],
+        "epoch": meta.get("epoch"),
+        "weights": meta.get("weights"),
+        "img_size": meta["img_size"],
+        **tally.summary(classes),
+    }
+
+
+def save_report(result: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
+    """Write ``eval.json`` (everything) and ``confusion.png``; returns the paths written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out_dir / "eval.json", out_dir / "confusion.png"
+    atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
+    atomic_write(png_path, lambda tmp: plot_confusion(result, tmp))
+    return [json_path, png_path]
+
+
+def plot_confusion(result: dict[str, Any], path: str) -> None:
+    """The confusion matrix as a heat map, rows normalised to the share of each true class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    confusion = torch.tensor(result["confusion"], dtype=torch.float64)
+    shares = confusion / confusion.sum(1, keepdim=True).clamp(min=1)
+    classes = result["classes"]
+    size = max(4.0, 0.5 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=90)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{result['model']} on {result['split']}: top-1 {result['top1']:.1f}%")
+    if len(classes) <= 20:
+        for t in range(len(classes)):
+            for p in range(len(classes)):
+                if confusion[t, p]:
+                    color = "white" if shares[t, p] > 0.5 else "black"
+                    ax.text(p, t, int(confusion[t, p]), ha="center", va="center", fontsize=7, color=color)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)

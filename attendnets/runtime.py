@@ -1,0 +1,28 @@
+"""Process-wide settings that make PyTorch on a CPU fast.
+
+glibc's malloc returns freed memory to the system eagerly and serves large blocks with fresh ``mmap``
+pages, so every training step page-faults its activations back in: 1.5-3x slower training measured on
+2-core machines (see ``shared/notes/performance.md``). Raising both thresholds to 1 GB keeps that
+memory in the process. The environment variables ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``
+only act at process start; :func:`tune_malloc` sets the same parameters with ``mallopt`` at any time
+(measured equally fast), so ``attendnets train``/``eval`` and library calls need no re-execution.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+THRESHOLD = 1_000_000_000
+
+
+def tune_malloc() -> bool:
+    """Raise glibc's mmap and trim thresholds to 1 GB; ``False`` where there is no glibc ``mallopt``."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, THRESHOLD))
