@@ -51,12 +51,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def model_meta(model: nn.Module, name: str) -> dict[str, Any]:
     """How to rebuild ``model`` later: its name and, for AttendNets, its full spec."""
-    meta: dict[str, Any] = {"model": None if is_spec_path(name) else name}
-    if isinstance(model, AttendNet):
-        meta["spec"] = model.spec.to_dict()
-    meta["num_classes"] = model.num_classes
-    meta["in_chans"] = getattr(model, "in_chans", 3)
-    return meta
+    return {
+        "model": None if is_spec_path(name) else name,
+        "spec": model.spec.to_dict() if isinstance(model, AttendNet) else None,
+        "num_classes": model.num_classes,
+        "in_chans": getattr(model, "in_chans", 3),
+    }
 
 
 def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:

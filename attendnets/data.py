@@ -65,11 +65,11 @@ def check_same_classes(train_classes: list[str], val_classes: list[str]) -> None
     only_val = sorted(set(val_classes) - set(train_classes))
     raise AttendNetsError(
         "class folders differ between train/ and val/: "
-        f"only in train: {_names(only_train)}; only in val: {_names(only_val)}"
+        f"only in train: {short_list(only_train)}; only in val: {short_list(only_val)}"
     )
 
 
-def _names(names: list[str], limit: int = 5) -> str:
+def short_list(names: list[str], limit: int = 5) -> str:
     if not names:
         return "none"
     more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
@@ -224,8 +224,8 @@ def _draw(kind: str, size: int, rng: random.Random) -> Image.Image:
         for _ in range(rng.randrange(5, 10)):
             x, y, d = rng.uniform(0, size), rng.uniform(0, size), size / 16
             draw.ellipse((x - d, y - d, x + d, y + d), fill=fg)
-    noise = Image.effect_noise((size, size), rng.uniform(10, 40)).convert("RGB")
-    return Image.blend(img, noise, 0.2).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
+    noise = Image.frombytes("L", (size, size), rng.randbytes(size * size)).convert("RGB")
+    return Image.blend(img, noise, rng.uniform(0.05, 0.2)).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
 
 
 def make_synthetic_dataset(

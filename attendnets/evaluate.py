@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from attendnets.checkpoint import atomic_write, atomic_write_text, load_checkpoint
-from attendnets.data import ImageList, open_split
+from attendnets.data import ImageList, open_split, short_list
 from attendnets.errors import AttendNetsError
 from attendnets.runtime import tune_malloc
 
@@ -125,8 +125,8 @@ def evaluate_checkpoint(
     classes, samples = open_split(data, split, strict)
     if classes != meta["class_names"]:
         raise AttendNetsError(
-            f"the classes of {split}/ ({len(classes)}: {', '.join(classes[:3])}, ...) are not the "
-            f"{len(meta['class_names'])} the checkpoint was trained on ({', '.join(meta['class_names'][:3])}, ...)"
+            f"the classes of {split}/ ({len(classes)}: {short_list(classes)}) are not the "
+            f"{len(meta['class_names'])} the checkpoint was trained on ({short_list(meta['class_names'])})"
         )
     loader = DataLoader(
         ImageList(samples, classes, eval_transform(meta)),
@@ -165,7 +165,7 @@ def plot_confusion(result: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     confusion = torch.tensor(result["confusion"], dtype=torch.float64)
-    shares = confusion / confusion.sum(1, keepdim=True).clamp(min=1)
+    shares = (confusion / confusion.sum(1, keepdim=True).clamp(min=1)).numpy()
     classes = result["classes"]
     size = max(4.0, 0.5 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size))

@@ -29,6 +29,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,6 +282,9 @@ def _train(config: TrainConfig, proc: Process) -> TrainResult:
     net: nn.Module = model
     if proc.world > 1:
         net = DistributedDataParallel(model, device_ids=[proc.device.index] if proc.device.type == "cuda" else None)
+        # (1, C, 1, 1) parameters (a VAC's scale) in channels_last have strides that DDP calls mismatched
+        # although the memory layout is the same; the warning would repeat every epoch.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     ema = ModelEmaV3(model, decay=config.ema_decay, use_warmup=True) if config.ema else None
     if state is not None:
         if ema is not None:
@@ -308,12 +312,14 @@ def _train(config: TrainConfig, proc: Process) -> TrainResult:
         for epoch in range(start_epoch, config.epochs):
             sampler.set_epoch(epoch)
             stats = _train_epoch(net, model, ema, train_loader, criterion, optimizer, scheduler, epoch, config, proc)
+            _sync_buffers(proc, model, ema.module if ema else None)
             raw = evaluate_model(model, val_loader, len(classes), proc.device).summary(classes)
             ema_eval = evaluate_model(ema.module, val_loader, len(classes), proc.device).summary(classes) if ema else None
             pick, picked = ("ema", ema_eval) if ema_eval and ema_eval["top1"] > raw["top1"] else ("raw", raw)
             record = {
                 "epoch": epoch + 1,
                 **stats,
+                "val_images": raw["images"],
                 "val_loss": raw["loss"],
                 "val_top1": raw["top1"],
                 "val_top5": raw["top5"],
@@ -365,6 +371,17 @@ def _train(config: TrainConfig, proc: Process) -> TrainResult:
         if writer:
             writer.close()
     return TrainResult(out, best_top1, best_epoch, config.epochs - start_epoch, model, history)
+
+
+def _sync_buffers(proc: Process, *modules: nn.Module | None) -> None:
+    """Give every process rank 0's BatchNorm statistics: DDP syncs them before each forward, but the last
+    forward (and the EMA of them) leaves each process with its own."""
+    if proc.world == 1:
+        return
+    for module in modules:
+        if module is not None:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, 0)
 
 
 def _train_epoch(
