@@ -311,6 +311,7 @@ def _train(config: TrainConfig, proc: Process) -> TrainResult:
     try:
         for epoch in range(start_epoch, config.epochs):
             sampler.set_epoch(epoch)
+            epoch_start = time.perf_counter()
             stats = _train_epoch(net, model, ema, train_loader, criterion, optimizer, scheduler, epoch, config, proc)
             _sync_buffers(proc, model, ema.module if ema else None)
             raw = evaluate_model(model, val_loader, len(classes), proc.device).summary(classes)
@@ -329,7 +330,7 @@ def _train(config: TrainConfig, proc: Process) -> TrainResult:
             improved = picked["top1"] > best_top1
             if improved:
                 best_top1, best_epoch = picked["top1"], epoch + 1
-            record.update(best_top1=best_top1, best_epoch=best_epoch)
+            record.update(best_top1=best_top1, best_epoch=best_epoch, epoch_seconds=time.perf_counter() - epoch_start)
             rng = _gather(_rng_state(), proc)
             if proc.main:
                 weights = ema.module if pick == "ema" else model

@@ -1,0 +1,181 @@
+"""Accuracy on Imagenette: AttendNet-A/B against MobileNet-V1/V2, from scratch, one recipe for all.
+
+Each model is trained by ``attendnets train`` in its own process (one after another: never two heavy
+processes at once), then its best checkpoint is re-evaluated by ``attendnets eval --json``. The recipe:
+128 px (random-resized crops for training; resize and centre crop for val), 15 epochs, AdamW lr 2e-3,
+weight decay 0.05, cosine schedule with 1 warm-up epoch, label smoothing 0.1, batch 64, EMA, fp32
+channels_last, seed 0. Runs live in ``runs/imagenette/<model>/`` (outside git) and the script is
+resumable: finished models are skipped and a killed one continues with ``--resume``.
+
+    python benchmarks/imagenette.py --data ../shared/datasets/imagenette2-224   # or set ATTENDNETS_DATA
+    python benchmarks/imagenette.py --models mobilenet_v2 --epochs 1 --subset 640  # smoke run
+
+The results (docs/results/imagenette.{md,json}) hold top-1 of the re-evaluation, parameters, MACs at
+128 px, training images/s, wall time, the commands, the commit and the machine. A run with other
+epochs or a subset is a smoke run: it writes its report into its runs folder, not docs/results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, ROOT, run_context  # noqa: E402
+
+from attendnets.complexity import profile_model  # noqa: E402
+from attendnets.data import resolve_data_dir  # noqa: E402
+from attendnets.registry import create_model  # noqa: E402
+
+MODELS = ("attendnet_a", "attendnet_b", "mobilenet_v1", "mobilenet_v2")
+IMG_SIZE = 128
+EPOCHS = 15
+RECIPE = ["--img-size", str(IMG_SIZE), "--batch-size", "64", "--lr", "2e-3", "--weight-decay", "0.05",
+          "--warmup-epochs", "1", "--label-smoothing", "0.1", "--seed", "0", "--ema"]
+NUM_CLASSES = 10
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="Imagenette root with train/ and val/ (default: $ATTENDNETS_DATA)")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated (default {','.join(MODELS)})")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help=f"default {EPOCHS}")
+    parser.add_argument("--subset", type=int, help="at most N images of each split (smoke runs)")
+    parser.add_argument("--workers", type=int, default=2, help="data loader processes (default 2)")
+    parser.add_argument("--runs", type=Path, help="runs folder (default runs/imagenette, or runs/imagenette-smoke)")
+    return parser.parse_args()
+
+
+def completed_epochs(run: Path) -> int:
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        return 0
+    return max((json.loads(line)["epoch"] for line in metrics.read_text().splitlines() if line.strip()), default=0)
+
+
+def train(model: str, run: Path, args: argparse.Namespace, data: Path) -> list[str]:
+    """Train ``model`` into ``run`` unless finished; returns the command (as first given)."""
+    command = [sys.executable, "-m", "attendnets", "train", "--data", str(data), "--model", model,
+               "--epochs", str(args.epochs), *RECIPE, "--workers", str(args.workers), "--output", str(run)]
+    if args.subset:
+        command += ["--subset", str(args.subset)]
+    if completed_epochs(run) >= args.epochs:
+        print(f"{model}: already trained ({run})", flush=True)
+        return command
+    resume = ["--resume"] if (run / "train_state.pt").is_file() else []
+    print(f"{model}: {'resuming' if resume else 'training'}: {shlex.join(command + resume)}", flush=True)
+    subprocess.run(command + resume, check=True, cwd=ROOT)
+    return command
+
+
+def evaluate(run: Path, data: Path, workers: int) -> tuple[dict, list[str]]:
+    command = [sys.executable, "-m", "attendnets", "eval", "--checkpoint", str(run / "best"), "--data", str(data),
+               "--json", "--workers", str(workers)]
+    out = subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    return json.loads(out), command
+
+
+def summarise(model: str, run: Path, data: Path, args: argparse.Namespace, train_command: list[str]) -> dict:
+    result, eval_command = evaluate(run, data, args.workers)
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    last = history[-1]
+    complexity = profile_model(create_model(model, num_classes=NUM_CLASSES), img_size=IMG_SIZE)
+    return {
+        "model": model,
+        "top1": result["top1"],
+        "top5": result["top5"],
+        "best_epoch": result["epoch"],
+        "best_weights": result["weights"],
+        "last_epoch_top1": max(last["val_top1"], last.get("ema_val_top1", 0.0)),
+        "params": complexity.params,
+        "macs": complexity.macs,
+        "train_images_per_s": statistics.median(r["train_images_per_s"] for r in history),
+        "wall_seconds": sum(r["epoch_seconds"] for r in history),
+        "epochs": last["epoch"],
+        "train_command": shlex.join(["python", *train_command[1:]]),
+        "eval_command": shlex.join(["python", *eval_command[1:]]),
+        "per_class_top1": result["per_class_top1"],
+    }
+
+
+def ordering(rows: dict[str, dict]) -> list[str]:
+    """Plain statements on the paper's two claims, where both models of a claim were run."""
+    statements = []
+    for ours, theirs in (("attendnet_b", "mobilenet_v1"), ("attendnet_a", "mobilenet_v2")):
+        if ours not in rows or theirs not in rows:
+            statements.append(f"{ours} vs {theirs}: not both run, no verdict.")
+            continue
+        a, b = rows[ours], rows[theirs]
+        higher = a["top1"] > b["top1"]
+        fewer = a["macs"] < b["macs"]
+        verdict = "holds" if higher and fewer else "does NOT hold"
+        statements.append(
+            f"The paper's ordering {ours} > {theirs} at fewer MACs {verdict} here: top-1 {a['top1']:.2f}% vs "
+            f"{b['top1']:.2f}% ({a['top1'] - b['top1']:+.2f} points), MACs {a['macs'] / 1e6:.1f}M vs "
+            f"{b['macs'] / 1e6:.1f}M ({b['macs'] / a['macs']:.2f}x fewer)."
+        )
+    return statements
+
+
+def write_report(rows: dict[str, dict], context: dict, smoke: bool, out_dir: Path, args: argparse.Namespace) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    statements = ordering(rows)
+    report = {**context, "smoke_run": smoke, "img_size": IMG_SIZE, "epochs": args.epochs, "subset": args.subset,
+              "recipe": shlex.join(RECIPE), "models": list(rows.values()), "ordering": statements}
+    (out_dir / "imagenette.json").write_text(json.dumps(report, indent=2) + "\n")
+    m = context["machine"]
+    lines = [
+        "# Imagenette: AttendNets against MobileNets, trained from scratch with one recipe",
+        "",
+        *(["**SMOKE RUN: not the comparison (fewer epochs or a subset of the data).**", ""] if smoke else []),
+        f"Imagenette (10 classes; {'a subset' if args.subset else '9,469 train / 3,925 val images'}), "
+        f"{IMG_SIZE} px, {args.epochs} epochs, recipe `{shlex.join(RECIPE)}` (AdamW, cosine with warm-up, "
+        "label smoothing, EMA, fp32 channels_last, random-resized crop + flip; val: resize and centre crop 0.875). "
+        "Top-1 is the re-evaluation (`attendnets eval`) of each run's best checkpoint, chosen on val/ among "
+        "the raw and EMA weights of every epoch, which flatters every model a little; the last epoch's "
+        "top-1 is shown beside it. Accuracy here is not the paper's ImageNet50 at 224 px.",
+        "",
+        "| model | top-1 (best ckpt) | top-1 last epoch | top-5 | params | MACs @128 px | train img/s | wall time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows.values():
+        lines.append(
+            f"| {r['model']} | {r['top1']:.2f}% (epoch {r['best_epoch']}, {r['best_weights']}) | "
+            f"{r['last_epoch_top1']:.2f}% | {r['top5']:.2f}% | {r['params'] / 1e3:,.0f}K | {r['macs'] / 1e6:,.1f}M | "
+            f"{r['train_images_per_s']:.0f} | {r['wall_seconds'] / 60:.1f} min |"
+        )
+    lines += ["", "## Does the paper's ordering hold?", "", *[f"- {s}" for s in statements], "", "## How it was run", ""]
+    lines += [f"- driver: `{context['command']}`", f"- commit: `{context['commit']}`"
+              + (" (with uncommitted changes)" if context["dirty"] else ""),
+              f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}",
+              f"- date: {context['date']}", ""]
+    for r in rows.values():
+        lines += [f"- `{r['train_command']}`", f"- `{r['eval_command']}`"]
+    lines += ["", "Training images/s is the median over epochs, data loading included; wall time sums the "
+              "epochs (training, evaluation and checkpoints), process start-up excluded."]
+    (out_dir / "imagenette.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out_dir / 'imagenette.md'} and {out_dir / 'imagenette.json'}")
+    for s in statements:
+        print(s)
+
+
+def main() -> int:
+    args = parse_args()
+    data = resolve_data_dir(args.data).resolve()
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    smoke = args.epochs != EPOCHS or args.subset is not None
+    runs = args.runs or ROOT / "runs" / ("imagenette-smoke" if smoke else "imagenette")
+    context = run_context()
+    commands = {m: train(m, runs / m, args, data) for m in models}
+    rows = {m: summarise(m, runs / m, data, args, commands[m]) for m in models}
+    write_report(rows, context, smoke, runs if smoke else RESULTS, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
