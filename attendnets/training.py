@@ -209,7 +209,8 @@ def _loaders(config: TrainConfig, proc: Process) -> tuple[DataLoader, DataLoader
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
-    changed = [f for f in RECIPE_FIELDS if saved.get(f) != _jsonable(dataclasses.asdict(config))[f]]
+    now = _jsonable(dataclasses.asdict(config))
+    changed = [f for f in RECIPE_FIELDS if saved.get(f) != now[f]]
     if changed:
         f = changed[0]
         raise AttendNetsError(
