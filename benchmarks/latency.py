@@ -1,0 +1,200 @@
+"""Forward latency on CPU in PyTorch eager: AttendNet-A/B against MobileNet-V1/V2 at 224x224, 50 classes.
+
+Every model runs in one process with the same thread count. Timing is interleaved: each round visits
+every (model, layout) in a shuffled order, and before each visit the process sleeps 60 ms (thread pools
+keep spinning ~10 ms after a call) and makes untimed warm-up calls, so that no model inherits another's
+spinning threads or cold caches. Medians and 90th percentiles over all rounds are reported, with ratios
+against MobileNet-V1 measured in the same run. An operator profile (torch.profiler) of each model at
+batch 1 shows where the time goes.
+
+    python benchmarks/latency.py                       # writes docs/results/latency.{json,md}
+    python benchmarks/latency.py --rounds 5 --out /tmp/quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, reexec_with_tuned_malloc, run_context  # noqa: E402
+
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from attendnets.registry import create_model  # noqa: E402
+
+MODELS = ("attendnet_a", "attendnet_b", "mobilenet_v1", "mobilenet_v2")
+REFERENCE = "mobilenet_v1"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--num-classes", type=int, default=50)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--layouts", nargs="+", default=["channels_last", "nchw"], choices=["channels_last", "nchw"])
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (batch 1 makes 5 timed calls a visit)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latency", help="output path without suffix")
+    return parser.parse_args()
+
+
+def _prepare(name: str, layout: str, num_classes: int) -> torch.nn.Module:
+    model = create_model(name, num_classes=num_classes).eval()
+    return model.to(memory_format=torch.channels_last) if layout == "channels_last" else model
+
+
+def _input(batch: int, size: int, layout: str) -> torch.Tensor:
+    x = torch.randn(batch, 3, size, size)
+    return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
+def measure(args: argparse.Namespace) -> dict[str, list[float]]:
+    """Raw per-call times in ms, keyed ``model|layout|batch``."""
+    variants = [(m, layout) for m in args.models for layout in args.layouts]
+    models = {v: _prepare(v[0], v[1], args.num_classes) for v in variants}
+    times: dict[str, list[float]] = defaultdict(list)
+    rng = random.Random(0)
+    with torch.inference_mode():
+        for batch in args.batch_sizes:
+            inputs = {layout: _input(batch, args.img_size, layout) for layout in args.layouts}
+            calls = 5 if batch == 1 else 1
+            for _ in range(args.rounds):
+                rng.shuffle(variants)
+                for name, layout in variants:
+                    model, x = models[(name, layout)], inputs[layout]
+                    time.sleep(0.06)
+                    for _ in range(3 if batch == 1 else 1):
+                        model(x)
+                    for _ in range(calls):
+                        start = time.perf_counter()
+                        model(x)
+                        times[f"{name}|{layout}|{batch}"].append(1e3 * (time.perf_counter() - start))
+    return dict(times)
+
+
+def operator_profile(name: str, layout: str, args: argparse.Namespace, top: int = 12) -> list[dict]:
+    """Self CPU time per ATen op at batch 1, summed over 20 calls, as shares of the total."""
+    model, x = _prepare(name, layout, args.num_classes), _input(1, args.img_size, layout)
+    with torch.inference_mode():
+        for _ in range(5):
+            model(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(20):
+                model(x)
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in events)
+    rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [
+        {"op": e.key, "calls_per_forward": e.count // 20, "ms_per_forward": e.self_cpu_time_total / 20 / 1e3,
+         "share": e.self_cpu_time_total / total}
+        for e in rows[:top]
+    ]
+
+
+def summarise(times: dict[str, list[float]]) -> dict[str, dict]:
+    summary = {}
+    for key, values in times.items():
+        ordered = sorted(values)
+        summary[key] = {
+            "median_ms": statistics.median(ordered),
+            "p90_ms": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+            "calls": len(ordered),
+        }
+    for key, stats in summary.items():
+        name, layout, batch = key.split("|")
+        ref = summary.get(f"{REFERENCE}|{layout}|{batch}")
+        if ref:
+            stats["speedup_vs_" + REFERENCE] = ref["median_ms"] / stats["median_ms"]
+        stats["images_per_s"] = int(batch) / stats["median_ms"] * 1e3
+    return summary
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    ctx, summary = result["context"], result["summary"]
+    lines = [
+        "# Forward latency in PyTorch eager (CPU)",
+        "",
+        f"Command: `{ctx['command']}`  ",
+        f"Commit: `{ctx['commit']}`{' (with uncommitted changes)' if ctx['dirty'] else ''}, {ctx['date']}  ",
+        f"Machine: {ctx['machine']['cpu']}, {ctx['machine']['cores']} cores, torch {ctx['machine']['torch']}, "
+        f"{result['threads']} threads, malloc thresholds {ctx['machine']['malloc_env']}, "
+        f"load average at start {tuple(round(x, 2) for x in ctx['machine']['load_average_at_start'])}  ",
+        f"Input {result['img_size']}x{result['img_size']}, {result['num_classes']} classes, random weights, "
+        f"{result['rounds']} interleaved rounds. Raw per-call times are in `{path.with_suffix('.json').name}`.",
+        "",
+        f"| model | layout | batch | median ms | p90 ms | images/s | speed-up vs {REFERENCE} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, s in sorted(summary.items(), key=lambda kv: (int(kv[0].split("|")[2]), kv[0])):
+        name, layout, batch = key.split("|")
+        lines.append(
+            f"| {name} | {layout} | {batch} | {s['median_ms']:.2f} | {s['p90_ms']:.2f} | {s['images_per_s']:.0f} | "
+            f"{s.get('speedup_vs_' + REFERENCE, float('nan')):.2f}x |"
+        )
+    lines += ["", "## Where the time goes (batch 1, self CPU time per ATen op)", ""]
+    for key, ops in result["operator_profile"].items():
+        lines += [f"**{key}**", "", "| op | calls | ms / forward | share |", "|---|---|---|---|"]
+        lines += [f"| {o['op']} | {o['calls_per_forward']} | {o['ms_per_forward']:.3f} | {100 * o['share']:.1f}% |" for o in ops]
+        lines.append("")
+    lines += ["## Findings", ""] + [f"- {f}" for f in result["findings"]]
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def findings(summary: dict, profiles: dict) -> list[str]:
+    """Plain statements derived from the measured numbers (no hand-written claims)."""
+    out = []
+    for key, s in sorted(summary.items()):
+        name, layout, batch = key.split("|")
+        if name == "attendnet_b" and "speedup_vs_" + REFERENCE in s:
+            speed = s["speedup_vs_" + REFERENCE]
+            verdict = "faster" if speed > 1 else "slower"
+            out.append(
+                f"attendnet_b, {layout}, batch {batch}: {s['median_ms']:.2f} ms, "
+                f"{speed:.2f}x {'the speed of' if speed > 1 else 'the speed of'} {REFERENCE} ({verdict})."
+            )
+    for key, ops in profiles.items():
+        conv = sum(o["share"] for o in ops if "conv" in o["op"] or o["op"] in ("aten::addmm", "aten::mm", "aten::linear"))
+        out.append(
+            f"{key}: convolution and matrix ops take {100 * conv:.0f}% of self CPU time; the rest goes to "
+            + ", ".join(f"{o['op'].removeprefix('aten::')} {100 * o['share']:.0f}%" for o in ops if "conv" not in o["op"])[:400]
+            + "."
+        )
+    return out
+
+
+def main() -> None:
+    reexec_with_tuned_malloc()
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    context = run_context()
+    times = measure(args)
+    summary = summarise(times)
+    profiles = {f"{m}|{args.layouts[0]}": operator_profile(m, args.layouts[0], args) for m in args.models}
+    result = {
+        "context": context,
+        "threads": args.threads,
+        "img_size": args.img_size,
+        "num_classes": args.num_classes,
+        "rounds": args.rounds,
+        "summary": summary,
+        "operator_profile": profiles,
+        "findings": findings(summary, profiles),
+        "raw_ms": times,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    write_markdown(result, args.out)
+    print(args.out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
