@@ -81,23 +81,51 @@ def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     return dict(times)
 
 
-def operator_profile(name: str, layout: str, args: argparse.Namespace, top: int = 12) -> list[dict]:
-    """Self CPU time per ATen op at batch 1, summed over 20 calls, as shares of the total."""
+def _conv_kind(input_shape: list[int], weight_shape: list[int]) -> str:
+    """Name a convolution by its shape: what a runtime's kernels care about."""
+    in_chs, (out_chs, per_group, kh, kw) = input_shape[1], weight_shape
+    groups = in_chs // per_group
+    if kh * kw == 1:
+        return "pointwise 1x1"
+    if groups == 1:
+        return "full spatial conv"
+    if per_group == 1:
+        return "depthwise" + (" (expansion, multiplier > 1)" if out_chs > in_chs else "")
+    return f"grouped ({per_group} channels per group)"
+
+
+def operator_profile(name: str, layout: str, args: argparse.Namespace, top: int = 12) -> dict:
+    """Where one forward pass at batch 1 spends its time (torch.profiler, 20 calls).
+
+    ``ops``: self CPU time per ATen op, as shares of the total. ``convs``: inclusive time of each
+    convolution kind with its multiply-adds, so that slow kinds show as low GMAC/s.
+    """
     model, x = _prepare(name, layout, args.num_classes), _input(1, args.img_size, layout)
     with torch.inference_mode():
         for _ in range(5):
             model(x)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
             for _ in range(20):
                 model(x)
     events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
     total = sum(e.self_cpu_time_total for e in events)
     rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
-    return [
+    ops = [
         {"op": e.key, "calls_per_forward": e.count // 20, "ms_per_forward": e.self_cpu_time_total / 20 / 1e3,
          "share": e.self_cpu_time_total / total}
         for e in rows[:top]
     ]
+    convs: dict[str, dict] = defaultdict(lambda: {"calls": 0, "ms": 0.0, "macs": 0})
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key != "aten::conv2d":
+            continue
+        kind = convs[_conv_kind(*e.input_shapes[:2])]
+        kind["calls"] += e.count // 20
+        kind["ms"] += e.cpu_time_total / 20 / 1e3
+        kind["macs"] += e.flops // 2 // 20  # the profiler counts 2 flops per multiply-add
+    for kind in convs.values():
+        kind["gmacs_per_s"] = kind["macs"] / kind["ms"] / 1e6 if kind["ms"] else 0.0
+    return {"ops": ops, "convs": dict(sorted(convs.items(), key=lambda kv: -kv[1]["ms"])), "total_ms": total / 20 / 1e3}
 
 
 def summarise(times: dict[str, list[float]]) -> dict[str, dict]:
@@ -140,10 +168,15 @@ def write_markdown(result: dict, path: Path) -> None:
             f"| {name} | {layout} | {batch} | {s['median_ms']:.2f} | {s['p90_ms']:.2f} | {s['images_per_s']:.0f} | "
             f"{s.get('speedup_vs_' + REFERENCE, float('nan')):.2f}x |"
         )
-    lines += ["", "## Where the time goes (batch 1, self CPU time per ATen op)", ""]
-    for key, ops in result["operator_profile"].items():
-        lines += [f"**{key}**", "", "| op | calls | ms / forward | share |", "|---|---|---|---|"]
-        lines += [f"| {o['op']} | {o['calls_per_forward']} | {o['ms_per_forward']:.3f} | {100 * o['share']:.1f}% |" for o in ops]
+    lines += ["", "## Where the time goes (batch 1, torch.profiler, 20 calls)", ""]
+    for key, prof in result["operator_profile"].items():
+        lines += [f"**{key}** ({prof['total_ms']:.1f} ms of ATen self time per forward under the profiler)", "",
+                  "| convolution kind | calls | ms / forward | MMACs | GMAC/s |", "|---|---|---|---|---|"]
+        lines += [f"| {kind} | {c['calls']} | {c['ms']:.2f} | {c['macs'] / 1e6:.1f} | {c['gmacs_per_s']:.1f} |"
+                  for kind, c in prof["convs"].items()]
+        lines += ["", "| op (self time) | calls | ms / forward | share |", "|---|---|---|---|"]
+        lines += [f"| {o['op']} | {o['calls_per_forward']} | {o['ms_per_forward']:.3f} | {100 * o['share']:.1f}% |"
+                  for o in prof["ops"]]
         lines.append("")
     lines += ["## Findings", ""] + [f"- {f}" for f in result["findings"]]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -156,17 +189,19 @@ def findings(summary: dict, profiles: dict) -> list[str]:
         name, layout, batch = key.split("|")
         if name == "attendnet_b" and "speedup_vs_" + REFERENCE in s:
             speed = s["speedup_vs_" + REFERENCE]
-            verdict = "faster" if speed > 1 else "slower"
             out.append(
-                f"attendnet_b, {layout}, batch {batch}: {s['median_ms']:.2f} ms, "
-                f"{speed:.2f}x {'the speed of' if speed > 1 else 'the speed of'} {REFERENCE} ({verdict})."
+                f"attendnet_b, {layout}, batch {batch}: {s['median_ms']:.2f} ms, {speed:.2f}x the speed of "
+                f"{REFERENCE} ({'faster' if speed > 1 else 'slower'})."
             )
-    for key, ops in profiles.items():
-        conv = sum(o["share"] for o in ops if "conv" in o["op"] or o["op"] in ("aten::addmm", "aten::mm", "aten::linear"))
+    for key, prof in profiles.items():
+        ops = prof["ops"]
+        conv = sum(o["share"] for o in ops if "conv" in o["op"] or o["op"] in ("aten::addmm", "aten::mm"))
+        slowest = min(prof["convs"].items(), key=lambda kv: kv[1]["gmacs_per_s"])
         out.append(
-            f"{key}: convolution and matrix ops take {100 * conv:.0f}% of self CPU time; the rest goes to "
-            + ", ".join(f"{o['op'].removeprefix('aten::')} {100 * o['share']:.0f}%" for o in ops if "conv" not in o["op"])[:400]
-            + "."
+            f"{key}: convolutions take {100 * conv:.0f}% of self CPU time; the rest goes to "
+            + ", ".join(f"{o['op'].removeprefix('aten::')} {100 * o['share']:.0f}%" for o in ops if "conv" not in o["op"])
+            + f". Slowest convolution kind: {slowest[0]} at {slowest[1]['gmacs_per_s']:.1f} GMAC/s "
+            f"({slowest[1]['ms']:.2f} ms for {slowest[1]['macs'] / 1e6:.1f}M MACs)."
         )
     return out
 
