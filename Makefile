@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/attendnets profile
+	$(VENV)/bin/attendnets demo
 
 test: setup
 	$(PY) -m pytest -n 2 -q

@@ -48,3 +48,15 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys) -> None:
     assert main(["profile", "no_such_model"]) == 2
     assert "unknown model 'no_such_model'" in capsys.readouterr().err
     assert main(["profile", "attonet_a", "--img-size", "224"]) == 0  # reported-only rows need no build
+
+
+def test_demo_trains_on_generated_data(tmp_path, tiny_spec, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("ATTENDNETS_DATA", raising=False)
+    spec = tmp_path / "tiny.json"
+    tiny_spec.save(spec)
+    args = ["demo", "--model", str(spec), "--epochs", "1", "--img-size", "32", "--output", str(tmp_path / "run"), "--json"]
+    assert main(args) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["chance"] == 12.5 and record["epochs"] == 1
+    assert 0.0 <= record["val_top1"] <= 100.0
+    assert (tmp_path / "run" / "tiny" / "best.safetensors").is_file()

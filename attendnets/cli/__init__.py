@@ -12,7 +12,7 @@ import sys
 
 from attendnets.errors import AttendNetsError
 
-VERBS = ("models", "profile", "train", "eval")
+VERBS = ("demo", "models", "profile", "train", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:

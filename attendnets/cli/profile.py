@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from attendnets.complexity import Complexity, profile_model
+from attendnets.errors import AttendNetsError
 from attendnets.registry import BASELINES, PRESETS, REPORTED_ONLY, TABLE1, create_model, is_spec_path
 
 HELP = "parameters, multiply-adds, weight and activation memory of models (Table 1 of the paper)"
@@ -156,25 +157,28 @@ def _print_blocks(row: Row) -> None:
     Console(width=200).print(table)
 
 
-def run(args: argparse.Namespace) -> int:
-    names = list(args.models) + list(args.spec)
-    if not names:
-        names = list(DEFAULT_MODELS)
-    for name in args.spec:
-        if not is_spec_path(name):
-            raise FileNotFoundError(f"--spec expects a .json/.yaml file, got {name!r}")
-    paper_setting = args.img_size == 224 and args.num_classes == 50
-    rows = profile_rows(names, args.img_size, args.num_classes)
+def report(names: list[str], img_size: int, num_classes: int, as_json: bool = False, per_block: bool = False) -> None:
+    """Profile ``names`` and print the comparison table (or JSON)."""
+    paper_setting = img_size == 224 and num_classes == 50
+    rows = profile_rows(names, img_size, num_classes)
     reference = next((r for r in rows if r.name == REFERENCE), None)
-    if reference is None and REFERENCE in TABLE1:
-        reference = profile_rows([REFERENCE], args.img_size, args.num_classes)[0]
+    if reference is None:
+        reference = profile_rows([REFERENCE], img_size, num_classes)[0]
     records = [_row_dict(r, reference, paper_setting) for r in rows]
-    if args.json:
-        print(json.dumps({"img_size": args.img_size, "num_classes": args.num_classes, "models": records}, indent=2))
-        return 0
-    _print_table(records, args.img_size, args.num_classes, paper_setting)
-    if args.per_block:
+    if as_json:
+        print(json.dumps({"img_size": img_size, "num_classes": num_classes, "models": records}, indent=2))
+        return
+    _print_table(records, img_size, num_classes, paper_setting)
+    if per_block:
         for row in rows:
             if row.complexity:
                 _print_blocks(row)
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in args.spec:
+        if not is_spec_path(name):
+            raise AttendNetsError(f"--spec expects a .json/.yaml file, got {name!r}")
+    names = list(args.models) + list(args.spec) or list(DEFAULT_MODELS)
+    report(names, args.img_size, args.num_classes, args.json, args.per_block)
     return 0
