@@ -50,7 +50,6 @@ class ConvNormAct(nn.Sequential):
             in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=not norm
         )
         super().__init__(conv, nn.BatchNorm2d(out_chs) if norm else nn.Identity(), make_activation(act))
-        self.in_chs, self.out_chs, self.stride = in_chs, out_chs, stride
 
 
 class VisualAttentionCondenser(nn.Module):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from attendnets.blocks import ACTIVATIONS, PEPE, ConvNormAct, VisualAttentionCondenser, make_activation
+from attendnets.errors import AttendNetsError
 from attendnets.spec import ArchSpec, BlockSpec, ConvSpec, PEPESpec, SpecError, VACSpec
 
 
@@ -157,7 +158,7 @@ class AttendNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the classifier with a fresh one for ``num_classes`` (0 gives an identity)."""
         if global_pool not in (None, "avg"):
-            raise ValueError(f"AttendNet only supports average pooling, got {global_pool!r}")
+            raise AttendNetsError(f"AttendNet only supports average pooling, got {global_pool!r}")
         self.num_classes = num_classes
         self.classifier = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 

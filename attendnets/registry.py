@@ -84,7 +84,8 @@ default_cfgs = generate_default_cfgs(
 def _create(variant: str, spec: ArchSpec, pretrained: bool, **kwargs) -> AttendNet:
     if pretrained:
         raise AttendNetsError(f"no pretrained weights are published for {variant}; load a checkpoint instead")
-    kwargs.pop("global_pool", None)
+    if kwargs.pop("global_pool", "avg") != "avg":
+        raise AttendNetsError(f"{variant} pools by global average only")
     return build_model_with_cfg(
         AttendNet, variant, pretrained=False, spec=spec, feature_cfg=dict(flatten_sequential=True), **kwargs
     )
