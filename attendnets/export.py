@@ -1,0 +1,135 @@
+"""ONNX export for deployment: a float graph with a dynamic batch axis that carries its own class names and
+preprocessing, and an ONNX Runtime runner that reads them back.
+
+The graph is exported with the dynamo exporter (``torch.onnx.export(..., dynamo=True)``), which gives the
+graph that ONNX Runtime quantizes into fast int8 (see ``shared/notes/performance.md``). What a deployed
+model needs besides its weights is stored in the model's ``metadata_props``, each value JSON-encoded:
+``class_names`` and the preprocessing of the checkpoint sidecar (``img_size``, ``mean``, ``std``,
+``interpolation``, ``crop_pct``), so an ``.onnx`` file is usable on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from attendnets.checkpoint import atomic_write, load_checkpoint
+from attendnets.data import short_list
+from attendnets.errors import AttendNetsError
+
+FORMAT = "attendnets-onnx"
+PREPROCESSING_KEYS = ("img_size", "mean", "std", "interpolation", "crop_pct")
+META_KEYS = ("class_names", *PREPROCESSING_KEYS)
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any]) -> Path:
+    """Export ``model`` to ``path`` as a checked float ONNX graph, ``images (batch, C, H, W) -> logits
+    (batch, classes)``, with ``meta``'s class names and preprocessing (see :data:`META_KEYS`) stored in it."""
+    import onnx
+
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise AttendNetsError(f"cannot export without {', '.join(missing)}: export from a checkpoint sidecar")
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is not None and num_classes != len(meta["class_names"]):
+        raise AttendNetsError(f"the model has {num_classes} classes but {len(meta['class_names'])} class names")
+    model = model.eval()
+    size = meta["img_size"]
+    example = torch.zeros(1, getattr(model, "in_chans", 3), size, size)
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        verbose=False,
+    )
+    proto = program.model_proto
+    from attendnets import __version__
+
+    props = {"format": FORMAT, "attendnets_version": __version__, **{k: json.dumps(meta[k]) for k in META_KEYS}}
+    if meta.get("model") or meta.get("spec"):
+        props["model"] = meta.get("model") or meta["spec"]["name"]
+    onnx.helper.set_model_props(proto, props)
+    onnx.checker.check_model(proto, full_check=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: onnx.save(proto, tmp))
+    return path
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Export the model of a checkpoint with the class names and preprocessing of its sidecar."""
+    model, meta = load_checkpoint(checkpoint)
+    return export_onnx(model, path, meta)
+
+
+def read_onnx_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The class names, preprocessing and model name stored in an ONNX file written by :func:`export_onnx`."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError:
+        raise AttendNetsError(f"no ONNX file {path}") from None
+    except Exception as err:  # onnx raises protobuf's DecodeError and others for a damaged file
+        raise AttendNetsError(f"cannot read ONNX file {path}: {err}") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if props.get("format") != FORMAT:
+        raise AttendNetsError(f"{path} was not exported by attendnets: it has no class names or preprocessing")
+    meta = {k: json.loads(props[k]) for k in META_KEYS}
+    meta.update({k: props[k] for k in ("model", "attendnets_version") if k in props})
+    return meta
+
+
+class OnnxRunner:
+    """An ONNX Runtime session on CPU for an exported model: ``runner(images) -> logits`` (numpy).
+
+    ``class_names``: the classes of the data it will see; a model trained on other classes is refused.
+    ``threads``: ONNX Runtime's intra-op threads (``None``: its default, one per core)."""
+
+    def __init__(
+        self, path: str | os.PathLike, class_names: list[str] | None = None, threads: int | None = None
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.meta = read_onnx_meta(path)
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.num_classes = self.session.get_outputs()[0].shape[-1]
+        if class_names is not None:
+            self.check_classes(class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta["class_names"]
+
+    def check_classes(self, class_names: list[str]) -> None:
+        """Refuse data whose classes are not the ones the model was exported with."""
+        if len(class_names) != self.num_classes:
+            raise AttendNetsError(
+                f"{self.path.name} predicts {self.num_classes} classes, the data has {len(class_names)} "
+                f"({short_list(class_names)})"
+            )
+        if class_names != self.class_names:
+            raise AttendNetsError(
+                f"the data's classes ({short_list(class_names)}) are not the ones {self.path.name} was trained "
+                f"on ({short_list(self.class_names)})"
+            )
+
+    def __call__(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        if isinstance(images, torch.Tensor):
+            images = images.detach().cpu().numpy()
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]

@@ -1,0 +1,83 @@
+"""ONNX export: a checked graph that matches PyTorch at any batch size and carries its classes and preprocessing."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from attendnets.checkpoint import model_meta, save_checkpoint
+from attendnets.errors import AttendNetsError
+from attendnets.export import OnnxRunner, export_checkpoint, export_onnx, read_onnx_meta
+from attendnets.model import build_model
+from attendnets.spec import ArchSpec
+from tests.conftest import TINY_SPEC
+
+CLASSES = [f"class{i}" for i in range(5)]
+PREPROCESSING = dict(img_size=16, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3], interpolation="bicubic", crop_pct=0.9)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny model with logits of order 1, saved as a checkpoint and exported from it: ``(model, onnx path)``."""
+    torch.manual_seed(0)
+    model = build_model(ArchSpec.from_dict(TINY_SPEC)).eval()
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 1.0)
+    folder = tmp_path_factory.mktemp("export")
+    save_checkpoint(folder / "best", model, {**model_meta(model, "tiny.json"), "class_names": CLASSES, **PREPROCESSING})
+    return model, export_checkpoint(folder / "best", folder / "tiny.onnx")
+
+
+def test_graph_is_valid(exported) -> None:
+    _, path = exported
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_matches_pytorch(exported, batch) -> None:
+    model, path = exported
+    runner = OnnxRunner(path, CLASSES, threads=1)
+    torch.manual_seed(batch)
+    images = torch.randn(batch, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(images).numpy()
+    logits = runner(images)
+    assert logits.shape == (batch, 5) and np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
+
+
+def test_metadata_round_trip(exported) -> None:
+    _, path = exported
+    meta = read_onnx_meta(path)
+    assert {k: meta[k] for k in PREPROCESSING} == PREPROCESSING
+    assert meta["class_names"] == CLASSES and meta["model"] == "tiny"
+    assert OnnxRunner(path, threads=1).class_names == CLASSES
+
+
+def test_refuses_other_classes(exported) -> None:
+    _, path = exported
+    with pytest.raises(AttendNetsError, match="predicts 5 classes, the data has 6") as err:
+        OnnxRunner(path, [*CLASSES, "extra"], threads=1)
+    assert "\n" not in str(err.value)
+    with pytest.raises(AttendNetsError, match="not the ones"):
+        OnnxRunner(path, [*CLASSES[:4], "other"], threads=1)
+
+
+def test_refuses_foreign_files(tmp_path) -> None:
+    with pytest.raises(AttendNetsError, match="no ONNX file"):
+        read_onnx_meta(tmp_path / "missing.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(AttendNetsError, match="cannot read ONNX file"):
+        read_onnx_meta(tmp_path / "junk.onnx")
+
+
+def test_export_needs_meta(tmp_path) -> None:
+    model = build_model(ArchSpec.from_dict(TINY_SPEC))
+    with pytest.raises(AttendNetsError, match="without img_size"):
+        export_onnx(model, tmp_path / "x.onnx", {"class_names": CLASSES})
+    with pytest.raises(AttendNetsError, match="5 classes but 2 class names"):
+        export_onnx(model, tmp_path / "x.onnx", {"class_names": ["a", "b"], **PREPROCESSING})
