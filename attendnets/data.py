@@ -76,7 +76,8 @@ def short_list(names: list[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively, hidden files ignored), sorted."""
     return sorted(
         p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
     )
@@ -100,7 +101,7 @@ def scan_split(split_dir: Path, classes: list[str], strict: bool = False) -> lis
     """``(path, class index)`` of every readable image of a split, in a stable order."""
     samples, bad = [], []
     for index, name in enumerate(classes):
-        files = _image_files(split_dir / name)
+        files = image_files(split_dir / name)
         if not files:
             raise AttendNetsError(
                 f"class folder {split_dir / name} has no images ({', '.join(IMAGE_EXTENSIONS[:3])}, ...)"

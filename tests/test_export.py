@@ -1,4 +1,5 @@
-"""ONNX export: a checked graph that matches PyTorch at any batch size and carries its classes and preprocessing."""
+"""ONNX export: a checked graph that matches PyTorch at any batch size and carries its classes and preprocessing;
+its int8 version calibrated on images."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import torch
 from torch import nn
 
 from attendnets.checkpoint import model_meta, save_checkpoint
+from attendnets.data import load_rgb, make_synthetic_dataset
 from attendnets.errors import AttendNetsError
-from attendnets.export import OnnxRunner, export_checkpoint, export_onnx, read_onnx_meta
+from attendnets.evaluate import eval_transform
+from attendnets.export import OnnxRunner, export_checkpoint, export_onnx, quantize_onnx, read_onnx_meta
 from attendnets.model import build_model
 from attendnets.spec import ArchSpec
 from tests.conftest import TINY_SPEC
@@ -81,3 +84,58 @@ def test_export_needs_meta(tmp_path) -> None:
         export_onnx(model, tmp_path / "x.onnx", {"class_names": CLASSES})
     with pytest.raises(AttendNetsError, match="5 classes but 2 class names"):
         export_onnx(model, tmp_path / "x.onnx", {"class_names": ["a", "b"], **PREPROCESSING})
+
+
+def _load(folder, classes):
+    transform = eval_transform(PREPROCESSING)
+    paths = sorted(folder.rglob("*.png"))
+    images = torch.stack([transform(load_rgb(p)) for p in paths])
+    return images, torch.tensor([classes.index(p.parent.name) for p in paths])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The tiny model fitted for a few seconds to 5 synthetic classes at 16 px, exported:
+    ``(data root, class names, float ONNX path)``. (A random model's logits hinge on tiny feature differences that any
+    8-bit rounding reorders: only a trained model has inputs that are easy for it.)"""
+    root = make_synthetic_dataset(tmp_path_factory.mktemp("images"), classes=5, per_class=16, size=16)
+    classes = sorted(p.name for p in (root / "train").iterdir())
+    images, targets = _load(root / "train", classes)
+    torch.manual_seed(0)
+    model = build_model(ArchSpec.from_dict(TINY_SPEC))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: more threads only spin against other work
+    try:
+        for _ in range(150):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(images), targets).backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    path = export_onnx(model.eval(), root / "tiny.onnx", {"class_names": classes, **PREPROCESSING})
+    return root, classes, path
+
+
+def test_int8_agrees_with_float(trained, tmp_path) -> None:
+    root, classes, float_path = trained
+    int8_path = quantize_onnx(float_path, tmp_path / "tiny-int8.onnx", root / "train")
+    graph = onnx.load(str(int8_path))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.graph.node}
+    assert read_onnx_meta(int8_path) == read_onnx_meta(float_path)
+    val, _ = _load(root / "val", classes)
+    expected = OnnxRunner(float_path, threads=1)(val)
+    logits = OnnxRunner(int8_path, threads=1)(val)
+    top2 = np.sort(expected, axis=1)[:, -2:]
+    easy = top2[:, 1] - top2[:, 0] > 0.1 * np.ptp(expected, axis=1)  # a clear winner in float
+    assert easy.sum() >= len(val) // 4
+    assert np.array_equal(logits[easy].argmax(1), expected[easy].argmax(1))
+
+
+def test_calibration_needs_images(exported, tmp_path) -> None:
+    _, float_path = exported
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    (tmp_path / "empty" / "cls" / "notes.txt").write_text("no images here")
+    with pytest.raises(AttendNetsError, match="has no images to calibrate on") as err:
+        quantize_onnx(float_path, tmp_path / "int8.onnx", tmp_path / "empty")
+    assert "\n" not in str(err.value) and not (tmp_path / "int8.onnx").exists()
