@@ -13,7 +13,16 @@ from attendnets.checkpoint import model_meta, save_checkpoint
 from attendnets.data import load_rgb, make_synthetic_dataset
 from attendnets.errors import AttendNetsError
 from attendnets.evaluate import eval_transform
-from attendnets.export import OnnxRunner, export_checkpoint, export_onnx, quantize_onnx, read_onnx_meta
+from attendnets.blocks import PEPE
+from attendnets.export import (
+    OnnxRunner,
+    RepeatedDepthwise,
+    export_checkpoint,
+    export_onnx,
+    for_runtime,
+    quantize_onnx,
+    read_onnx_meta,
+)
 from attendnets.model import build_model
 from attendnets.spec import ArchSpec
 from tests.conftest import TINY_SPEC
@@ -139,3 +148,28 @@ def test_calibration_needs_images(exported, tmp_path) -> None:
     with pytest.raises(AttendNetsError, match="has no images to calibrate on") as err:
         quantize_onnx(float_path, tmp_path / "int8.onnx", tmp_path / "empty")
     assert "\n" not in str(err.value) and not (tmp_path / "int8.onnx").exists()
+
+
+def test_depthwise_expansion_for_runtime() -> None:
+    torch.manual_seed(0)
+    pepe = PEPE(6, 4, 3, 4, 8, stride=2).eval()
+    nn.init.normal_(pepe.expand_dw[0].weight)
+    rewritten = for_runtime(pepe)
+    conv = rewritten.expand_dw[0].conv
+    assert isinstance(rewritten.expand_dw[0], RepeatedDepthwise) and conv.groups == conv.in_channels == 12
+    assert torch.equal(conv.weight, pepe.expand_dw[0].weight)
+    assert isinstance(pepe.expand_dw[0], nn.Conv2d)  # the original is untouched
+    x = torch.randn(2, 6, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), pepe(x), rtol=1e-5, atol=1e-5)
+
+
+def test_exported_graph_has_no_depthwise_multiplier(exported) -> None:
+    _, path = exported
+    graph = onnx.load(str(path)).graph
+    weights = {t.name: tuple(t.dims) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Conv":
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            out_chs, in_per_group = weights[node.input[1]][:2]
+            assert not (in_per_group == 1 and 1 < group < out_chs), f"{node.name}: depthwise with a multiplier"
