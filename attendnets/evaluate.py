@@ -3,6 +3,11 @@
 Counts are gathered in a :class:`Tally` (a confusion matrix plus top-5 hits and the summed loss), which
 distributed training sums across processes; the figures are derived from it, so top-1, per-class accuracy
 and the confusion matrix can never disagree.
+
+Exported ONNX models (:func:`evaluate_onnx`) go through the same image list, preprocessing (read from the
+file's metadata) and Tally as checkpoints, so their figures compare one to one. With ``predictions=True``
+the result also holds each image's top-1 class, and :func:`top1_agreement` says how often two models
+(say the int8 and float exports) give the same answer.
 """
 
 from __future__ import annotations
@@ -128,12 +133,7 @@ def evaluate_checkpoint(
             f"the classes of {split}/ ({len(classes)}: {short_list(classes)}) are not the "
             f"{len(meta['class_names'])} the checkpoint was trained on ({short_list(meta['class_names'])})"
         )
-    loader = DataLoader(
-        ImageList(samples, classes, eval_transform(meta)),
-        batch_size=batch_size,
-        num_workers=workers,
-        persistent_workers=False,
-    )
+    loader = _eval_loader(samples, classes, meta, batch_size, workers)
     model = model.to(memory_format=torch.channels_last)
     tally = evaluate_model(model, loader, len(classes), torch.device("cpu"))
     return {
@@ -145,6 +145,99 @@ def evaluate_checkpoint(
         "img_size": meta["img_size"],
         **tally.summary(classes),
     }
+
+
+def _eval_loader(
+    samples: list[tuple[str, int]], classes: list[str], meta: dict[str, Any], batch_size: int, workers: int
+) -> DataLoader:
+    return DataLoader(
+        ImageList(samples, classes, eval_transform(meta)),
+        batch_size=batch_size,
+        num_workers=workers,
+        persistent_workers=False,
+    )
+
+
+def is_quantized(path: str | os.PathLike) -> bool:
+    """Whether an ONNX graph holds quantized operators (QDQ pairs or QLinear/integer ops)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in graph.node)
+
+
+def evaluate_onnx(
+    path: str | os.PathLike,
+    data: str | os.PathLike | None,
+    split: str = "val",
+    batch_size: int = 64,
+    workers: int = 2,
+    strict: bool = False,
+    threads: int | None = None,
+    predictions: bool = False,
+) -> dict[str, Any]:
+    """Evaluate an ONNX file written by ``attendnets export`` on ``DATA/split`` with ONNX Runtime (CPU):
+    the same figures as :func:`evaluate_checkpoint`, with ``weights`` ``"onnx"`` or ``"onnx-int8"``.
+
+    ``threads``: ONNX Runtime's intra-op threads (``None``: one per core). ``predictions``: also return
+    ``files`` (the images, in order) and ``predictions`` (each one's top-1 class index)."""
+    from attendnets.export import OnnxRunner
+
+    tune_malloc()
+    runner = OnnxRunner(path, threads=threads)
+    classes, samples = open_split(data, split, strict)
+    try:
+        runner.check_classes(classes)
+    except AttendNetsError as err:
+        raise AttendNetsError(f"{split}/: {err}") from None
+    loader = _eval_loader(samples, classes, runner.meta, batch_size, workers)
+    tally = Tally.empty(len(classes))
+    top1: list[int] = []
+    for images, targets in loader:
+        logits = torch.from_numpy(runner(images))
+        tally.update(logits, targets)
+        top1 += logits.argmax(1).tolist()
+    result = {
+        "onnx": str(path),
+        "split": split,
+        "model": runner.meta.get("model", Path(path).stem),
+        "weights": "onnx-int8" if is_quantized(path) else "onnx",
+        "img_size": runner.meta["img_size"],
+        **tally.summary(classes),
+    }
+    if predictions:
+        result.update(files=[p for p, _ in samples], predictions=top1)
+    return result
+
+
+def top1_agreement(a: list[int], b: list[int]) -> float:
+    """Percentage of images on which two models' top-1 classes (``predictions`` of two results over the same
+    images) are the same."""
+    if len(a) != len(b):
+        raise AttendNetsError(f"cannot compare predictions on {len(a)} and {len(b)} images: not the same images")
+    return 100.0 * sum(x == y for x, y in zip(a, b)) / max(len(a), 1)
+
+
+@torch.no_grad()
+def export_parity(
+    model: nn.Module,
+    float_path: str | os.PathLike,
+    images: torch.Tensor,
+    int8_path: str | os.PathLike | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """How closely exported graphs follow their PyTorch model on ``images`` (preprocessed, ``N, C, H, W``):
+    the float graph's largest absolute logit difference and, given an int8 graph, the percentage of images on
+    which its top-1 class is the float graph's."""
+    from attendnets.export import OnnxRunner
+
+    reference = model.eval()(images).numpy()
+    logits = OnnxRunner(float_path, threads=threads)(images)
+    parity: dict[str, Any] = {"images": len(images), "float_max_abs_diff": float(abs(logits - reference).max())}
+    if int8_path is not None:
+        int8 = OnnxRunner(int8_path, threads=threads)(images)
+        parity["int8_top1_agreement"] = top1_agreement(int8.argmax(1).tolist(), logits.argmax(1).tolist())
+    return parity
 
 
 def save_report(result: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:

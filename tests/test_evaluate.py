@@ -1,9 +1,12 @@
-"""Evaluation figures checked by hand: counts from known logits, and a checkpoint whose answers we set."""
+"""Evaluation figures checked by hand: counts from known logits, a checkpoint whose answers we set, and exported
+ONNX models (float and int8) against their checkpoint."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
@@ -11,8 +14,10 @@ from attendnets.checkpoint import model_meta, save_checkpoint
 from attendnets.cli import main
 from attendnets.data import make_synthetic_dataset
 from attendnets.errors import AttendNetsError
-from attendnets.evaluate import Tally, evaluate_checkpoint
+from attendnets.evaluate import Tally, evaluate_checkpoint, evaluate_onnx, top1_agreement
+from attendnets.export import export_checkpoint, quantize_onnx
 from attendnets.registry import create_model
+from tests.deploy_fixtures import trained  # noqa: F401 (fixture)
 from tests.training_fixtures import small_spec_file  # noqa: F401 (fixture)
 
 
@@ -72,3 +77,66 @@ def test_classes_must_match_the_checkpoint(tmp_path, small_spec_file) -> None:
     _constant_checkpoint(tmp_path / "ckpt", small_spec_file, ["x", "y"], answer=0)
     with pytest.raises(AttendNetsError, match=r"the classes of val/ \(2: checks, stripes\) are not the 2"):
         evaluate_checkpoint(tmp_path / "ckpt", data, workers=0)
+
+
+@pytest.fixture(scope="module")
+def exports(trained, tmp_path_factory) -> tuple[Path, Path]:
+    """The trained tiny checkpoint exported: ``(float ONNX, int8 ONNX calibrated on its training images)``."""
+    folder = tmp_path_factory.mktemp("onnx")
+    float_path = export_checkpoint(trained.checkpoint, folder / "tiny.onnx")
+    return float_path, quantize_onnx(float_path, folder / "tiny.int8.onnx", trained.data / "train", 32)
+
+
+def test_onnx_figures_equal_the_checkpoint(trained, exports, capsys) -> None:
+    float_path, _ = exports
+    expected = evaluate_checkpoint(trained.checkpoint, trained.data, workers=0)
+    result = evaluate_onnx(float_path, trained.data, workers=0, threads=1, batch_size=16)
+    assert result["weights"] == "onnx" and result["model"] == "tiny" and result["images"] == 40
+    assert result["confusion"] == expected["confusion"] and result["top1"] == expected["top1"]
+    assert result["top5"] == expected["top5"] and result["loss"] == pytest.approx(expected["loss"], abs=1e-4)
+    assert main(["eval", "--onnx", str(float_path), "--data", str(trained.data), "--workers", "0", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"tiny (onnx, {float_path}) on val/" in out and f"top-1 {expected['top1']:.2f}%" in out
+    report = json.loads((float_path.parent / "eval-val-tiny" / "eval.json").read_text())
+    assert report["confusion"] == expected["confusion"] and report["onnx"] == str(float_path)
+
+
+def test_int8_agreement_with_float(trained, exports, tmp_path, capsys) -> None:
+    float_path, int8_path = exports
+    args = ["eval", "--onnx", str(int8_path), "--data", str(trained.data), "--workers", "0", "--threads", "1"]
+    assert main([*args, "--agreement-with", str(float_path), "--output", str(tmp_path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["weights"] == "onnx-int8" and "predictions" not in result
+    agreement = result["agreement"]
+    assert agreement["with"] == str(float_path) and agreement["with_weights"] == "onnx"
+    assert agreement["top1_agreement"] >= 90.0
+    # The same through the library: per-image predictions in the order of the files.
+    a = evaluate_onnx(int8_path, trained.data, workers=0, threads=1, predictions=True)
+    b = evaluate_onnx(float_path, trained.data, workers=0, threads=1, predictions=True)
+    assert a["files"] == b["files"] and len(a["predictions"]) == 40
+    assert top1_agreement(a["predictions"], b["predictions"]) == agreement["top1_agreement"]
+    assert top1_agreement([0, 1, 2, 3], [0, 1, 2, 0]) == 75.0
+    with pytest.raises(AttendNetsError, match="not the same images"):
+        top1_agreement([0, 1], [0])
+
+
+def test_onnx_eval_bad_inputs(trained, exports, tmp_path, capsys) -> None:
+    float_path, _ = exports
+    other = make_synthetic_dataset(tmp_path / "other", classes=3, per_class=1, size=16)
+    assert main(["eval", "--onnx", str(float_path), "--data", str(other), "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "val/: tiny.onnx predicts 5 classes, the data has 3" in err and err.count("\n") == 1
+    foreign = tmp_path / "identity.onnx"  # a valid ONNX model that attendnets did not write
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
+    onnx.save(onnx.helper.make_model(graph), foreign)
+    assert main(["eval", "--onnx", str(foreign), "--data", str(trained.data)]) == 2
+    assert "identity.onnx was not exported by attendnets" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(trained.checkpoint), "--data", str(trained.data), "--threads", "1"]) == 2
+    assert "--threads only applies with --onnx" in capsys.readouterr().err
+    for models in ([], ["--onnx", str(float_path), "--checkpoint", str(trained.checkpoint)]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["eval", *models, "--data", str(trained.data)])
+        assert exit_.value.code == 2
+    assert "one of the arguments --checkpoint --onnx is required" in capsys.readouterr().err

@@ -3,6 +3,10 @@ its int8 version calibrated on images."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -10,10 +14,10 @@ import torch
 from torch import nn
 
 from attendnets.checkpoint import model_meta, save_checkpoint
-from attendnets.data import load_rgb, make_synthetic_dataset
-from attendnets.errors import AttendNetsError
-from attendnets.evaluate import eval_transform
 from attendnets.blocks import PEPE
+from attendnets.cli import main
+from attendnets.data import DATA_ENV
+from attendnets.errors import AttendNetsError
 from attendnets.export import (
     OnnxRunner,
     RepeatedDepthwise,
@@ -26,9 +30,9 @@ from attendnets.export import (
 from attendnets.model import build_model
 from attendnets.spec import ArchSpec
 from tests.conftest import TINY_SPEC
+from tests.deploy_fixtures import PREPROCESSING, Trained, load_images, trained  # noqa: F401 (fixture)
 
 CLASSES = [f"class{i}" for i in range(5)]
-PREPROCESSING = dict(img_size=16, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3], interpolation="bicubic", crop_pct=0.9)
 
 
 @pytest.fixture(scope="module")
@@ -95,44 +99,18 @@ def test_export_needs_meta(tmp_path) -> None:
         export_onnx(model, tmp_path / "x.onnx", {"class_names": ["a", "b"], **PREPROCESSING})
 
 
-def _load(folder, classes):
-    transform = eval_transform(PREPROCESSING)
-    paths = sorted(folder.rglob("*.png"))
-    images = torch.stack([transform(load_rgb(p)) for p in paths])
-    return images, torch.tensor([classes.index(p.parent.name) for p in paths])
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The tiny model fitted for a few seconds to 5 synthetic classes at 16 px, exported:
-    ``(data root, class names, float ONNX path)``. (A random model's logits hinge on tiny feature differences that any
-    8-bit rounding reorders: only a trained model has inputs that are easy for it.)"""
-    root = make_synthetic_dataset(tmp_path_factory.mktemp("images"), classes=5, per_class=16, size=16)
-    classes = sorted(p.name for p in (root / "train").iterdir())
-    images, targets = _load(root / "train", classes)
-    torch.manual_seed(0)
-    model = build_model(ArchSpec.from_dict(TINY_SPEC))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: more threads only spin against other work
-    try:
-        for _ in range(150):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(images), targets).backward()
-            optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
-    path = export_onnx(model.eval(), root / "tiny.onnx", {"class_names": classes, **PREPROCESSING})
-    return root, classes, path
+def float_onnx(trained: Trained) -> Path:
+    return export_checkpoint(trained.checkpoint, trained.data / "tiny.onnx")
 
 
-def test_int8_agrees_with_float(trained, tmp_path) -> None:
-    root, classes, float_path = trained
-    int8_path = quantize_onnx(float_path, tmp_path / "tiny-int8.onnx", root / "train")
+def test_int8_agrees_with_float(trained, float_onnx, tmp_path) -> None:
+    float_path = float_onnx
+    int8_path = quantize_onnx(float_path, tmp_path / "tiny-int8.onnx", trained.data / "train")
     graph = onnx.load(str(int8_path))
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.graph.node}
     assert read_onnx_meta(int8_path) == read_onnx_meta(float_path)
-    val, _ = _load(root / "val", classes)
+    val, _ = load_images(trained.data / "val", trained.classes)
     expected = OnnxRunner(float_path, threads=1)(val)
     logits = OnnxRunner(int8_path, threads=1)(val)
     top2 = np.sort(expected, axis=1)[:, -2:]
@@ -173,3 +151,58 @@ def test_exported_graph_has_no_depthwise_multiplier(exported) -> None:
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
             out_chs, in_per_group = weights[node.input[1]][:2]
             assert not (in_per_group == 1 and 1 < group < out_chs), f"{node.name}: depthwise with a multiplier"
+
+
+def _copy_checkpoint(trained: Trained, folder: Path) -> Path:
+    """The trained checkpoint copied to ``folder/best`` (a run folder the test may add a config.json to)."""
+    folder.mkdir(parents=True)
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(trained.checkpoint.with_suffix(suffix), folder / f"best{suffix}")
+    return folder / "best"
+
+
+def test_cli_export_int8_calibrated_on_the_run_data(trained, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    checkpoint = _copy_checkpoint(trained, tmp_path / "run")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"data": str(trained.data)}))
+    args = ["export", "--checkpoint", str(tmp_path / "run"), "--int8", "--calib-images", "16", "--threads", "1"]
+    assert main([*args, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    float_path, int8_path = checkpoint.with_suffix(".onnx"), checkpoint.with_suffix(".int8.onnx")
+    assert record["float"]["path"] == str(float_path) and record["int8"]["path"] == str(int8_path)
+    assert record["float"]["kb"] == pytest.approx(float_path.stat().st_size / 1024)
+    assert record["int8"]["calibration"] == str(trained.data / "train")
+    onnx.checker.check_model(onnx.load(str(float_path)), full_check=True)
+    assert read_onnx_meta(int8_path)["class_names"] == trained.classes
+    parity = record["parity"]
+    assert parity["images"] == 32 and parity["float_max_abs_diff"] < 1e-4
+    assert parity["int8_top1_agreement"] >= 90.0  # training images: the fitted model is sure of them
+
+
+def test_cli_export_float_prints_sizes_and_parity(trained, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    assert main(["export", "--checkpoint", str(trained.checkpoint), "--output", str(tmp_path / "m.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert f"float ONNX  {tmp_path / 'm.onnx'}" in out and " KB" in out and "int8" not in out
+    assert "parity on 8 random inputs: float ONNX vs PyTorch max |logit diff|" in out  # no data known: random
+    monkeypatch.setenv(DATA_ENV, str(trained.data))
+    assert main(["export", "--checkpoint", str(trained.checkpoint), "--output", str(tmp_path / "m.onnx")]) == 0
+    assert f"parity on 32 images of {trained.data / 'train'}" in capsys.readouterr().out
+
+
+def test_cli_export_bad_inputs(trained, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    base = ["export", "--checkpoint", str(trained.checkpoint), "--output", str(tmp_path / "m.onnx"), "--int8"]
+    for extra, message in [
+        (["--calib-data", str(tmp_path / "empty")], "has no images to calibrate on"),
+        (["--calib-data", str(tmp_path / "missing")], "calibration folder"),
+        ([], "no calibration images: pass --calib-data DIR"),
+        (["--calib-images", "0"], "--calib-images must be at least 1"),
+    ]:
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "m.onnx").exists()  # nothing written before the inputs were checked
+    assert main(["export", "--checkpoint", str(trained.checkpoint), "--output", str(tmp_path / "m.txt")]) == 2
+    assert "--output must be a .onnx file" in capsys.readouterr().err

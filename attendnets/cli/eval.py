@@ -1,4 +1,4 @@
-"""``attendnets eval``: accuracy of a checkpoint on an image folder."""
+"""``attendnets eval``: accuracy of a checkpoint or an exported ONNX model on an image folder."""
 
 from __future__ import annotations
 
@@ -11,43 +11,75 @@ from rich.table import Table
 
 from attendnets.checkpoint import checkpoint_paths
 from attendnets.data import DATA_ENV
-from attendnets.evaluate import evaluate_checkpoint, save_report
+from attendnets.errors import AttendNetsError
+from attendnets.evaluate import evaluate_checkpoint, evaluate_onnx, save_report, top1_agreement
 
-HELP = "top-1/top-5, per-class accuracy and confusion matrix of a checkpoint"
+HELP = "top-1/top-5, per-class accuracy and confusion matrix of a checkpoint or ONNX file"
 DESCRIPTION = f"""\
-Rebuild the model a checkpoint describes (its JSON sidecar), preprocess DATA/SPLIT exactly as it was
-validated during training (resize, centre crop, normalise), and report top-1 and top-5 accuracy,
-accuracy per class and the confusion matrix. DATA is --data, else ${DATA_ENV}; the class folders must
-be the ones the checkpoint was trained on. CKPT is a checkpoint (NAME, NAME.safetensors or NAME.json)
-or a run folder (its best checkpoint). eval.json and confusion.png are written to --output (default:
-next to the checkpoint, in eval-SPLIT/).
+Rebuild the model a checkpoint describes (its JSON sidecar), or run an ONNX file written by attendnets
+export with ONNX Runtime (float or int8, on CPU), preprocess DATA/SPLIT exactly as it was validated
+during training (resize, centre crop, normalise) and report top-1 and top-5 accuracy, accuracy per class
+and the confusion matrix. DATA is --data, else ${DATA_ENV}; the class folders must be the ones the model
+was trained on. CKPT is a checkpoint (NAME, NAME.safetensors or NAME.json) or a run folder (its best
+checkpoint). eval.json and confusion.png are written to --output (default: next to the checkpoint, in
+eval-SPLIT/; next to an ONNX file FILE.onnx, in eval-SPLIT-FILE/).
+
+--agreement-with OTHER.onnx also runs OTHER on the same images and reports on how many of them both give
+the same top-1 class (how closely an int8 export follows its float one, say).
 
 examples:
   attendnets eval --checkpoint runs/b --data ~/imagenette2-224
   attendnets eval --checkpoint runs/b/last.safetensors --data DATA --split val --json
+  attendnets eval --onnx runs/b/best.onnx --data DATA
+  attendnets eval --onnx runs/b/best.int8.onnx --data DATA --agreement-with runs/b/best.onnx
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", metavar="CKPT", required=True, help="checkpoint or run folder")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", metavar="CKPT", help="checkpoint or run folder (PyTorch)")
+    model.add_argument("--onnx", metavar="FILE", help="ONNX file written by attendnets export (ONNX Runtime)")
     parser.add_argument("--data", metavar="DIR", help=f"dataset root (default: ${DATA_ENV})")
     parser.add_argument("--split", default="val", help="subfolder of DATA to evaluate on (default val)")
     parser.add_argument("--output", metavar="DIR", help="where to write eval.json and confusion.png")
     parser.add_argument("--batch-size", type=int, default=64, help="default 64")
     parser.add_argument("--workers", type=int, default=2, help="data loader processes (default 2)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime threads with --onnx (default: all cores)")
+    parser.add_argument("--agreement-with", metavar="OTHER.onnx", help="with --onnx: top-1 agreement with OTHER")
     parser.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.workers, args.strict)
-    output = Path(args.output) if args.output else checkpoint_paths(args.checkpoint)[0].parent / f"eval-{args.split}"
-    written = save_report(result, output)
+    if args.onnx is None:
+        for option in ("threads", "agreement_with"):
+            if getattr(args, option) is not None:
+                raise AttendNetsError(f"--{option.replace('_', '-')} only applies with --onnx")
+        result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.workers, args.strict)
+        default_output = checkpoint_paths(args.checkpoint)[0].parent / f"eval-{args.split}"
+    else:
+        common = dict(batch_size=args.batch_size, workers=args.workers, strict=args.strict, threads=args.threads)
+        compare = args.agreement_with is not None
+        result = evaluate_onnx(args.onnx, args.data, args.split, predictions=compare, **common)
+        if compare:
+            other = evaluate_onnx(args.agreement_with, args.data, args.split, predictions=True, **common)
+            result["agreement"] = {
+                "with": args.agreement_with,
+                "with_weights": other["weights"],
+                "with_top1": other["top1"],
+                "top1_agreement": top1_agreement(result.pop("predictions"), other["predictions"]),
+            }
+            del result["files"]
+        default_output = Path(args.onnx).parent / f"eval-{args.split}-{Path(args.onnx).stem}"
+    written = save_report(result, Path(args.output) if args.output else default_output)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     console = Console(width=120)
-    console.print(f"{result['model']} (epoch {result['epoch']}, {result['weights']} weights) on {args.split}/")
+    if args.onnx is None:
+        console.print(f"{result['model']} (epoch {result['epoch']}, {result['weights']} weights) on {args.split}/")
+    else:
+        console.print(f"{result['model']} ({result['weights']}, {args.onnx}) on {args.split}/")
     table = Table()
     table.add_column("class")
     table.add_column("top-1", justify="right")
@@ -59,4 +91,10 @@ def run(args: argparse.Namespace) -> int:
         f"{result['images']} images: top-1 {result['top1']:.2f}%, top-{result['top5_k']} {result['top5']:.2f}%, "
         f"loss {result['loss']:.4f}; wrote {', '.join(str(p) for p in written)}"
     )
+    if "agreement" in result:
+        a = result["agreement"]
+        console.print(
+            f"top-1 agreement with {a['with']} ({a['with_weights']}, top-1 {a['with_top1']:.2f}%): "
+            f"{a['top1_agreement']:.2f}% of the images"
+        )
     return 0

@@ -1,0 +1,83 @@
+"""Top classes of single images, from a checkpoint (PyTorch) or an exported ONNX file (ONNX Runtime).
+
+Either way the images are preprocessed as the model's own metadata says (the checkpoint sidecar, or the
+metadata stored in the ONNX file), so a model is always fed as it was validated.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from attendnets.checkpoint import load_checkpoint
+from attendnets.data import load_rgb
+from attendnets.errors import AttendNetsError
+from attendnets.evaluate import eval_transform
+
+
+@dataclass
+class Classifier:
+    """A model with what it needs to answer: ``meta`` (class names and preprocessing) and ``logits``,
+    preprocessed images ``(N, C, H, W)`` to logits ``(N, classes)``."""
+
+    meta: dict[str, Any]
+    logits: Callable[[torch.Tensor], torch.Tensor]
+    source: str
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta["class_names"]
+
+
+def load_classifier(
+    checkpoint: str | os.PathLike | None = None, onnx: str | os.PathLike | None = None, threads: int | None = None
+) -> Classifier:
+    """The classifier of a checkpoint or of an ONNX file written by ``attendnets export`` (exactly one of
+    the two). ``threads``: ONNX Runtime's intra-op threads (``None``: one per core)."""
+    if (checkpoint is None) == (onnx is None):
+        raise AttendNetsError("give exactly one model: a checkpoint or an ONNX file")
+    if checkpoint is not None:
+        model, meta = load_checkpoint(checkpoint)
+
+        @torch.no_grad()
+        def forward(images: torch.Tensor) -> torch.Tensor:
+            return model(images)
+
+        return Classifier(meta, forward, str(checkpoint))
+    from attendnets.export import OnnxRunner
+
+    runner = OnnxRunner(onnx, threads=threads)
+    return Classifier(runner.meta, lambda images: torch.from_numpy(runner(images)), str(onnx))
+
+
+def predict_images(
+    classifier: Classifier, paths: list[str | os.PathLike], top: int = 5, batch_size: int = 32
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ``top`` classes of each readable image, most probable first: ``(records, problems)``, a record
+    being ``{"image": path, "top": [{"class": name, "probability": p}, ...]}`` (softmax probabilities) and
+    a problem a one-line description of an image that could not be read (it is skipped)."""
+    if top < 1:
+        raise AttendNetsError(f"--top must be at least 1, got {top}")
+    transform = eval_transform(classifier.meta)
+    readable, tensors, problems = [], [], []
+    for path in paths:
+        try:
+            tensors.append(transform(load_rgb(path)))
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            problems.append(f"cannot read image {path}: {err}")
+            continue
+        readable.append(str(path))
+    k = min(top, len(classifier.class_names))
+    records = []
+    for start in range(0, len(tensors), batch_size):
+        probs = classifier.logits(torch.stack(tensors[start : start + batch_size])).double().softmax(1)
+        values, indices = probs.topk(k, dim=1)
+        for path, p, i in zip(readable[start : start + batch_size], values.tolist(), indices.tolist()):
+            top_k = [{"class": classifier.class_names[c], "probability": v} for v, c in zip(p, i)]
+            records.append({"image": path, "top": top_k})
+    return records, problems
