@@ -1,0 +1,112 @@
+"""Search spaces: file round-trips, the prototype is a point of its space, samples build, bad spaces are refused."""
+
+from __future__ import annotations
+
+import random
+
+import optuna
+import pytest
+
+from attendnets.model import build_model
+from attendnets.registry import PRESETS, load_preset
+from attendnets.search.space import SPACE_DIR, SearchSpace, SpaceError, default_space, load_space
+from attendnets.spec import ArchSpec, ConvSpec, PEPESpec, VACSpec
+from tests.conftest import TINY_SPEC
+
+
+class RandomChoices:
+    """A trial that picks uniformly at random."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.params: dict = {}
+
+    def suggest_categorical(self, name: str, choices: list):
+        self.params[name] = value = self.rng.choice(choices)
+        return value
+
+
+def _space_dict(**changes) -> dict:
+    """The default space around the tiny spec, as a dict, with ``changes`` applied to its first stage."""
+    data = default_space(ArchSpec.from_dict(TINY_SPEC)).to_dict()
+    data["stages"][0].update(changes)
+    return data
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_shipped_space_holds_its_preset(preset: str) -> None:
+    space = load_space(preset)
+    assert space.to_dict() == default_space(load_preset(preset)).to_dict()
+    spec = space.sample(optuna.trial.FixedTrial(space.prototype_params()))
+    assert spec.blocks == load_preset(preset).blocks
+    assert spec.head == load_preset(preset).head
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_file_round_trip(tmp_path, suffix: str) -> None:
+    space = load_space("attendnet_b")
+    space.save(tmp_path / f"space{suffix}")
+    again = SearchSpace.load(tmp_path / f"space{suffix}")
+    assert again.to_dict() == space.to_dict()
+    assert again.prototype_params() == space.prototype_params()
+
+
+def test_samples_build_and_follow_the_choices() -> None:
+    space = load_space("attendnet_b")
+    kinds_seen = set()
+    depths = set()
+    for seed in range(25):
+        trial = RandomChoices(seed)
+        spec = space.sample(trial)
+        build_model(spec, num_classes=10)  # raises if a sample cannot be built
+        for block in spec.blocks:
+            widths = [block.mid] if isinstance(block, VACSpec) else [block.out]
+            if isinstance(block, PEPESpec):
+                widths += [block.proj, block.proj2]
+                assert block.mult in space.pepe.mult and block.kernel in space.pepe.kernel
+            if not (isinstance(block, ConvSpec) and block.groups > 1):
+                assert all(w % space.round_to == 0 for w in widths), block
+        kinds_seen |= {v for k, v in trial.params.items() if k.endswith(".kind")}
+        depths.add(len(spec.blocks) - len(space.prototype.blocks))
+    assert kinds_seen == {"vac", "pepe", "conv"}
+    assert len(depths) > 3  # depth choices change the number of blocks both ways
+
+
+def test_width_choice_scales_the_stage() -> None:
+    space = load_space("attendnet_b")
+    params = {**space.prototype_params(), "s2.width": 1.25}
+    spec = space.sample(optuna.trial.FixedTrial(params))
+    first, last = space.stages[2].blocks
+    for old, new in zip(space.prototype.blocks[first : last + 1], spec.blocks[first : last + 1]):
+        if isinstance(old, PEPESpec):
+            assert new.out == round(old.out * 1.25 / 8) * 8
+    assert spec.blocks[: first] == space.prototype.blocks[: first]
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"kinds": ["vac", "mlp"]}, "unknown block kind(s) ['mlp']"),
+        ({"width": [0.5, 0.75]}, "must include the prototype's 1.0"),
+        ({"depth": [-5, 0]}, "depth value -5 is not valid"),
+        ({"blocks": [0, 0], "depth": [0]}, "must start at block 1"),
+        ({"width": [0.0, 1.0]}, "width value 0.0 is not valid"),
+    ],
+)
+def test_bad_spaces_are_refused(changes: dict, message: str) -> None:
+    with pytest.raises(SpaceError) as err:
+        SearchSpace.from_dict(_space_dict(**changes))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_prototype_and_fields() -> None:
+    with pytest.raises(SpaceError, match="neither a preset"):
+        SearchSpace.from_dict({**_space_dict(), "prototype": "resnet50"})
+    with pytest.raises(SpaceError, match=r"unknown field\(s\) \['widths'\]"):
+        SearchSpace.from_dict(_space_dict(widths=[1.0]))
+    with pytest.raises(SpaceError, match="must include the prototype's"):
+        SearchSpace.from_dict({**_space_dict(), "pepe": {"mult": [3]}})
+    with pytest.raises(SpaceError, match="cannot read search space"):
+        load_space("no/such/space.yaml")
+    assert SPACE_DIR.is_dir()
