@@ -4,6 +4,7 @@ its int8 version calibrated on images."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -206,3 +207,24 @@ def test_cli_export_bad_inputs(trained, tmp_path, monkeypatch, capsys) -> None:
     assert not (tmp_path / "m.onnx").exists()  # nothing written before the inputs were checked
     assert main(["export", "--checkpoint", str(trained.checkpoint), "--output", str(tmp_path / "m.txt")]) == 2
     assert "--output must be a .onnx file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.environ.get(DATA_ENV), reason=f"needs real photos: set {DATA_ENV} to an ImageFolder dataset")
+def test_export_on_real_photos(tmp_path, capsys) -> None:
+    """The deployment path on the real dataset's JPEGs (some grayscale): calibration on $ATTENDNETS_DATA/train by
+    default, float parity at 1e-4, int8 predictions on val photos. The tiny model is untrained: this checks the
+    plumbing, not accuracy."""
+    root = Path(os.environ[DATA_ENV])
+    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir() and not d.name.startswith("."))
+    torch.manual_seed(0)
+    model = build_model(ArchSpec.from_dict({**TINY_SPEC, "num_classes": len(classes)})).eval()
+    meta = {**model_meta(model, "tiny.json"), "class_names": classes, **PREPROCESSING, "img_size": 32}
+    save_checkpoint(tmp_path / "best", model, meta)
+    assert main(["export", "--checkpoint", str(tmp_path / "best"), "--int8", "--calib-images", "16", "--threads", "1",
+                 "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["int8"]["calibration"] == str(root / "train") and record["parity"]["images"] == 32
+    assert record["parity"]["float_max_abs_diff"] < 1e-4
+    photos = [str(next((root / "val" / name).iterdir())) for name in classes[:2]]
+    assert main(["predict", *photos, "--onnx", record["int8"]["path"], "--threads", "1", "--json"]) == 0
+    assert [r["image"] for r in json.loads(capsys.readouterr().out)] == photos
