@@ -7,10 +7,15 @@ model needs besides its weights is stored in the model's ``metadata_props``, eac
 ``class_names`` and the preprocessing of the checkpoint sidecar (``img_size``, ``mean``, ``std``,
 ``interpolation``, ``crop_pct``), so an ``.onnx`` file is usable on its own.
 
-A depthwise conv with a channel multiplier (PEPE's depthwise expansion, ``Conv2d(c, m*c, groups=c)``)
-falls off ONNX Runtime's fast depthwise kernel in int8 (6.4x slower network measured); the exported graph
-expresses it as a channel repeat then a plain depthwise conv, with the same weights and the same result.
-The PyTorch model is not changed.
+:func:`for_runtime` expresses the blocks the way ONNX Runtime's int8 kernels are fast at, with the same math
+(measured in ``docs/results/ort_profile.md``); the PyTorch model is not changed:
+
+- a depthwise conv with a channel multiplier (``Conv2d(c, m*c, groups=c)``) falls off the fast depthwise
+  kernel (6.4x slower network): PEPE's 1x1 projection gets ``m`` copies of each output channel instead, so
+  the expansion is a plain depthwise conv; elsewhere the channel repeat is a graph op before the conv;
+- the attention condenser's learned scale ``S`` is folded into the up-mixing conv's weights (a broadcast
+  per-channel ``Mul`` is slow in int8), and its embedding's grouped conv (4 groups) becomes a dense conv
+  with a block-diagonal weight (tiny groups are slow in int8; the dense conv is not).
 
 :func:`quantize_onnx` makes the int8 graph that is fast in ONNX Runtime on x86 (measured): static
 quantization calibrated on real images, QDQ format, per-channel int8 weights, uint8 activations.
@@ -28,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attendnets.blocks import PEPE, VisualAttentionCondenser
 from attendnets.checkpoint import atomic_write, load_checkpoint
 from attendnets.data import IMAGE_EXTENSIONS, image_files, load_rgb, short_list
 from attendnets.errors import AttendNetsError
@@ -65,10 +71,99 @@ class RepeatedDepthwise(nn.Module):
         return self.conv(x.unsqueeze(2).expand(n, c, self.mult, h, w).reshape(n, c * self.mult, h, w))
 
 
+# The dense conv does ``groups`` times the multiply-adds of the grouped one: a win measured at 4 groups.
+MAX_DENSE_GROUPS = 4
+
+
+def _dense(conv: nn.Conv2d) -> nn.Conv2d:
+    """A grouped conv as a dense one whose weight is block-diagonal (zero across groups): the same result."""
+    dense = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        bias=conv.bias is not None, padding_mode=conv.padding_mode,
+    )
+    per_in, per_out = conv.in_channels // conv.groups, conv.out_channels // conv.groups
+    with torch.no_grad():
+        dense.weight.zero_()
+        for g in range(conv.groups):
+            rows, cols = slice(g * per_out, (g + 1) * per_out), slice(g * per_in, (g + 1) * per_in)
+            dense.weight[rows, cols] = conv.weight[rows]
+        if conv.bias is not None:
+            dense.bias.copy_(conv.bias)
+    return dense
+
+
+def _repeat_outputs(conv: nn.Conv2d, norm: nn.Module, times: int) -> tuple[nn.Conv2d, nn.Module]:
+    """``conv`` and its norm (BatchNorm2d or Identity) with each output channel ``times`` times in a row:
+    channel ``j`` of the result is channel ``j // times`` of the original."""
+    repeated = nn.Conv2d(
+        conv.in_channels, conv.out_channels * times, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+    )
+    with torch.no_grad():
+        repeated.weight.copy_(conv.weight.repeat_interleave(times, 0))
+        if conv.bias is not None:
+            repeated.bias.copy_(conv.bias.repeat_interleave(times, 0))
+    if isinstance(norm, nn.BatchNorm2d):
+        bn = nn.BatchNorm2d(norm.num_features * times, norm.eps, norm.momentum, norm.affine)
+        with torch.no_grad():
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                if getattr(norm, key) is not None:
+                    getattr(bn, key).copy_(getattr(norm, key).repeat_interleave(times, 0))
+        norm = bn.train(norm.training)
+    return repeated, norm
+
+
+def _fold_repeat_into_projection(pepe: PEPE) -> None:
+    """Give PEPE's 1x1 projection ``m`` copies of each output channel (conv rows, BN parameters) so that its
+    depthwise expansion, which reads each channel ``m`` times, becomes a plain depthwise conv."""
+    expansion = pepe.expand_dw[0]
+    times = expansion.out_channels // expansion.in_channels
+    if times == 1:
+        return
+    pepe.project[0], pepe.project[1] = _repeat_outputs(pepe.project[0], pepe.project[1], times)
+    pepe.expand_dw[0] = RepeatedDepthwise(expansion).conv
+
+
+class RuntimeVAC(nn.Module):
+    """A :class:`~attendnets.blocks.VisualAttentionCondenser` with the same math, as ONNX Runtime's int8
+    kernels are fast at: ``S`` folded into the up-mixing conv (``M'(V' * A * S) = M'_S(V' * A)``, ``M'_S``
+    having column ``c`` of its weight times ``S_c``), and an embedding conv of at most
+    :data:`MAX_DENSE_GROUPS` groups made dense with a block-diagonal weight."""
+
+    def __init__(self, vac: VisualAttentionCondenser) -> None:
+        super().__init__()
+        vac = copy.deepcopy(vac)
+        self.pool_size, self.residual = vac.pool_size, vac.residual
+        self.down_mix, self.condense, self.embed, self.up_mix = vac.down_mix, vac.condense, vac.embed, vac.up_mix
+        grouped = self.embed[0][0]
+        if 1 < grouped.groups <= MAX_DENSE_GROUPS and grouped.groups < grouped.in_channels:
+            self.embed[0][0] = _dense(grouped)
+        with torch.no_grad():
+            self.up_mix[0].weight.mul_(vac.scale.reshape(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.down_mix(x)
+        attention = torch.sigmoid(self.embed(self.condense(v)))
+        attention = nn.functional.interpolate(attention, scale_factor=float(self.pool_size), mode="nearest")
+        height, width = v.shape[-2:]
+        if attention.shape[-2] != height or attention.shape[-1] != width:
+            attention = attention[..., :height, :width]
+        out = self.up_mix(v * attention)
+        return x + out if self.residual else out
+
+
 def for_runtime(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every depthwise conv that has a channel multiplier expressed as
-    :class:`RepeatedDepthwise`."""
+    """A copy of ``model`` expressed for ONNX Runtime with the same math (see the module docstring): attention
+    condensers as :class:`RuntimeVAC`, PEPE's channel repeat folded into its projection, and any other
+    depthwise conv with a channel multiplier as :class:`RepeatedDepthwise`. Exact in eval mode."""
+    if isinstance(model, VisualAttentionCondenser):
+        return RuntimeVAC(model)
     model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, VisualAttentionCondenser):
+            model.set_submodule(name, RuntimeVAC(module))
+        elif isinstance(module, PEPE):
+            _fold_repeat_into_projection(module)
     for name, module in list(model.named_modules()):
         if (
             isinstance(module, nn.Conv2d)

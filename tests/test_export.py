@@ -15,13 +15,15 @@ import torch
 from torch import nn
 
 from attendnets.checkpoint import model_meta, save_checkpoint
-from attendnets.blocks import PEPE
+from attendnets.blocks import PEPE, VisualAttentionCondenser
 from attendnets.cli import main
 from attendnets.data import DATA_ENV
 from attendnets.errors import AttendNetsError
 from attendnets.export import (
     OnnxRunner,
+    MAX_DENSE_GROUPS,
     RepeatedDepthwise,
+    RuntimeVAC,
     export_checkpoint,
     export_onnx,
     for_runtime,
@@ -129,18 +131,60 @@ def test_calibration_needs_images(exported, tmp_path) -> None:
     assert "\n" not in str(err.value) and not (tmp_path / "int8.onnx").exists()
 
 
-def test_depthwise_expansion_for_runtime() -> None:
+def _randomise(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters, attention scales and classifier weights (logits of
+    order 1), so that a rewrite that drops or misplaces any of them shows; eval mode."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 1.0)
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.running_var, 0.5, 2.0)
+            for t in (m.running_mean, m.bias):
+                nn.init.normal_(t, 0, 0.3)
+            nn.init.normal_(m.weight, 1, 0.3)
+        if isinstance(m, VisualAttentionCondenser):
+            nn.init.normal_(m.scale, 1, 0.5)
+    return model.eval()
+
+
+def test_pepe_for_runtime_folds_the_repeat_into_its_projection() -> None:
     torch.manual_seed(0)
-    pepe = PEPE(6, 4, 3, 4, 8, stride=2).eval()
-    nn.init.normal_(pepe.expand_dw[0].weight)
+    pepe = _randomise(PEPE(6, 4, 3, 4, 8, stride=2))
     rewritten = for_runtime(pepe)
-    conv = rewritten.expand_dw[0].conv
-    assert isinstance(rewritten.expand_dw[0], RepeatedDepthwise) and conv.groups == conv.in_channels == 12
-    assert torch.equal(conv.weight, pepe.expand_dw[0].weight)
-    assert isinstance(pepe.expand_dw[0], nn.Conv2d)  # the original is untouched
+    dw = rewritten.expand_dw[0]
+    assert isinstance(dw, nn.Conv2d) and dw.groups == dw.in_channels == dw.out_channels == 12
+    assert rewritten.project[0].out_channels == rewritten.project[1].num_features == 12
+    assert pepe.expand_dw[0].groups == 4 and pepe.project[0].out_channels == 4  # the original is untouched
     x = torch.randn(2, 6, 9, 9)
     with torch.no_grad():
-        torch.testing.assert_close(rewritten(x), pepe(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(rewritten(x), pepe(x), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("scale, groups, size", [("channel", 2, 9), ("scalar", 4, 8), ("channel", 8, 7)])
+def test_vac_for_runtime_same_math(scale, groups, size) -> None:
+    torch.manual_seed(0)
+    vac = _randomise(VisualAttentionCondenser(6, 8, embed_groups=groups, scale=scale))
+    rewritten = for_runtime(vac)
+    assert isinstance(rewritten, RuntimeVAC) and not any("scale" in k for k in rewritten.state_dict())
+    embed = rewritten.embed[0][0]
+    assert embed.groups == (1 if groups <= MAX_DENSE_GROUPS else groups)
+    x = torch.randn(2, 6, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), vac(x), rtol=0, atol=1e-4)
+
+
+def test_model_for_runtime_same_math() -> None:
+    torch.manual_seed(0)
+    spec = {**TINY_SPEC, "blocks": [*TINY_SPEC["blocks"], {"type": "conv", "out": 32, "kernel": 3, "groups": 16}]}
+    model = _randomise(build_model(ArchSpec.from_dict(spec)))
+    rewritten = for_runtime(model)
+    kinds = {type(m) for m in rewritten.modules()}
+    assert RuntimeVAC in kinds and RepeatedDepthwise in kinds and VisualAttentionCondenser not in kinds
+    x = torch.randn(3, 3, 20, 20)
+    with torch.no_grad():
+        expected = model(x)
+        assert expected.abs().max() > 0.1
+        torch.testing.assert_close(rewritten(x), expected, rtol=0, atol=1e-4)
 
 
 def test_exported_graph_has_no_depthwise_multiplier(exported) -> None:
