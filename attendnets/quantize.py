@@ -9,19 +9,51 @@ Quantization-aware training: :func:`prepare_qat` makes every conv/linear compute
 weights (quantize-dequantize forward, identity backward: the straight-through estimator) while the
 optimizer updates the float weights; :func:`finish_qat` bakes the quantized weights in and restores the
 plain module layout, so the result saves and loads like any checkpoint.
+
+Optionally (``prepare_qat(model, activations=True)``) the input of every conv/linear is fake-quantized
+to 8 bits too, per tensor, unsigned (``quint8``, 0..255 with a zero point), with torch's own
+``FakeQuantize`` and a moving-average min/max observer. The ranges keep averaging (constant 0.01) for
+as long as the model trains and are used unchanged in eval mode, so evaluation never moves them. Only
+conv/linear inputs are quantized; element-wise work in between (the attention condensers' sigmoid and
+multiply, residual adds) stays float, as in a QDQ graph whose quantizers sit in front of each conv.
+
+:func:`int8_state_dict` / :func:`save_int8` give the parameters exactly as they would be stored at 8
+bits (int8 values, fp32 per-channel scales, everything else fp32); the file's tensor bytes are
+:attr:`WeightMemory.quantized_bytes`.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
 
+import safetensors.torch
 import torch
 from torch import nn
+from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
 from torch.nn.utils import parametrize
+
+from attendnets.checkpoint import (
+    atomic_write,
+    atomic_write_text,
+    checkpoint_paths,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
+from attendnets.data import DATA_ENV
+from attendnets.errors import AttendNetsError
+from attendnets.evaluate import evaluate_checkpoint
 
 QMAX = 127
 QUANTIZED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # weights with output channels on dim 0
+INPUT_QUANT = "input_fake_quant"  # the submodule that fake-quantizes a conv/linear's input
+SCALE_SUFFIX = "_scale"  # int8 storage: ``<module>.weight`` (int8) has its scales in ``<module>.weight_scale``
+INT8_FORMAT = "attendnets-int8-weights"
 
 
 def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,26 +106,91 @@ def _quantized_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, QUANTIZED_TYPES)]
 
 
-def prepare_qat(model: nn.Module) -> nn.Module:
-    """Make every conv/linear of ``model`` (in place) compute with fake-quantized int8 weights.
+def activation_fake_quant() -> FakeQuantize:
+    """An 8-bit per-tensor activation quantizer: ``quint8`` with a moving-average min/max observer."""
+    return FakeQuantize(
+        observer=MovingAverageMinMaxObserver,
+        quant_min=0,
+        quant_max=255,
+        dtype=torch.quint8,
+        qscheme=torch.per_tensor_affine,
+        averaging_constant=0.01,
+    )
 
-    While prepared, the float weights live at ``<module>.parametrizations.weight.original``."""
+
+def _fake_quantize_input(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the module sees its input fake-quantized; the range is observed only in training."""
+    quantizer = getattr(module, INPUT_QUANT)
+    quantizer.enable_observer(module.training)
+    return (quantizer(args[0]), *args[1:])
+
+
+def _input_hook_ids(module: nn.Module) -> list[int]:
+    return [key for key, hook in module._forward_pre_hooks.items() if hook is _fake_quantize_input]
+
+
+def prepare_qat(model: nn.Module, activations: bool = False) -> nn.Module:
+    """Make every conv/linear of ``model`` (in place) compute with fake-quantized int8 weights and, with
+    ``activations``, fake-quantized 8-bit inputs (see the module docstring).
+
+    While prepared, the float weights live at ``<module>.parametrizations.weight.original`` and the
+    activation quantizers at ``<module>.input_fake_quant``."""
     for _, module in _quantized_modules(model):
         if not parametrize.is_parametrized(module, "weight"):
             parametrize.register_parametrization(module, "weight", FakeQuantWeight())
+        if activations and not hasattr(module, INPUT_QUANT):
+            weight = _stored_weight(module)
+            module.add_module(INPUT_QUANT, activation_fake_quant().to(weight.device))
+            module.register_forward_pre_hook(_fake_quantize_input)
     return model
 
 
 def finish_qat(model: nn.Module) -> nn.Module:
-    """Undo :func:`prepare_qat` in place, keeping the quantized weights: the model's state dict has its
-    usual keys again and every conv/linear weight is exactly representable in int8."""
+    """Undo :func:`prepare_qat` in place, keeping the quantized weights and dropping the activation
+    quantizers: the model's state dict has its usual keys again and every conv/linear weight is exactly
+    representable in int8."""
     for _, module in _quantized_modules(model):
         if parametrize.is_parametrized(module, "weight"):
+            _own_class(module)
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        if hasattr(module, INPUT_QUANT):
+            for key in _input_hook_ids(module):
+                del module._forward_pre_hooks[key]
+            delattr(module, INPUT_QUANT)
     return model
 
 
-@dataclass(frozen=True)
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a class of its own. Deep copies share the class torch generates for a
+    parametrized module, and removing a parametrization deletes its property from that class, which
+    would break every other copy (the model being trained, its EMA)."""
+    cls = type(module)
+    body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, body)
+
+
+def plain_copy(model: nn.Module) -> nn.Module:
+    """A copy of a (possibly QAT-prepared) model with its quantized weights baked in, ready to save."""
+    return finish_qat(copy.deepcopy(model))
+
+
+def activation_quantizers(model: nn.Module) -> dict[str, FakeQuantize]:
+    """The activation quantizers of a model prepared with ``activations=True``, by module name."""
+    return {name: getattr(m, INPUT_QUANT) for name, m in _quantized_modules(model) if hasattr(m, INPUT_QUANT)}
+
+
+@torch.no_grad()
+def copy_activation_ranges(source: nn.Module, target: nn.Module) -> None:
+    """Give ``target`` the activation ranges of ``source`` (same architecture, both prepared).
+
+    An EMA of the weights must not average the ranges (their initial +-inf would average to NaN): it
+    takes the trained model's."""
+    targets = activation_quantizers(target)
+    for name, quantizer in activation_quantizers(source).items():
+        targets[name].load_state_dict(quantizer.state_dict())
+
+
+@dataclasses.dataclass(frozen=True)
 class WeightMemory:
     """Bytes of a model's parameters with 8-bit conv/linear weights, as they would be stored.
 
@@ -145,7 +242,144 @@ def _stored_weight(module: nn.Module) -> torch.Tensor:
 def quantize_weights(model: nn.Module) -> tuple[nn.Module, WeightMemory]:
     """Post-training quantization: a copy of ``model`` whose conv/linear weights are replaced by their
     dequantized int8 values, and its :class:`WeightMemory`. ``model`` itself is not changed."""
-    quantized = finish_qat(copy.deepcopy(model))
+    quantized = plain_copy(model)
     for _, module in _quantized_modules(quantized):
         module.weight.copy_(dequantize_per_channel(*quantize_per_channel(module.weight)))
     return quantized, weight_memory(quantized)
+
+
+def int8_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters of ``model`` as stored at 8 bits: each conv/linear weight as int8 ``<module>.weight``
+    with its fp32 per-output-channel scales in ``<module>.weight_scale``, every other parameter fp32.
+
+    Buffers (batch-norm statistics) are not included, as in :class:`WeightMemory`."""
+    tensors: dict[str, torch.Tensor] = {}
+    covered: set[int] = set()
+    for name, module in _quantized_modules(model):
+        prefix = f"{name}." if name else ""
+        q, scale = quantize_per_channel(module.weight)
+        tensors[f"{prefix}weight"], tensors[f"{prefix}weight{SCALE_SUFFIX}"] = q.contiguous(), scale
+        covered.add(id(_stored_weight(module)))
+    for name, param in model.named_parameters():
+        if id(param) not in covered:
+            tensors[name] = param.detach().float().cpu().contiguous()
+    return tensors
+
+
+def save_int8(model: nn.Module, path: str | os.PathLike) -> WeightMemory:
+    """Write :func:`int8_state_dict` as a safetensors file (atomically); its tensor bytes equal the
+    returned :attr:`WeightMemory.quantized_bytes` (the file adds only its JSON header)."""
+    tensors = int8_state_dict(model)
+    atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata={"format": INT8_FORMAT}))
+    return weight_memory(model)
+
+
+def load_int8(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The float parameters an int8 file written by :func:`save_int8` stands for, by parameter name."""
+    if not Path(path).is_file():
+        raise AttendNetsError(f"no int8 weight file {path}")
+    try:
+        with safetensors.safe_open(str(path), "pt") as f:
+            fmt = (f.metadata() or {}).get("format")
+            stored = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise AttendNetsError(f"cannot read int8 weight file {path}: {err}") from None
+    if fmt != INT8_FORMAT:
+        raise AttendNetsError(f"{path} is not an attendnets int8 weight file (format {fmt!r})")
+    scales = {name + SCALE_SUFFIX for name, t in stored.items() if t.dtype == torch.int8}
+    if not scales <= set(stored):
+        raise AttendNetsError(f"{path} lacks the scales of {sorted(scales - set(stored))[0]}")
+    return {
+        name: dequantize_per_channel(t, stored[name + SCALE_SUFFIX]) if t.dtype == torch.int8 else t
+        for name, t in stored.items()
+        if name not in scales
+    }
+
+
+def memory_record(memory: WeightMemory) -> dict[str, float]:
+    """A :class:`WeightMemory` as a JSON-ready dict, with the totals and the ratio."""
+    return {**dataclasses.asdict(memory), "quantized_bytes": memory.quantized_bytes, "ratio": memory.ratio}
+
+
+def quantize_checkpoint(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    qat_epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int = 64,
+    workers: int = 2,
+    qat_activations: bool = False,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """8-bit weights for a trained checkpoint, written to ``output``: ``best.safetensors`` + sidecar (a
+    checkpoint like any other, with int8-representable weights), ``int8.safetensors`` (the storage form,
+    :func:`save_int8`) and ``quantize.json`` (the returned report).
+
+    Without ``qat_epochs``: post-training quantization. With it: a quantization-aware fine-tune from the
+    checkpoint through :func:`attendnets.training.train` (cosine schedule without warm-up, ``lr`` by default
+    a tenth of the recipe's, the checkpoint's preprocessing), whose run files also land in ``output``.
+    When ``data`` (or ``$ATTENDNETS_DATA``) is there, the float and the 8-bit checkpoint are evaluated on
+    its ``val/``."""
+    from attendnets.training import TrainConfig, train  # training builds on this module
+
+    if qat_epochs is None and (qat_activations or lr is not None or resume):
+        raise AttendNetsError("--qat-activations, --lr and --resume apply to a QAT fine-tune: add --qat-epochs N")
+    if qat_epochs is not None and qat_epochs < 1:
+        raise AttendNetsError(f"--qat-epochs must be at least 1, got {qat_epochs}")
+    out = Path(output)
+    best = out / "best"
+    source_weights, _ = checkpoint_paths(checkpoint)
+    if source_weights.resolve() == checkpoint_paths(best)[0].resolve():
+        raise AttendNetsError(f"--output {out} would overwrite the checkpoint {source_weights}; choose another folder")
+    meta = read_meta(checkpoint)
+    data = data or os.environ.get(DATA_ENV)
+
+    if qat_epochs is None:
+        model, _ = load_checkpoint(checkpoint)
+        quantized, _ = quantize_weights(model)
+        kept = {k: v for k, v in meta.items() if k not in ("format", "attendnets_version", "metrics")}
+        q_meta = {**kept, "weight_bits": 8, "ptq": {"source": str(checkpoint)}}
+        save_checkpoint(best, quantized, q_meta)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        model_name = meta.get("model")
+        if model_name is None:  # an AttendNet from a spec: training rebuilds it from a spec file
+            model_name = str(out / "spec.json")
+            atomic_write_text(model_name, json.dumps(meta["spec"], indent=2) + "\n")
+        defaults = TrainConfig(model="", output="")
+        train(TrainConfig(
+            model=model_name, output=str(out), data=None if data is None else str(data), img_size=meta["img_size"],
+            epochs=qat_epochs, batch_size=batch_size, lr=defaults.lr / 10 if lr is None else lr, warmup_epochs=0,
+            workers=workers, resume=resume, init=str(checkpoint), qat=True, qat_activations=qat_activations,
+            interpolation=meta["interpolation"], crop_pct=meta["crop_pct"], mean=tuple(meta["mean"]),
+            std=tuple(meta["std"]),
+        ))
+        quantized, q_meta = load_checkpoint(best)
+    memory = save_int8(quantized, out / "int8.safetensors")
+
+    result: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "output": str(out),
+        "model": meta.get("model") or meta["spec"]["name"],
+        "method": "qat" if qat_epochs else "post-training",
+        "qat_epochs": qat_epochs,
+        "qat_activations": qat_activations,
+        "weight_memory": memory_record(memory),
+        "int8_file": str(out / "int8.safetensors"),
+        "int8_file_bytes": (out / "int8.safetensors").stat().st_size,
+        "checkpoint_8bit": str(best),
+    }
+    if qat_epochs:
+        result["qat_val_top1"] = q_meta["metrics"]["val_top1"]  # as trained: fake-quantized activations too
+    if data:
+        float_eval = evaluate_checkpoint(checkpoint, data, "val", batch_size, workers)
+        int8_eval = evaluate_checkpoint(best, data, "val", batch_size, workers)
+        result.update(images=int8_eval["images"], float_top1=float_eval["top1"], int8_top1=int8_eval["top1"],
+                      float_top5=float_eval["top5"], int8_top5=int8_eval["top5"])
+        if qat_epochs is None:
+            metrics = {"val_top1": int8_eval["top1"], "val_top5": int8_eval["top5"], "val_loss": int8_eval["loss"],
+                       "float_val_top1": float_eval["top1"]}
+            save_checkpoint(best, quantized, {**q_meta, "metrics": metrics})
+    atomic_write_text(out / "quantize.json", json.dumps(result, indent=2) + "\n")
+    return result

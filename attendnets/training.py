@@ -7,6 +7,13 @@ warm-up, label smoothing, an exponential moving average (EMA) of the weights, an
 layout. Every epoch both the raw and the EMA weights are evaluated on ``val/``; the better of the two is
 saved as the ``last`` checkpoint, and as ``best`` when it beats every earlier epoch.
 
+``qat`` trains with int8 fake-quantized weights (and, with ``qat_activations``, 8-bit fake-quantized
+conv/linear inputs; see :mod:`attendnets.quantize`), usually from a trained checkpoint given as ``init``.
+The EMA averages the float weights behind the fake quantization and uses the trained model's activation
+ranges. The checkpoints hold the quantized weights in the plain layout (every conv/linear weight exactly
+int8-representable, the usual state-dict keys), so evaluation and export load them like any other; their
+sidecars say ``"weight_bits": 8`` and ``"qat": {...}``. ``train_state.pt`` keeps the prepared model.
+
 The output folder holds ``config.json``, ``metrics.jsonl`` (one line per epoch), the ``last`` and ``best``
 checkpoints (see :mod:`attendnets.checkpoint`), ``train_state.pt`` (for ``resume``) and ``curves.png``.
 
@@ -52,13 +59,15 @@ from attendnets.checkpoint import (
     atomic_write,
     atomic_write_text,
     load_train_state,
+    load_weights,
     model_meta,
     save_checkpoint,
     save_train_state,
 )
-from attendnets.data import ImageList, open_image_folders
+from attendnets.data import ImageList, open_image_folders, short_list
 from attendnets.errors import AttendNetsError
 from attendnets.evaluate import Tally, evaluate_model
+from attendnets.quantize import copy_activation_ranges, finish_qat, plain_copy, prepare_qat
 from attendnets.registry import create_model
 from attendnets.runtime import tune_malloc
 
@@ -90,6 +99,9 @@ class TrainConfig:
     strict: bool = False
     tensorboard: bool = False
     subset: int | None = None  # at most this many images of each split (smoke runs)
+    init: str | None = None  # start from this checkpoint's weights (same architecture and classes)
+    qat: bool = False  # quantization-aware training: int8 fake-quantized conv/linear weights
+    qat_activations: bool = False  # and 8-bit fake-quantized conv/linear inputs (needs qat)
     # Preprocessing, identical for every model so that a comparison compares models, not pipelines.
     interpolation: str = "bilinear"
     crop_pct: float = 0.875
@@ -99,7 +111,8 @@ class TrainConfig:
 
 # A resumed run must be the run that was started: these fields may not change.
 RECIPE_FIELDS = ("model", "img_size", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
-                 "label_smoothing", "ema", "ema_decay", "seed", "subset", "interpolation", "crop_pct")
+                 "label_smoothing", "ema", "ema_decay", "seed", "subset", "interpolation", "crop_pct", "init",
+                 "qat", "qat_activations")
 
 
 class TrainingDiverged(AttendNetsError):
@@ -125,7 +138,7 @@ class TrainResult:
     best_top1: float
     best_epoch: int
     epochs_run: int
-    model: nn.Module  # the raw (not EMA) weights after the last epoch
+    model: nn.Module  # the raw (not EMA) weights after the last epoch (QAT: quantized, plain layout)
     history: list[dict[str, Any]]
 
 
@@ -210,7 +223,9 @@ def _loaders(config: TrainConfig, proc: Process) -> tuple[DataLoader, DataLoader
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
     now = _jsonable(dataclasses.asdict(config))
-    changed = [f for f in RECIPE_FIELDS if saved.get(f) != now[f]]
+    # Fields added since the run started take their defaults (the behaviour the run had).
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    changed = [f for f in RECIPE_FIELDS if saved.get(f, defaults[f]) != now[f]]
     if changed:
         f = changed[0]
         raise AttendNetsError(
@@ -219,11 +234,26 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
         )
 
 
+def _load_init(model: nn.Module, path: str, classes: list[str]) -> None:
+    """Load the weights of the checkpoint a run starts from; it must be for the same model and classes."""
+    try:
+        meta = load_weights(model, path)
+    except AttendNetsError as err:
+        raise AttendNetsError(f"cannot start from {path}: {err}") from None
+    if meta.get("class_names") != classes:
+        raise AttendNetsError(
+            f"cannot start from {path}: it was trained on the classes {short_list(meta.get('class_names') or [])}, "
+            f"the data has {short_list(classes)}"
+        )
+
+
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
 def _train(config: TrainConfig, proc: Process) -> TrainResult:
+    if config.qat_activations and not config.qat:
+        raise AttendNetsError("fake-quantized activations (qat_activations) need quantization-aware training (qat)")
     out = Path(config.output)
     state_path = out / STATE_FILE
     resuming = config.resume and state_path.is_file()
@@ -238,6 +268,8 @@ def _train(config: TrainConfig, proc: Process) -> TrainResult:
     _seed_everything(config.seed)  # the same initial weights in every process
     train_loader, val_loader, sampler, classes = _loaders(config, proc)
     model = create_model(config.model, num_classes=len(classes))
+    if config.init and not resuming:
+        _load_init(model, config.init, classes)
     meta = {
         **model_meta(model, config.model),
         "class_names": classes,
@@ -246,8 +278,12 @@ def _train(config: TrainConfig, proc: Process) -> TrainResult:
         "std": list(config.std),
         "interpolation": config.interpolation,
         "crop_pct": config.crop_pct,
+        **({"init": config.init} if config.init else {}),
+        **({"weight_bits": 8, "qat": {"activations": config.qat_activations}} if config.qat else {}),
     }
     model = model.to(proc.device, memory_format=torch.channels_last)
+    if config.qat:
+        prepare_qat(model, activations=config.qat_activations)  # before the optimizer: it holds the originals
     optimizer = create_optimizer_v2(model, "adamw", lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = len(train_loader)
     scheduler, _ = create_scheduler_v2(
@@ -304,7 +340,8 @@ def _train(config: TrainConfig, proc: Process) -> TrainResult:
         log.info(
             f"training {config.model} on {len(train_loader.dataset)} images ({len(classes)} classes) for "
             f"{config.epochs} epochs at {config.img_size}px, batch {config.batch_size} x {proc.world} process(es), "
-            f"{sum(p.numel() for p in model.parameters()):,} parameters -> {out}"
+            f"{sum(p.numel() for p in model.parameters()):,} parameters"
+            f"{' from ' + config.init if config.init else ''}{_qat_note(config)} -> {out}"
         )
     else:
         history = []
@@ -315,6 +352,8 @@ def _train(config: TrainConfig, proc: Process) -> TrainResult:
             epoch_start = time.perf_counter()
             stats = _train_epoch(net, model, ema, train_loader, criterion, optimizer, scheduler, epoch, config, proc)
             _sync_buffers(proc, model, ema.module if ema else None)
+            if ema is not None and config.qat_activations:
+                copy_activation_ranges(model, ema.module)
             raw = evaluate_model(model, val_loader, len(classes), proc.device).summary(classes)
             ema_eval = evaluate_model(ema.module, val_loader, len(classes), proc.device).summary(classes) if ema else None
             pick, picked = ("ema", ema_eval) if ema_eval and ema_eval["top1"] > raw["top1"] else ("raw", raw)
@@ -335,6 +374,8 @@ def _train(config: TrainConfig, proc: Process) -> TrainResult:
             rng = _gather(_rng_state(), proc)
             if proc.main:
                 weights = ema.module if pick == "ema" else model
+                if config.qat:
+                    weights = plain_copy(weights)  # int8-representable weights under the usual keys
                 ckpt_meta = {
                     **meta,
                     "epoch": epoch + 1,
@@ -372,7 +413,15 @@ def _train(config: TrainConfig, proc: Process) -> TrainResult:
             atomic_write(out / "curves.png", lambda tmp: plot_curves(history, tmp))
         if writer:
             writer.close()
+    if config.qat:
+        finish_qat(model)
     return TrainResult(out, best_top1, best_epoch, config.epochs - start_epoch, model, history)
+
+
+def _qat_note(config: TrainConfig) -> str:
+    if not config.qat:
+        return ""
+    return ", quantization-aware (int8 weights" + (", 8-bit activations)" if config.qat_activations else ")")
 
 
 def _sync_buffers(proc: Process, *modules: nn.Module | None) -> None:

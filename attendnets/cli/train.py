@@ -24,6 +24,12 @@ weights are evaluated on val/; OUTPUT gets last.* and best.* checkpoints (safete
 metrics.jsonl, train_state.pt (for --resume) and, at the end, curves.png. A NaN/inf loss stops the
 run and keeps the checkpoint of the last good epoch.
 
+8 bits: --qat trains with int8 fake-quantized conv/linear weights (per output channel, straight-through
+gradients), --qat-activations also with 8-bit fake-quantized conv/linear inputs (moving-average
+ranges). The checkpoints then hold int8-representable weights under the usual names, so eval and
+export read them unchanged. --init CKPT starts from a trained checkpoint (same model and classes);
+'attendnets quantize --qat-epochs N' is the short way to fine-tune a checkpoint to 8 bits.
+
 glibc's malloc is tuned at start (the effect of MALLOC_MMAP_THRESHOLD_=MALLOC_TRIM_THRESHOLD_=1e9, set
 with mallopt; up to 2x faster CPU training), so no environment variables are needed.
 
@@ -32,6 +38,7 @@ examples:
   attendnets train --data ~/imagenette2-224 --model attendnet_b --epochs 15 --output runs/b
   attendnets train --data DATA --spec my_design.json --img-size 96 --output runs/mine
   attendnets train --data DATA --model mobilenet_v2 --output runs/mnv2 --resume   # continue a killed run
+  attendnets train --data DATA --model attendnet_b --init runs/b --qat --epochs 3 --lr 2e-4 --warmup-epochs 0 --output runs/b8
   torchrun --nproc_per_node=2 -m attendnets train --data DATA --model attendnet_a --output runs/a
 """
 
@@ -59,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     parser.add_argument("--subset", type=int, metavar="N", help="use at most N images of each split (smoke runs)")
     parser.add_argument("--tensorboard", action="store_true", help="also log to OUTPUT/tensorboard (needs tensorboard)")
+    parser.add_argument("--init", metavar="CKPT", help="start from this checkpoint's weights (same model and classes)")
+    parser.add_argument("--qat", action="store_true", help="quantization-aware training with int8 fake-quantized weights")
+    parser.add_argument("--qat-activations", action="store_true",
+                        help="also fake-quantize conv/linear inputs to 8 bits (implies --qat)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -91,6 +102,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         strict=args.strict,
         tensorboard=args.tensorboard,
         subset=args.subset,
+        init=args.init,
+        qat=args.qat or args.qat_activations,
+        qat_activations=args.qat_activations,
     )
 
 

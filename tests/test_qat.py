@@ -1,0 +1,185 @@
+"""Quantization-aware training runs and the ``attendnets quantize`` verb, end to end on tiny data."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+import attendnets.training
+from attendnets.checkpoint import load_checkpoint, model_meta, save_checkpoint
+from attendnets.cli import main
+from attendnets.errors import AttendNetsError
+from attendnets.model import build_model
+from attendnets.quantize import dequantize_per_channel, load_int8, quantize_per_channel
+from attendnets.spec import ArchSpec
+from attendnets.training import train
+from tests.training_fixtures import SMALL_SPEC, small_config, small_spec_file, synthetic_data  # noqa: F401
+
+CLASSES = ["checks", "disc", "dots", "stripes"]  # the classes of synthetic_data
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these tiny models run several times faster than with threads competing for
+    the cores of a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _checkpoint(path: Path, classes: list[str] = CLASSES) -> Path:
+    """A freshly initialised SMALL_SPEC model saved as a checkpoint (the mechanics need no training)."""
+    torch.manual_seed(0)
+    model = build_model(ArchSpec.from_dict({**SMALL_SPEC, "num_classes": len(classes)}))
+    meta = {**model_meta(model, "small.json"), "class_names": classes, "img_size": 32, "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225], "interpolation": "bilinear", "crop_pct": 0.875, "epoch": 1, "weights": "raw"}
+    save_checkpoint(path, model, meta)
+    return path
+
+
+def _int8_representable(model: nn.Module) -> bool:
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return bool(layers) and all(
+        torch.allclose(dequantize_per_channel(*quantize_per_channel(m.weight)), m.weight, rtol=0, atol=1e-6)
+        for m in layers
+    )
+
+
+def test_cli_qat_run_from_init_saves_int8_weights_that_load(tmp_path, synthetic_data, small_spec_file, capsys) -> None:
+    init = _checkpoint(tmp_path / "float" / "best")
+    out = tmp_path / "qat"
+    args = ["train", "--data", str(synthetic_data), "--spec", str(small_spec_file), "--img-size", "32", "--epochs", "1",
+            "--batch-size", "32", "--workers", "0", "--subset", "128", "--init", str(init), "--qat-activations",
+            "--output", str(out)]
+    assert main(args) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["qat"] and config["qat_activations"] and config["init"] == str(init)
+    for name in ("best", "last"):
+        model, meta = load_checkpoint(out / name)  # the plain layout: no parametrizations, no quantizers
+        assert meta["weight_bits"] == 8 and meta["qat"] == {"activations": True} and meta["init"] == str(init)
+        assert _int8_representable(model)
+    assert main(["eval", "--checkpoint", str(out), "--data", str(synthetic_data), "--json", "--workers", "0"]) == 0
+    assert "best val top-1" in capsys.readouterr().out
+
+
+def test_qat_run_resumes_exactly(tmp_path, synthetic_data, small_spec_file, monkeypatch) -> None:
+    qat = dict(epochs=2, subset=128, qat=True, qat_activations=True)
+    full = train(small_config(synthetic_data, small_spec_file, tmp_path / "full", **qat))
+    assert _int8_representable(full.model)
+
+    evaluate = attendnets.training.evaluate_model
+    calls = []
+
+    def dying_evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # raw + EMA per epoch: the 3rd call is epoch 2's
+            raise KeyboardInterrupt
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(attendnets.training, "evaluate_model", dying_evaluate)
+    config = small_config(synthetic_data, small_spec_file, tmp_path / "resumed", **qat)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    monkeypatch.setattr(attendnets.training, "evaluate_model", evaluate)
+    state = torch.load(tmp_path / "resumed" / "train_state.pt", weights_only=False)
+    assert any(k.endswith("parametrizations.weight.original") for k in state["model"])  # the prepared model
+
+    config.resume = True
+    resumed = train(config)
+    assert resumed.epochs_run == 1
+    for (key, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+    a = safetensors.torch.load_file(tmp_path / "full" / "last.safetensors")
+    b = safetensors.torch.load_file(tmp_path / "resumed" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    with pytest.raises(AttendNetsError, match="started with qat=True, now False"):
+        train(small_config(synthetic_data, small_spec_file, tmp_path / "resumed", **{**qat, "qat": False, "qat_activations": False},
+                           resume=True))
+
+
+def test_init_must_match_model_and_classes(tmp_path, synthetic_data, small_spec_file, capsys) -> None:
+    five = _checkpoint(tmp_path / "five", classes=CLASSES + ["waves"])
+    with pytest.raises(AttendNetsError, match=r"cannot start from .*five: checkpoint five.safetensors is for 5 classes, "
+                                              "the model has 4"):
+        train(small_config(synthetic_data, small_spec_file, tmp_path / "a", init=str(five)))
+    renamed = _checkpoint(tmp_path / "renamed", classes=["a", "b", "c", "d"])
+    with pytest.raises(AttendNetsError, match="it was trained on the classes"):
+        train(small_config(synthetic_data, small_spec_file, tmp_path / "b", init=str(renamed)))
+    with pytest.raises(AttendNetsError, match=r"need quantization-aware training \(qat\)"):
+        train(small_config(synthetic_data, small_spec_file, tmp_path / "c", qat_activations=True))
+    args = ["train", "--data", str(synthetic_data), "--model", "attendnet_b", "--init", str(five),
+            "--output", str(tmp_path / "d"), "--workers", "0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "holds another architecture" in err
+
+
+def test_cli_quantize_post_training(tmp_path, synthetic_data, capsys, monkeypatch) -> None:
+    source = _checkpoint(tmp_path / "float" / "best")
+    out = tmp_path / "int8"
+    args = ["quantize", "--checkpoint", str(source.parent), "--output", str(out), "--data", str(synthetic_data),
+            "--workers", "0", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["method"] == "post-training" and result["images"] == 4 * 24
+    assert 0 <= result["int8_top1"] <= 100 and 0 <= result["float_top1"] <= 100
+    assert json.loads((out / "quantize.json").read_text()) == result
+
+    model, meta = load_checkpoint(out / "best")
+    assert meta["weight_bits"] == 8 and meta["metrics"]["val_top1"] == result["int8_top1"]
+    assert _int8_representable(model)
+    int8 = out / "int8.safetensors"
+    memory = result["weight_memory"]
+    assert int8.stat().st_size == 8 + struct.unpack("<Q", int8.read_bytes()[:8])[0] + memory["quantized_bytes"]
+    assert memory["float_bytes"] == 4 * sum(p.numel() for p in model.parameters())
+    assert memory["ratio"] == pytest.approx(memory["float_bytes"] / memory["quantized_bytes"])
+    params = load_int8(int8)
+    for name, param in model.named_parameters():
+        assert torch.allclose(params[name], param, rtol=0, atol=1e-6), name
+
+    # The table, without data to evaluate on.
+    monkeypatch.delenv("ATTENDNETS_DATA", raising=False)
+    assert main(["quantize", "--checkpoint", str(source), "--output", str(tmp_path / "t")]) == 0
+    printed = capsys.readouterr().out
+    assert "weight memory" in printed and "smaller weights" in printed and "no val/ to evaluate on" in printed
+
+
+def test_cli_quantize_qat_fine_tune(tmp_path, synthetic_data, capsys) -> None:
+    source = _checkpoint(tmp_path / "float" / "best")
+    out = tmp_path / "qat"
+    args = ["quantize", "--checkpoint", str(source), "--output", str(out), "--data", str(synthetic_data),
+            "--qat-epochs", "1", "--batch-size", "64", "--workers", "0", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["method"] == "qat" and "int8_top1" in result and "qat_val_top1" in result
+    config = json.loads((out / "config.json").read_text())
+    assert config["lr"] == pytest.approx(2e-4) and config["warmup_epochs"] == 0 and config["init"] == str(source)
+    model, meta = load_checkpoint(out / "best")
+    assert meta["qat"] == {"activations": False} and meta["spec"]["name"] == "small" and _int8_representable(model)
+    assert (out / "int8.safetensors").is_file() and (out / "metrics.jsonl").is_file()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--qat-activations"], "add --qat-epochs N"),
+        (["--qat-epochs", "0"], "--qat-epochs must be at least 1"),
+        (["--output-same"], "would overwrite the checkpoint"),
+    ],
+)
+def test_cli_quantize_bad_inputs(tmp_path, capsys, extra, message) -> None:
+    source = _checkpoint(tmp_path / "run" / "best")
+    output = tmp_path / "run" if extra == ["--output-same"] else tmp_path / "out"
+    args = ["quantize", "--checkpoint", str(tmp_path / "run"), "--output", str(output)]
+    assert main(args + [a for a in extra if a != "--output-same"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
+    assert source.with_suffix(".json").is_file()
