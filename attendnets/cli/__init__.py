@@ -12,7 +12,7 @@ import sys
 
 from attendnets.errors import AttendNetsError
 
-VERBS = ("demo", "models", "profile", "train", "eval", "export", "predict", "quantize")
+VERBS = ("demo", "models", "profile", "train", "eval", "export", "predict", "quantize", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

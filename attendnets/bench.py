@@ -1,0 +1,324 @@
+"""CPU latency and throughput of models in PyTorch eager, ONNX Runtime float and ONNX Runtime int8, measured
+side by side in one process so that their ratios mean something on a noisy machine.
+
+How it measures (see ``shared/notes/performance.md`` for why):
+
+- every (model, runtime) pair is visited once per round, in a shuffled order, so drift hits all alike;
+- before each visit the process sleeps 60 ms (thread pools keep spinning ~10-30 ms after a call and would
+  steal cores from the next model) and makes untimed calls (the first calls after idling are slow);
+- PyTorch runs in channels_last (its fastest CPU layout); ``torch`` threads and ONNX Runtime's intra-op
+  threads are both set to the requested count; glibc malloc is tuned (:func:`attendnets.runtime.tune_malloc`);
+- the int8 graph is :func:`attendnets.export.quantize_onnx`'s (static QDQ, per-channel int8 weights,
+  uint8 activations), exported through :func:`attendnets.export.for_runtime` like any deployment.
+
+Models named by preset, baseline or spec get random weights and their int8 ranges are calibrated on
+generated images: latency does not depend on the weights' values (same graph, same kernels), so this is
+fair; accuracy is not measured here. A checkpoint gives its own weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
+
+from attendnets.checkpoint import atomic_write_text, checkpoint_paths, load_checkpoint
+from attendnets.errors import AttendNetsError
+
+RUNTIMES = ("eager", "ort", "ort-int8")
+BASELINES = ("mobilenet_v1", "mobilenet_v2")
+REFERENCE = "mobilenet_v1"
+SETTLE_S = 0.06  # longer than the thread pools keep spinning after a call
+WARMUP_CALLS = 3
+TIMED_CALLS = 5  # timed batch-1 calls per visit (batch N: one)
+PROFILE_CALLS = 30
+
+
+@dataclass
+class BenchModel:
+    """A model to measure: its label in the report, the module (eval mode) and the metadata export needs."""
+
+    label: str
+    module: nn.Module
+    meta: dict[str, Any]
+
+
+def load_bench_model(name: str, img_size: int, num_classes: int) -> BenchModel:
+    """A checkpoint (its weights and classes) when ``name`` is one, else a model by name or spec file with
+    random weights and ``num_classes`` classes. Either way measured at ``img_size``."""
+    from attendnets.registry import create_model
+
+    preprocessing = dict(
+        img_size=img_size, mean=list(IMAGENET_DEFAULT_MEAN), std=list(IMAGENET_DEFAULT_STD),
+        interpolation="bilinear", crop_pct=0.875,
+    )
+    if checkpoint_paths(name)[0].is_file():
+        module, meta = load_checkpoint(name)
+        label = meta.get("model") or (meta.get("spec") or {}).get("name") or Path(name).name
+        return BenchModel(f"{label} ({Path(name).name})", module, {**meta, **preprocessing})
+    torch.manual_seed(0)
+    module = create_model(name, num_classes=num_classes).eval()
+    return BenchModel(name, module, {"class_names": [f"class{i}" for i in range(num_classes)], **preprocessing})
+
+
+def _synthetic_images(folder: Path, size: int) -> Path:
+    from attendnets.data import make_synthetic_dataset
+
+    return make_synthetic_dataset(folder, classes=4, per_class=4, size=size) / "train"
+
+
+def _ort_session(path: Path, threads: int, profile_prefix: Path | None = None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _ort_call(session: Any) -> Callable[[np.ndarray], Any]:
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})
+
+
+def op_type_profile(path: Path, threads: int, img_size: int, work: Path) -> dict[str, Any]:
+    """Where an ONNX Runtime graph spends a batch-1 call, by operator type: each node's median kernel time over
+    :data:`PROFILE_CALLS` calls (after :data:`WARMUP_CALLS`), summed by type. ``total_ms`` is the sum of node
+    times (less than wall time: it leaves out scheduling between nodes)."""
+    session = _ort_session(path, threads, work / f"{path.stem}-trace")
+    run = _ort_call(session)
+    x = np.random.default_rng(0).random((1, 3, img_size, img_size), dtype=np.float32)
+    for _ in range(WARMUP_CALLS + PROFILE_CALLS):
+        run(x)
+    trace = Path(session.end_profiling())
+    per_node: dict[str, list[float]] = defaultdict(list)
+    op_of: dict[str, str] = {}
+    for event in json.loads(trace.read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            per_node[event["name"]].append(event["dur"] / 1e3)
+            op_of[event["name"]] = event["args"]["op_name"]
+    trace.unlink()
+    by_op: dict[str, dict[str, float]] = defaultdict(lambda: {"ms": 0.0, "nodes": 0})
+    for node, times in per_node.items():
+        by_op[op_of[node]]["ms"] += statistics.median(times[WARMUP_CALLS:] or times)
+        by_op[op_of[node]]["nodes"] += 1
+    total = sum(v["ms"] for v in by_op.values())
+    ops = {op: {**v, "share": v["ms"] / total} for op, v in sorted(by_op.items(), key=lambda kv: -kv[1]["ms"])}
+    return {"total_ms": total, "ops": ops}
+
+
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _prepare(models: list[BenchModel], runtimes: list[str], threads: int, img_size: int, work: Path) -> dict:
+    """``{(label, runtime): callable(batch as numpy) }`` plus the ONNX paths, exporting and quantizing as needed."""
+    from attendnets.export import export_onnx, quantize_onnx
+
+    calls: dict[tuple[str, str], Callable[[np.ndarray], Any]] = {}
+    onnx_paths: dict[tuple[str, str], Path] = {}
+    calibration = _synthetic_images(work / "calibration", img_size) if "ort-int8" in runtimes else None
+    for index, model in enumerate(models):
+        if "ort" in runtimes or "ort-int8" in runtimes:
+            float_path = export_onnx(model.module.eval(), work / f"m{index}.onnx", model.meta)
+            paths = {"ort": float_path}
+            if "ort-int8" in runtimes:
+                paths["ort-int8"] = quantize_onnx(float_path, work / f"m{index}-int8.onnx", calibration, max_images=16)
+            for runtime, path in paths.items():
+                if runtime in runtimes:
+                    calls[(model.label, runtime)] = _ort_call(_ort_session(path, threads))
+                    onnx_paths[(model.label, runtime)] = path
+        if "eager" in runtimes:  # after the export: channels_last converts the module in place
+            module = model.module.eval().to(memory_format=torch.channels_last)
+
+            def eager(x: np.ndarray, module: nn.Module = module) -> Any:
+                with torch.inference_mode():
+                    return module(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
+
+            calls[(model.label, "eager")] = eager
+    return {"calls": calls, "onnx": onnx_paths}
+
+
+def _measure(
+    calls: dict[tuple[str, str], Callable[[np.ndarray], Any]],
+    batch: int,
+    img_size: int,
+    rounds: int,
+    advance: Callable[[], None],
+) -> dict[tuple[str, str], list[float]]:
+    """Per-call times in ms of every pair, interleaved round by round in a shuffled order."""
+    x = np.random.default_rng(0).standard_normal((batch, 3, img_size, img_size), dtype=np.float32)
+    timed, warmup = (TIMED_CALLS, WARMUP_CALLS) if batch == 1 else (1, 1)
+    order = list(calls)
+    rng = random.Random(batch)
+    times: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for key in order:
+            call = calls[key]
+            time.sleep(SETTLE_S)
+            for _ in range(warmup):
+                call(x)
+            for _ in range(timed):
+                start = time.perf_counter()
+                call(x)
+                times[key].append(1e3 * (time.perf_counter() - start))
+            advance()
+    return times
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _machine() -> dict[str, Any]:
+    import onnxruntime
+
+    cpu = platform.processor() or "unknown"
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    from attendnets import __version__
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "attendnets": __version__,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def run_bench(
+    names: list[str],
+    baselines: list[str] | None = None,
+    runtimes: list[str] | None = None,
+    img_size: int = 224,
+    num_classes: int = 50,
+    threads: int = 2,
+    batch: int = 32,
+    rounds: int = 10,
+    profile_dir: str | os.PathLike | None = None,
+    progress: Callable[[int], Callable[[], None]] | None = None,
+) -> dict[str, Any]:
+    """Measure ``names`` (and ``baselines``, default :data:`BASELINES`) in every runtime of ``runtimes``.
+
+    Returns the JSON-able report: per (model, runtime) batch-1 median and p90 ms, batch-``batch`` images/s
+    (``batch`` of 0 or 1 skips throughput), speed relative to :data:`REFERENCE` in the same runtime and to
+    eager for the same model, and raw times. ``progress(total)`` returns a function called once per visit.
+    ``profile_dir`` gets each ORT model's time by operator type (``<label>-<runtime>.json``).
+    """
+    from attendnets.runtime import tune_malloc
+
+    runtimes = list(RUNTIMES if runtimes is None else runtimes)
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown or not runtimes:
+        raise AttendNetsError(f"unknown runtime {', '.join(unknown) or '(none)'}; choose from {', '.join(RUNTIMES)}")
+    if threads < 1 or rounds < 1 or batch < 0 or img_size < 8 or num_classes < 1:
+        raise AttendNetsError("--threads, --rounds, --num-classes must be >= 1, --img-size >= 8, --batch >= 0")
+    baselines = list(BASELINES if baselines is None else baselines)
+    labels = list(dict.fromkeys([*names, *baselines]))
+    if not labels:
+        raise AttendNetsError("nothing to measure: name a model or checkpoint, or keep the baselines")
+    tune_malloc()
+    machine = _machine()
+    with _threads(threads), tempfile.TemporaryDirectory(prefix="attendnets-bench-") as tmp:
+        work = Path(tmp)
+        models = [load_bench_model(name, img_size, num_classes) for name in labels]
+        if len({m.label for m in models}) < len(models):
+            raise AttendNetsError("the same model is named twice")
+        prepared = _prepare(models, runtimes, threads, img_size, work)
+        calls = prepared["calls"]
+        batches = [1] + ([batch] if batch > 1 else [])
+        advance = progress(rounds * len(calls) * len(batches)) if progress else (lambda: None)
+        times = {b: _measure(calls, b, img_size, rounds, advance) for b in batches}
+        profiles = {}
+        if profile_dir is not None:
+            out = Path(profile_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            for (label, runtime), path in prepared["onnx"].items():
+                summary = op_type_profile(path, threads, img_size, work)
+                profiles[f"{label}|{runtime}"] = summary
+                file = out / f"{label.replace('/', '_').replace(' ', '_')}-{runtime}.json"
+                atomic_write_text(file, json.dumps({"model": label, "runtime": runtime, **summary}, indent=1) + "\n")
+    return _report(models, runtimes, times, profiles, machine, threads, img_size, num_classes, batch, rounds)
+
+
+def _report(
+    models: list[BenchModel],
+    runtimes: list[str],
+    times: dict[int, dict[tuple[str, str], list[float]]],
+    profiles: dict[str, Any],
+    machine: dict[str, Any],
+    threads: int,
+    img_size: int,
+    num_classes: int,
+    batch: int,
+    rounds: int,
+) -> dict[str, Any]:
+    one = times[1]
+    rows = []
+    for model in models:
+        for runtime in runtimes:
+            key = (model.label, runtime)
+            row: dict[str, Any] = {
+                "model": model.label,
+                "runtime": runtime,
+                "batch1_median_ms": statistics.median(one[key]),
+                "batch1_p90_ms": _percentile(one[key], 0.9),
+            }
+            if batch in times:
+                median = statistics.median(times[batch][key])
+                row.update(batchN_median_ms=median, batchN_images_per_s=batch / median * 1e3)
+            ref = (REFERENCE, runtime)
+            if ref in one:
+                row["batch1_speedup_vs_" + REFERENCE] = statistics.median(one[ref]) / row["batch1_median_ms"]
+                if batch in times:
+                    row["batchN_speedup_vs_" + REFERENCE] = statistics.median(times[batch][ref]) / median
+            if (model.label, "eager") in one:
+                row["batch1_speedup_vs_eager"] = statistics.median(one[(model.label, "eager")]) / row["batch1_median_ms"]
+            rows.append(row)
+    return {
+        "machine": machine,
+        "settings": dict(threads=threads, img_size=img_size, num_classes=num_classes, batch=batch, rounds=rounds,
+                         batch1_calls_per_visit=TIMED_CALLS, settle_ms=1e3 * SETTLE_S),
+        "note": "random weights for named models (latency does not depend on the weights' values); int8 ranges "
+        "calibrated on generated images; ratios are measured interleaved in this run",
+        "results": rows,
+        "profiles": profiles,
+        "raw_ms": {f"{label}|{rt}|{b}": v for b, per in times.items() for (label, rt), v in per.items()},
+    }

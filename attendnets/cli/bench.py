@@ -1,0 +1,103 @@
+"""``attendnets bench``: CPU latency and throughput in PyTorch eager, ONNX Runtime float and int8, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from attendnets.bench import BASELINES, REFERENCE, RUNTIMES, run_bench
+
+HELP = "batch-1 latency and batch-N throughput in PyTorch eager, ONNX Runtime float and int8, vs the MobileNets"
+DESCRIPTION = f"""\
+Measure each MODEL (a preset, baseline, timm name or spec file, with random weights) or CKPT (a checkpoint
+or run folder, with its weights) in each runtime: PyTorch eager (channels_last), ONNX Runtime float and
+ONNX Runtime int8 (static QDQ, per-channel int8 weights, uint8 activations), on CPU with --threads threads.
+The MobileNets ({', '.join(BASELINES)}) are measured in the same run, interleaved round by round with a
+pause and untimed calls before each turn, so the printed ratios (speed vs {REFERENCE} in the same runtime,
+and vs eager) hold even when absolute times drift. Latency does not depend on the weights' values: random
+weights and int8 ranges calibrated on generated images measure the same graph and kernels.
+
+examples:
+  attendnets bench attendnet_b                           # vs MobileNet-V1/V2, all runtimes, 224 px
+  attendnets bench attendnet_a attendnet_b --runtimes ort-int8 --rounds 20
+  attendnets bench runs/b --img-size 128 --no-baselines --batch 0   # a checkpoint, batch 1 only
+  attendnets bench attendnet_b --profile prof/ --json    # + time by ONNX operator type, as JSON
+"""
+
+
+def _list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="*", metavar="MODEL|CKPT", help="models or checkpoints to measure")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--baselines", type=_list, default=list(BASELINES), metavar="A,B",
+                       help=f"baselines measured alongside (default {','.join(BASELINES)})")
+    group.add_argument("--no-baselines", dest="baselines", action="store_const", const=[], help="measure no baselines")
+    parser.add_argument("--runtimes", type=_list, default=list(RUNTIMES), metavar="R,R",
+                        help=f"any of {','.join(RUNTIMES)} (default all)")
+    parser.add_argument("--img-size", type=int, default=224, help="input size in pixels (default 224)")
+    parser.add_argument("--num-classes", type=int, default=50, help="classes of named models (default 50)")
+    parser.add_argument("--threads", type=int, default=2, help="PyTorch and ONNX Runtime threads (default 2)")
+    parser.add_argument("--batch", type=int, default=32, help="batch for throughput; 0 skips it (default 32)")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
+    parser.add_argument("--profile", metavar="DIR", help="write ONNX Runtime's time by operator type per ORT model")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("measuring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=True,
+    ) as bar:
+
+        def progress(total: int):
+            task = bar.add_task("bench", total=total)
+            return lambda: bar.advance(task)
+
+        console.print("exporting and quantizing...", style="dim")
+        report = run_bench(
+            args.models, args.baselines, args.runtimes, args.img_size, args.num_classes, args.threads,
+            args.batch, args.rounds, args.profile, progress,
+        )
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "raw_ms"}, indent=2))
+        return 0
+    settings, rows = report["settings"], report["results"]
+    columns = {
+        "batch 1 median ms": lambda r: f"{r['batch1_median_ms']:.2f}",
+        "p90 ms": lambda r: f"{r['batch1_p90_ms']:.2f}",
+        f"batch {settings['batch']} img/s": lambda r: f"{r['batchN_images_per_s']:.0f}",
+        f"vs {REFERENCE} (b1)": lambda r: f"{r['batch1_speedup_vs_' + REFERENCE]:.2f}x",
+        f"vs {REFERENCE} (b{settings['batch']})": lambda r: f"{r['batchN_speedup_vs_' + REFERENCE]:.2f}x",
+        "vs eager (b1)": lambda r: f"{r['batch1_speedup_vs_eager']:.2f}x",
+    }
+    shown = {}
+    for title, cell in columns.items():  # a column only when some row has its value
+        try:
+            shown[title] = [cell(r) for r in rows]
+        except KeyError:
+            continue
+    table = Table(title=f"{settings['img_size']} px, {settings['threads']} threads, {settings['rounds']} rounds")
+    table.add_column("model")
+    table.add_column("runtime")
+    for title in shown:
+        table.add_column(title, justify="right")
+    for i, row in enumerate(rows):
+        table.add_row(row["model"], row["runtime"], *(cells[i] for cells in shown.values()))
+    out = Console(width=140)
+    out.print(table)
+    out.print(f"ratios > 1 are faster. {report['note']}. Machine: {report['machine']['cpu']}, "
+              f"{report['machine']['cores']} cores, load average {report['machine']['load_average']}.")
+    for key, prof in report["profiles"].items():
+        top = ", ".join(f"{op} {100 * v['share']:.0f}%" for op, v in list(prof["ops"].items())[:6])
+        out.print(f"{key}: {prof['total_ms']:.2f} ms of kernel time: {top}")
+    if args.profile:
+        out.print(f"operator profiles written to {args.profile}/")
+    return 0
