@@ -95,6 +95,7 @@ def summarise(model: str, run: Path, data: Path, args: argparse.Namespace, train
         "params": complexity.params,
         "macs": complexity.macs,
         "train_images_per_s": statistics.median(r["train_images_per_s"] for r in history),
+        "epoch_images_per_s": [round(r["train_images_per_s"], 1) for r in history],
         "wall_seconds": sum(r["epoch_seconds"] for r in history),
         "epochs": last["epoch"],
         "train_command": shlex.join(["python", *train_command[1:]]),
@@ -120,6 +121,11 @@ def ordering(rows: dict[str, dict]) -> list[str]:
             f"{b['macs'] / 1e6:.1f}M ({b['macs'] / a['macs']:.2f}x fewer)."
         )
     return statements
+
+
+def slow_epochs(row: dict) -> list[int]:
+    """Epochs (1-based) whose training speed was below half the run's median."""
+    return [i + 1 for i, speed in enumerate(row["epoch_images_per_s"]) if speed < row["train_images_per_s"] / 2]
 
 
 def write_report(rows: dict[str, dict], context: dict, smoke: bool, out_dir: Path, args: argparse.Namespace) -> None:
@@ -157,7 +163,13 @@ def write_report(rows: dict[str, dict], context: dict, smoke: bool, out_dir: Pat
     for r in rows.values():
         lines += [f"- `{r['train_command']}`", f"- `{r['eval_command']}`"]
     lines += ["", "Training images/s is the median over epochs, data loading included; wall time sums the "
-              "epochs (training, evaluation and checkpoints), process start-up excluded."]
+              "epochs (training, evaluation and checkpoints), process start-up excluded. One seed per model: "
+              "the seed-to-seed spread of top-1 is not measured here."]
+    slowed = {r["model"]: slow_epochs(r) for r in rows.values()}
+    if any(slowed.values()):
+        lines += ["", "Epochs that ran at less than half their run's median speed (the machine was shared or the "
+                  "run paused then; they inflate the wall time, not the median images/s):"]
+        lines += [f"- {m}: epochs {', '.join(map(str, e))}" for m, e in slowed.items() if e]
     (out_dir / "imagenette.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out_dir / 'imagenette.md'} and {out_dir / 'imagenette.json'}")
     for s in statements:
