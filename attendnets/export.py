@@ -10,9 +10,10 @@ model needs besides its weights is stored in the model's ``metadata_props``, eac
 :func:`for_runtime` expresses the blocks the way ONNX Runtime's int8 kernels are fast at, with the same math
 (measured in ``docs/results/ort_profile.md``); the PyTorch model is not changed:
 
-- a depthwise conv with a channel multiplier (``Conv2d(c, m*c, groups=c)``) falls off the fast depthwise
-  kernel (6.4x slower network): PEPE's 1x1 projection gets ``m`` copies of each output channel instead, so
-  the expansion is a plain depthwise conv; elsewhere the channel repeat is a graph op before the conv;
+- a depthwise conv with a channel multiplier (``Conv2d(c, m*c, groups=c)``, PEPE's depthwise expansion)
+  falls off the fast depthwise kernel (6.4x slower network): it becomes a channel repeat then a plain
+  depthwise conv. (Folding the repeat into PEPE's preceding 1x1 projection instead, duplicating its output
+  channels, removed the repeat's layout ops but doubled that conv's work: no measurable gain, not kept.)
 - the attention condenser's learned scale ``S`` is folded into the up-mixing conv's weights (a broadcast
   per-channel ``Mul`` is slow in int8), and its embedding's grouped conv (4 groups) becomes a dense conv
   with a block-diagonal weight (tiny groups are slow in int8; the dense conv is not).
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attendnets.blocks import PEPE, VisualAttentionCondenser
+from attendnets.blocks import VisualAttentionCondenser
 from attendnets.checkpoint import atomic_write, load_checkpoint
 from attendnets.data import IMAGE_EXTENSIONS, image_files, load_rgb, short_list
 from attendnets.errors import AttendNetsError
@@ -92,38 +93,6 @@ def _dense(conv: nn.Conv2d) -> nn.Conv2d:
     return dense
 
 
-def _repeat_outputs(conv: nn.Conv2d, norm: nn.Module, times: int) -> tuple[nn.Conv2d, nn.Module]:
-    """``conv`` and its norm (BatchNorm2d or Identity) with each output channel ``times`` times in a row:
-    channel ``j`` of the result is channel ``j // times`` of the original."""
-    repeated = nn.Conv2d(
-        conv.in_channels, conv.out_channels * times, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-        conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-    )
-    with torch.no_grad():
-        repeated.weight.copy_(conv.weight.repeat_interleave(times, 0))
-        if conv.bias is not None:
-            repeated.bias.copy_(conv.bias.repeat_interleave(times, 0))
-    if isinstance(norm, nn.BatchNorm2d):
-        bn = nn.BatchNorm2d(norm.num_features * times, norm.eps, norm.momentum, norm.affine)
-        with torch.no_grad():
-            for key in ("weight", "bias", "running_mean", "running_var"):
-                if getattr(norm, key) is not None:
-                    getattr(bn, key).copy_(getattr(norm, key).repeat_interleave(times, 0))
-        norm = bn.train(norm.training)
-    return repeated, norm
-
-
-def _fold_repeat_into_projection(pepe: PEPE) -> None:
-    """Give PEPE's 1x1 projection ``m`` copies of each output channel (conv rows, BN parameters) so that its
-    depthwise expansion, which reads each channel ``m`` times, becomes a plain depthwise conv."""
-    expansion = pepe.expand_dw[0]
-    times = expansion.out_channels // expansion.in_channels
-    if times == 1:
-        return
-    pepe.project[0], pepe.project[1] = _repeat_outputs(pepe.project[0], pepe.project[1], times)
-    pepe.expand_dw[0] = RepeatedDepthwise(expansion).conv
-
-
 class RuntimeVAC(nn.Module):
     """A :class:`~attendnets.blocks.VisualAttentionCondenser` with the same math, as ONNX Runtime's int8
     kernels are fast at: ``S`` folded into the up-mixing conv (``M'(V' * A * S) = M'_S(V' * A)``, ``M'_S``
@@ -154,16 +123,13 @@ class RuntimeVAC(nn.Module):
 
 def for_runtime(model: nn.Module) -> nn.Module:
     """A copy of ``model`` expressed for ONNX Runtime with the same math (see the module docstring): attention
-    condensers as :class:`RuntimeVAC`, PEPE's channel repeat folded into its projection, and any other
-    depthwise conv with a channel multiplier as :class:`RepeatedDepthwise`. Exact in eval mode."""
+    condensers as :class:`RuntimeVAC` and depthwise convs with a channel multiplier as :class:`RepeatedDepthwise`."""
     if isinstance(model, VisualAttentionCondenser):
         return RuntimeVAC(model)
     model = copy.deepcopy(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, VisualAttentionCondenser):
             model.set_submodule(name, RuntimeVAC(module))
-        elif isinstance(module, PEPE):
-            _fold_repeat_into_projection(module)
     for name, module in list(model.named_modules()):
         if (
             isinstance(module, nn.Conv2d)

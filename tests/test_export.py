@@ -147,14 +147,14 @@ def _randomise(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def test_pepe_for_runtime_folds_the_repeat_into_its_projection() -> None:
+def test_depthwise_expansion_for_runtime() -> None:
     torch.manual_seed(0)
     pepe = _randomise(PEPE(6, 4, 3, 4, 8, stride=2))
     rewritten = for_runtime(pepe)
-    dw = rewritten.expand_dw[0]
-    assert isinstance(dw, nn.Conv2d) and dw.groups == dw.in_channels == dw.out_channels == 12
-    assert rewritten.project[0].out_channels == rewritten.project[1].num_features == 12
-    assert pepe.expand_dw[0].groups == 4 and pepe.project[0].out_channels == 4  # the original is untouched
+    conv = rewritten.expand_dw[0].conv
+    assert isinstance(rewritten.expand_dw[0], RepeatedDepthwise) and conv.groups == conv.in_channels == 12
+    assert torch.equal(conv.weight, pepe.expand_dw[0].weight)
+    assert isinstance(pepe.expand_dw[0], nn.Conv2d)  # the original is untouched
     x = torch.randn(2, 6, 9, 9)
     with torch.no_grad():
         torch.testing.assert_close(rewritten(x), pepe(x), rtol=0, atol=1e-4)
