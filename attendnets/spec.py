@@ -115,10 +115,10 @@ class ArchSpec:
         if not isinstance(raw_blocks, list) or not raw_blocks:
             raise SpecError("a spec needs a non-empty list 'blocks'")
         blocks = [_block_from_dict(i, b) for i, b in enumerate(raw_blocks)]
-        head = _dataclass_from_dict(HeadSpec, data.pop("head", {}) or {}, "head")
+        head = dataclass_from_dict(HeadSpec, data.pop("head", {}) or {}, "head")
         if "name" not in data:
             raise SpecError("a spec needs a 'name'")
-        return _dataclass_from_dict(cls, {**data, "blocks": blocks, "head": head}, "spec")
+        return dataclass_from_dict(cls, {**data, "blocks": blocks, "head": head}, "spec")
 
     def to_json(self) -> str:
         """JSON with one block per line, so that a spec reads like the table of a paper's figure."""
@@ -139,29 +139,35 @@ class ArchSpec:
     @classmethod
     def load(cls, path: str | Path) -> ArchSpec:
         """Read a JSON or YAML spec file."""
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as err:
-            raise SpecError(f"cannot read spec file {path}: {err.strerror}") from None
-        try:
-            data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as err:
-            raise SpecError(f"spec file {path} is not valid {path.suffix[1:].upper()}: {err}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_data_file(path, "spec file", SpecError))
 
 
-def _dataclass_from_dict(cls: type, data: Any, where: str) -> Any:
+def read_data_file(path: str | Path, what: str, error: type[AttendNetsError]) -> Any:
+    """The data of a YAML (``.yaml``/``.yml``) or JSON file; an unreadable or malformed file raises
+    ``error`` with a one-line message that names ``what`` it is."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror}") from None
+    try:
+        return yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise error(f"{what} {path} is not valid {path.suffix[1:].upper() or 'JSON'}: {err}") from None
+
+
+def dataclass_from_dict(cls: type, data: Any, where: str, error: type[AttendNetsError] = SpecError) -> Any:
+    """``cls(**data)``, refusing anything but a mapping of its fields with a one-line ``error`` naming ``where``."""
     if not isinstance(data, dict):
-        raise SpecError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise error(f"{where}: expected a mapping, got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise SpecError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(names)}")
+        raise error(f"{where}: unknown field(s) {unknown}; allowed: {sorted(names)}")
     try:
         return cls(**data)
     except TypeError as err:
-        raise SpecError(f"{where}: {err}") from None
+        raise error(f"{where}: {err}") from None
 
 
 def _block_from_dict(index: int, data: Any) -> BlockSpec:
@@ -171,4 +177,4 @@ def _block_from_dict(index: int, data: Any) -> BlockSpec:
     kind = data.pop("type", None)
     if kind not in BLOCK_TYPES:
         raise SpecError(f"block {index}: unknown block type {kind!r}; known: {sorted(BLOCK_TYPES)}")
-    return _dataclass_from_dict(BLOCK_TYPES[kind], data, f"block {index} ({kind})")
+    return dataclass_from_dict(BLOCK_TYPES[kind], data, f"block {index} ({kind})")

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 import yaml
 
 from attendnets.errors import AttendNetsError
-from attendnets.spec import ArchSpec, BlockSpec, ConvSpec, PEPESpec, VACSpec
+from attendnets.spec import ArchSpec, BlockSpec, ConvSpec, PEPESpec, VACSpec, dataclass_from_dict, read_data_file
 
 SPACE_DIR = Path(__file__).parent / "spaces"  # the default space of each preset, as shipped
 KINDS = ("vac", "pepe", "conv")
@@ -141,16 +141,7 @@ class SearchSpace:
 
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as err:
-            raise SpaceError(f"cannot read search space {path}: {err.strerror}") from None
-        try:
-            data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as err:
-            raise SpaceError(f"search space {path} is not valid {path.suffix[1:].upper()}: {err}") from None
-        return cls.from_dict(data, path.parent)
+        return cls.from_dict(read_data_file(path, "search space", SpaceError), Path(path).parent)
 
     # -- checking ------------------------------------------------------------------------------------
 
@@ -410,16 +401,7 @@ def _values(where: str, key: str, values: Any, kind: type, valid, *required: Any
 
 
 def _parse(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise SpaceError(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise SpaceError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(names)}")
-    try:
-        return cls(**data)
-    except TypeError as err:
-        raise SpaceError(f"{where}: {err}") from None
+    return dataclass_from_dict(cls, data, where, SpaceError)
 
 
 def _load_prototype(value: Any, base: Path | None) -> ArchSpec:
