@@ -12,7 +12,7 @@ import sys
 
 from attendnets.errors import AttendNetsError
 
-VERBS = ("demo", "models", "profile", "train", "eval", "export", "predict", "quantize", "bench")
+VERBS = ("demo", "models", "profile", "train", "eval", "export", "predict", "quantize", "bench", "explore")
 
 
 def build_parser() -> argparse.ArgumentParser:

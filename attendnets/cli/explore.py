@@ -1,0 +1,173 @@
+"""``attendnets explore``: search for AttendNets that meet a user's requirements (Optuna, successive halving)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from attendnets.data import DATA_ENV
+from attendnets.errors import AttendNetsError
+from attendnets.search.fidelity import Fidelity
+from attendnets.search.requirements import COST_LABELS, COSTS, Requirements, format_cost, parse_count
+from attendnets.search.space import SPACE_DIR
+from attendnets.search.study import SAMPLERS, ExploreConfig, Explorer
+
+HELP = "search for designs that meet your requirements (params, MACs, 8-bit KB, latency, top-1)"
+DESCRIPTION = f"""\
+Explore a search space around a prototype (attendnet_a, attendnet_b or your own space file) with Optuna
+and return the designs on the Pareto front of top-1 (hold-out, after 8-bit weight quantization) against a
+cost (--cost; MACs by default), among those that meet your requirements.
+
+How: every proposed design is built and its costs measured at the deployment size (--img-size, default
+the prototype's 224 px; the dataset's class count) before any training. Designs the builder refuses or
+over a cap are not trained; the sampler (TPE by default) learns from them through Optuna constraints.
+The others train from scratch on a cached subset of DATA/train (--images-per-class at --img-size-search
+px; the same seed and data order for all) and are scored on a hold-out split of DATA/train (DATA/val is
+never read). Successive halving: rung r trains --epochs x --eta^r epochs; the top 1/eta of each rung (by
+non-dominated rank) go on to the next; the prototype is trained at every rung as the reference.
+
+The study (OUTPUT/NAME) is resumable: an interrupted run continues with --resume, keeping every finished
+trial. With --storage URL (e.g. PostgreSQL) several machines run the same command with --resume and
+different --seed as workers. At the end (and with 'explore report'): pareto.png, trials.csv,
+summary.json and pareto/<design>.json spec files for 'attendnets train --spec'.
+
+Without --data (and ${DATA_ENV} unset), or with --synthetic, it runs on generated shapes with small
+settings (32 px, 2-epoch rung 0, 12 designs): a few minutes on two cores.
+
+examples:
+  attendnets explore run --name demo                       # generated data, end to end in minutes
+  attendnets explore run --data ~/imagenette2-320 --space attendnet_b --name b200k \\
+      --max-weight-kb 200 --max-macs 150M --trials 40 --rungs 3
+  attendnets explore run --data DATA --name b200k --resume  # continue an interrupted study
+  attendnets explore run --data DATA --name lat --cost latency_ms --max-latency-ms 10 --threads 2
+  attendnets explore run --data DATA --name shared --storage postgresql+psycopg://u:p@host/db --resume --seed 1
+  attendnets explore report explore/b200k                  # re-draw pareto.png, trials.csv, pareto/*.json
+  attendnets explore space attendnet_b > my_space.yaml      # edit, then --space my_space.yaml
+"""
+
+SYNTHETIC_DEFAULTS = dict(img_size=32, images_per_class=40, holdout_per_class=16, epochs=2, trials=12)
+DATA_DEFAULTS = dict(img_size=64, images_per_class=100, holdout_per_class=25, epochs=3, trials=24)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+    run = actions.add_parser("run", help="run, resume or join a search", description=DESCRIPTION, formatter_class=fmt)
+    what = run.add_argument_group("what to search")
+    what.add_argument("--name", required=True, help="study name; its folder is OUTPUT/NAME")
+    what.add_argument("--space", default="attendnet_b", help="a shipped space (attendnet_a, attendnet_b) or a space file")
+    what.add_argument("--data", metavar="DIR", help=f"dataset root with train/ (default: ${DATA_ENV}, else generated data)")
+    what.add_argument("--synthetic", action="store_true", help="search on generated shapes (8 classes)")
+    what.add_argument("--output", metavar="DIR", default="explore", help="folder holding study folders (default explore)")
+    req = run.add_argument_group("requirements (at the deployment size, before training)")
+    req.add_argument("--max-params", type=parse_count, metavar="N", help="parameters, e.g. 500k")
+    req.add_argument("--max-macs", type=parse_count, metavar="N", help="multiply-adds at batch 1, e.g. 150M")
+    req.add_argument("--max-weight-kb", type=float, metavar="KB", help="weight memory with 8-bit conv/linear weights")
+    req.add_argument("--max-peak-activation-kb", type=float, metavar="KB",
+                     help="peak activation memory at 1 byte per element (8-bit activations)")
+    req.add_argument("--max-latency-ms", type=float, metavar="MS", help="batch-1 PyTorch eager latency, --threads threads")
+    req.add_argument("--min-top1", type=float, metavar="PCT",
+                     help="hold-out top-1 at 8 bits, as measured at each rung's (short) fidelity")
+    req.add_argument("--img-size", type=int, help="deployment image size for the costs (default: the prototype's)")
+    req.add_argument("--threads", type=int, default=2, help="CPU threads for latency (default 2)")
+    req.add_argument("--train-threads", type=int, default=1,
+                     help="torch threads while training a design (default 1; run more workers to use more cores)")
+    obj = run.add_argument_group("objectives and budget")
+    obj.add_argument("--cost", choices=COSTS, default="macs", help="the cost to minimise (default macs)")
+    obj.add_argument("--trials", type=int, help="designs trained at rung 0 (default 24; synthetic 12)")
+    obj.add_argument("--rungs", type=int, default=2, help="successive-halving rungs (default 2)")
+    obj.add_argument("--eta", type=int, default=Fidelity.eta, help=f"keep the top 1/eta per rung (default {Fidelity.eta})")
+    obj.add_argument("--epochs", type=int, help="epochs at rung 0 (default 3; synthetic 2)")
+    obj.add_argument("--img-size-search", type=int, help="training resolution (default 64; synthetic 32)")
+    obj.add_argument("--images-per-class", type=int, help="training images per class (default 100; synthetic 40)")
+    obj.add_argument("--holdout-per-class", type=int, help="hold-out images per class (default 25; synthetic 16)")
+    obj.add_argument("--batch-size", type=int, default=Fidelity.batch_size, help=f"default {Fidelity.batch_size}")
+    obj.add_argument("--lr", type=float, default=Fidelity.lr, help=f"peak learning rate (default {Fidelity.lr})")
+    obj.add_argument("--give-up-after", type=int, default=50,
+                     help="stop rung 0 after this many infeasible or repeated designs in a row (default 50)")
+    how = run.add_argument_group("sampler, storage, output")
+    how.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="tpe (default), nsga2, or random (the control)")
+    how.add_argument("--seed", type=int, default=0, help="sampler seed; give each worker its own (default 0)")
+    how.add_argument("--train-seed", type=int, default=0, help="hold-out split, initial weights, data order (default 0)")
+    how.add_argument("--storage", metavar="URL", help="database URL shared by workers (default: a file in the study folder)")
+    how.add_argument("--resume", action="store_true", help="continue the study (or join it as a worker)")
+    how.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    report = actions.add_parser("report", help="write pareto.png, trials.csv and pareto/*.json of a study",
+                                description="Re-draw the report files of a study folder (also while it runs).")
+    report.add_argument("study_dir", metavar="STUDY_DIR", help="the study folder (OUTPUT/NAME)")
+    report.add_argument("--storage", metavar="URL", help="the database URL, when the study lives in one with a password")
+    report.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    space = actions.add_parser("space", help="print a shipped search space (YAML) to copy and edit",
+                               description="Print a shipped search space, commented, to start your own from.")
+    space.add_argument("name", choices=sorted(p.stem for p in SPACE_DIR.glob("*.yaml")), help="the preset it surrounds")
+
+
+def config_from_args(args: argparse.Namespace) -> ExploreConfig:
+    import os
+
+    synthetic = args.synthetic or not (args.data or os.environ.get(DATA_ENV))
+    d = SYNTHETIC_DEFAULTS if synthetic else DATA_DEFAULTS
+    return ExploreConfig(
+        name=args.name, space=args.space, data=args.data, synthetic=args.synthetic, output=args.output,
+        requirements=Requirements(args.max_params, args.max_macs, args.max_weight_kb, args.max_peak_activation_kb,
+                                  args.max_latency_ms, args.min_top1),
+        cost=args.cost,
+        fidelity=Fidelity(img_size=args.img_size_search or d["img_size"],
+                          images_per_class=args.images_per_class or d["images_per_class"],
+                          holdout_per_class=args.holdout_per_class or d["holdout_per_class"],
+                          epochs=args.epochs or d["epochs"], eta=args.eta, batch_size=args.batch_size, lr=args.lr,
+                          seed=args.train_seed),
+        trials=args.trials or d["trials"], rungs=args.rungs, img_size=args.img_size, threads=args.threads,
+        train_threads=args.train_threads,
+        sampler=args.sampler, seed=args.seed, storage=args.storage, resume=args.resume, give_up_after=args.give_up_after,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING if getattr(args, "json", False) else logging.INFO, format="%(message)s")
+    if args.action == "space":
+        print((SPACE_DIR / f"{args.name}.yaml").read_text(), end="")
+        return 0
+    if args.action == "report":
+        from attendnets.search.report import write_report
+
+        if not Path(args.study_dir).is_dir():
+            raise AttendNetsError(f"study folder {args.study_dir} does not exist")
+        summary = write_report(Path(args.study_dir), url=args.storage)
+    else:
+        summary = Explorer(config_from_args(args)).run(progress=not args.json)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    console = Console(width=120)
+    cost = summary["cost"]
+    for rung in summary["rungs"]:
+        proto = rung["prototype_top1"]
+        console.print(f"rung {rung['rung']} ({rung['epochs']} epochs): {rung['trials']} trials, {rung['feasible']} feasible"
+                      f"{f', prototype {proto:.1f}%' if proto is not None else ''}")
+    if not summary["pareto"]:
+        console.print("no design met every requirement yet")
+    else:
+        table = Table(title=f"Pareto designs (rung {summary['pareto_rung']}): hold-out top-1 at 8 bits vs {COST_LABELS[cost]}")
+        for column in ("design", "top-1 8-bit", "top-1 float", "params", "MACs", "8-bit KB", "peak act. KB"):
+            table.add_column(column, justify="left" if column == "design" else "right")
+        for d in summary["pareto"]:
+            c = d["costs"]
+            table.add_row(Path(d["file"]).name + (" (prototype)" if d["reference"] else ""), f"{d['top1_int8']:.2f}%",
+                          f"{d['top1_float']:.2f}%", format_cost("params", c["params"]).split()[0],
+                          format_cost("macs", c["macs"]).split()[0], f"{c['weight_kb']:.1f}", f"{c['peak_activation_kb']:.1f}")
+        console.print(table)
+    files = summary["files"]
+    console.print(f"wrote {files['plot']}, {files['trials']}, {files['pareto']}/")

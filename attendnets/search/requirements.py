@@ -1,0 +1,173 @@
+"""Operational requirements of a design search, and the costs of a design they are checked against.
+
+Every cost is measured at the *deployment* size (image size and class count of the target), before any
+training: parameters and 8-bit weight memory from the built model, MACs and peak activation memory from
+:func:`attendnets.complexity.profile_model` (batch 1), latency with :mod:`attendnets.bench` (PyTorch eager,
+batch 1, a given thread count). KB means 1024 bytes.
+
+Peak activation memory is capped at **1 byte per element** (``peak_activation_kb``): the deployment the
+search aims at runs 8-bit activations, as the int8 ONNX export does; the fp32 figure (4 bytes per element)
+is recorded as ``peak_activation_kb_fp32``.
+
+Each requirement enters an Optuna study as a constraint (feasible when <= 0) scaled by its limit, so that
+the sampler can add violations of different units: ``value / cap - 1`` for a cap, ``1 - top1 / min`` for
+``min_top1``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attendnets.complexity import profile_model
+from attendnets.errors import AttendNetsError
+from attendnets.model import build_model
+from attendnets.quantize import weight_memory
+from attendnets.spec import ArchSpec
+
+COSTS = ("macs", "params", "weight_kb", "peak_activation_kb", "latency_ms")
+COST_LABELS = {
+    "macs": "MACs",
+    "params": "parameters",
+    "weight_kb": "8-bit weight KB",
+    "peak_activation_kb": "peak activation KB (int8)",
+    "latency_ms": "latency ms",
+}
+# Cheapest first: a cap broken by a cheap cost spares measuring the expensive ones.
+TIERS = (("params", "weight_kb"), ("macs", "peak_activation_kb"), ("latency_ms",))
+LATENCY_ROUNDS = 5
+_SUFFIXES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def parse_count(text: str) -> float:
+    """``150M`` -> 150e6, ``200k`` -> 2e5, ``1.5G``, or a plain number (for ``--max-macs`` and ``--max-params``)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgKMG]?)\s*", text)
+    if not match:
+        raise AttendNetsError(f"{text!r} is not a count (examples: 150M, 200k, 1500000)")
+    return float(match[1]) * _SUFFIXES[match[2].lower()]
+
+
+@dataclass
+class Requirements:
+    """Caps on costs (None: no cap) and a floor on top-1 (percent, at the fidelity it is measured at)."""
+
+    max_params: float | None = None
+    max_macs: float | None = None
+    max_weight_kb: float | None = None
+    max_peak_activation_kb: float | None = None
+    max_latency_ms: float | None = None
+    min_top1: float | None = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None and not value > 0:
+                raise AttendNetsError(f"--{f.name.replace('_', '-')} must be positive, got {value}")
+        if self.min_top1 is not None and self.min_top1 > 100:
+            raise AttendNetsError(f"--min-top1 is a percentage, got {self.min_top1}")
+
+    def caps(self) -> dict[str, float]:
+        """``{cost name: cap}`` of the caps that are set."""
+        return {f.name[4:]: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name.startswith("max_") and getattr(self, f.name) is not None}
+
+    def constraint_names(self) -> list[str]:
+        """Every constraint a finished trial carries (the same set on every trial, as samplers expect)."""
+        return ["buildable", *(f"max_{c}" for c in self.caps()), *(["min_top1"] if self.min_top1 else [])]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        parts = [f"{COST_LABELS[c]} <= {_fmt(v)}" for c, v in self.caps().items()]
+        if self.min_top1:
+            parts.append(f"top-1 >= {self.min_top1:g}%")
+        return ", ".join(parts) or "none"
+
+
+@dataclass
+class Deployment:
+    """Where the costs are measured: image size, class count, and CPU threads for latency."""
+
+    img_size: int
+    num_classes: int
+    threads: int = 2
+
+
+def measure_costs(spec: ArchSpec, deployment: Deployment, needed: set[str], caps: dict[str, float]) -> dict[str, float]:
+    """The costs of ``spec`` at the deployment size, tier by tier (:data:`TIERS`, cheapest first). Once a cap
+    is broken, only tiers holding a cost in ``needed`` are still measured; latency is measured only when
+    needed or capped. Raises :class:`~attendnets.spec.SpecError` when the spec cannot be built."""
+    model = build_model(spec, num_classes=deployment.num_classes)
+    costs: dict[str, float] = {}
+    for tier in TIERS:
+        wanted = set(tier) & needed
+        if "latency_ms" in tier and not wanted and "latency_ms" not in caps:
+            continue
+        if not wanted and any(costs[c] > caps[c] for c in costs if c in caps):
+            continue
+        if "params" in tier:
+            costs["params"] = float(sum(p.numel() for p in model.parameters()))
+            costs["weight_kb"] = weight_memory(model).quantized_bytes / 1024
+        elif "macs" in tier:
+            profile = profile_model(model, deployment.img_size)
+            costs["macs"] = float(profile.macs)
+            costs["peak_activation_kb"] = profile.peak_activation_bytes_int8 / 1024
+            costs["peak_activation_kb_fp32"] = profile.peak_activation_bytes_fp32 / 1024
+        else:
+            costs["latency_ms"] = measure_latency(spec, deployment)
+    return costs
+
+
+def measure_latency(spec: ArchSpec | str, deployment: Deployment) -> float:
+    """Median batch-1 latency in ms of a spec (or any model name) in PyTorch eager, random weights."""
+    from attendnets.bench import run_bench
+
+    with tempfile.TemporaryDirectory(prefix="attendnets-latency-") as tmp:
+        if isinstance(spec, ArchSpec):
+            path = Path(tmp) / "spec.json"
+            spec.save(path)
+            spec = str(path)
+        threads = torch.get_num_threads()
+        try:
+            report = run_bench([spec], baselines=[], runtimes=["eager"], img_size=deployment.img_size,
+                               num_classes=deployment.num_classes, threads=deployment.threads, batch=0,
+                               rounds=LATENCY_ROUNDS)
+        finally:
+            torch.set_num_threads(threads)
+    return float(report["results"][0]["batch1_median_ms"])
+
+
+def cap_constraints(costs: dict[str, float], requirements: Requirements) -> dict[str, float]:
+    """``max_<cost>``: ``value / cap - 1`` (<= 0 when met); 0 for a cost not measured (another cap was
+    broken first, so the trial is infeasible anyway)."""
+    return {f"max_{c}": costs[c] / cap - 1 if c in costs else 0.0 for c, cap in requirements.caps().items()}
+
+
+def accuracy_constraint(top1: float | None, requirements: Requirements) -> dict[str, float]:
+    """``min_top1``: ``1 - top1 / min`` (<= 0 when top-1 reaches the floor); an untrained design (``top1``
+    None) counts as 0%."""
+    if not requirements.min_top1:
+        return {}
+    return {"min_top1": 1 - (top1 or 0.0) / requirements.min_top1}
+
+
+def _fmt(value: float) -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if value >= div:
+            return f"{value / div:.4g}{suffix}"
+    return f"{value:.4g}"
+
+
+def format_cost(name: str, value: float) -> str:
+    """A cost for people: ``45.3M MACs``, ``212K parameters``, ``180.5 KB``, ``12.3 ms``."""
+    if name in ("macs", "params"):
+        return f"{_fmt(value)} {COST_LABELS[name]}"
+    unit = "ms" if name == "latency_ms" else "KB"
+    return f"{value:.1f} {unit}"

@@ -1,0 +1,238 @@
+"""The search engine without training: a stand-in evaluator scores designs by size, so these tests exercise
+requirements, constraints, the sampler, promotion and resuming in seconds."""
+
+from __future__ import annotations
+
+import math
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+
+from attendnets.data import make_synthetic_dataset
+from attendnets.errors import AttendNetsError
+from attendnets.model import build_model
+from attendnets.search.fidelity import Evaluation, Fidelity
+from attendnets.search.requirements import Deployment, Requirements, measure_costs, parse_count
+from attendnets.search.space import default_space
+from attendnets.search.storage import WORKER_ATTR, open_storage, rung_name
+from attendnets.search.study import ExploreConfig, Explorer, non_dominated_ranks, promote, select_promotions
+from attendnets.spec import ArchSpec
+from tests.conftest import TINY_SPEC
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("space") / "tiny_space.yaml"
+    default_space(ArchSpec.from_dict(TINY_SPEC), name="tiny").save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("data"), classes=3, per_class=6, size=16)
+
+
+class SizeScore:
+    """Scores a design by its parameter count (bigger is better, saturating) and remembers what it saw."""
+
+    def __init__(self, interrupt_at: int | None = None) -> None:
+        self.seen: list[ArchSpec] = []
+        self.interrupt_at = interrupt_at
+
+    def __call__(self, spec: ArchSpec, run) -> Evaluation:
+        if self.interrupt_at is not None and len(self.seen) == self.interrupt_at:
+            raise KeyboardInterrupt
+        self.seen.append(spec)
+        params = sum(p.numel() for p in build_model(spec).parameters())
+        top1 = 100 * (1 - math.exp(-params / 4000))
+        return Evaluation(top1, top1 + 1, 0.0)
+
+
+def config(tmp_path: Path, space: Path, data: Path, **changes) -> ExploreConfig:
+    base = dict(name="s", space=str(space), data=str(data), output=str(tmp_path), cost="params", trials=6, rungs=1,
+                img_size=16, fidelity=Fidelity(img_size=16, images_per_class=3, holdout_per_class=2, epochs=1, eta=2))
+    return ExploreConfig(**{**base, **changes})
+
+
+def trials_of(cfg: ExploreConfig, rung: int = 0) -> list[optuna.trial.FrozenTrial]:
+    storage = open_storage(cfg.study_dir, cfg.storage)
+    return optuna.load_study(study_name=rung_name(cfg.name, rung), storage=storage).get_trials()
+
+
+def test_caps_are_checked_before_training_and_recorded_as_constraints(tmp_path, space_file, data) -> None:
+    req = Requirements(max_params=3000, max_macs=60_000, max_weight_kb=4.0, max_peak_activation_kb=2.0,
+                       max_latency_ms=1000.0, min_top1=40.0)
+    cfg = config(tmp_path, space_file, data, requirements=req, trials=2, seed=3)
+    score = SizeScore()
+    Explorer(cfg, score).run(progress=False)
+    done = [t for t in trials_of(cfg) if t.state == TrialState.COMPLETE]
+    trained_names = {s.name for s in score.seen}
+    assert {t.user_attrs["status"] for t in done} >= {"reference", "trained", "over_cap"}
+    deployment = Deployment(16, 3)
+    for t in done:
+        assert set(t.constraints) == {"buildable", "max_params", "max_macs", "max_weight_kb",
+                                      "max_peak_activation_kb", "max_latency_ms", "min_top1"}
+        spec = ArchSpec.from_dict(t.user_attrs["spec"])
+        costs = t.user_attrs["costs"]
+        measured = measure_costs(spec, deployment, {"params", "macs"}, {})
+        for name in ("params", "weight_kb", "macs", "peak_activation_kb"):
+            if name in costs:  # a broken cheap cap spares the expensive ones
+                assert costs[name] == pytest.approx(measured[name])
+                assert t.constraints[f"max_{name}"] == pytest.approx(costs[name] / req.caps()[name] - 1)
+        meets = all(v <= 0 for k, v in t.constraints.items() if k != "min_top1")
+        status = t.user_attrs["status"]
+        assert (spec.name in trained_names) == (status in ("trained", "reference"))
+        if status == "trained":
+            assert meets and "latency_ms" in costs
+            assert all(costs[c] <= cap for c, cap in req.caps().items())
+            assert t.constraints["min_top1"] == pytest.approx(1 - t.values[0] / 40.0)
+            assert t.user_attrs["fidelity"] == {"rung": 0, "epochs": 1, "img_size": 16, "train_images": 9,
+                                                "holdout_images": 6, "seed": 0}
+        elif status == "over_cap":
+            assert not meets and t.values[0] == 0.0 and t.constraints["min_top1"] == 1.0
+    assert sum(t.user_attrs["status"] in ("trained", "reference") for t in done) == 2
+
+
+def test_constraints_steer_the_sampler_away_from_infeasible_designs(tmp_path, space_file, data) -> None:
+    def infeasible_share(sampler: str) -> float:
+        """Over-cap share of the proposals after TPE's 10 random start-up trials, until 12 designs trained."""
+        cfg = config(tmp_path / sampler, space_file, data, requirements=Requirements(max_params=1500),
+                     sampler=sampler, trials=12, seed=0, give_up_after=200)
+        Explorer(cfg, SizeScore()).run(progress=False)
+        guided = trials_of(cfg)[10:]
+        return sum(t.user_attrs["status"] == "over_cap" for t in guided) / len(guided)
+
+    tpe, random_share = infeasible_share("tpe"), infeasible_share("random")
+    assert tpe < random_share - 0.2, (tpe, random_share)  # seeded: 0.38 against 0.76
+
+
+def test_unbuildable_design_is_infeasible_with_its_reason(tmp_path, space_file, data, monkeypatch) -> None:
+    cfg = config(tmp_path, space_file, data, give_up_after=3)
+    explorer = Explorer(cfg, SizeScore())
+    sample = explorer.space.sample
+
+    def broken(trial):  # every design but the prototype gets an even stem kernel, which the builder refuses
+        spec = sample(trial)
+        if "reference" not in getattr(trial, "user_attrs", {"reference": "recording"}):
+            spec.blocks[0].kernel = 2
+        return spec
+
+    monkeypatch.setattr(explorer.space, "sample", broken)
+    with pytest.raises(AttendNetsError, match="no point meets the requirements"):
+        explorer.run(progress=False)
+    bad = [t for t in trials_of(cfg) if t.user_attrs.get("status") == "unbuildable"]
+    assert len(bad) == 3 and explorer.evaluate.seen == explorer.evaluate.seen[:1]
+    for t in bad:
+        assert t.constraints["buildable"] == 1.0 and "kernel must be odd" in t.user_attrs["reason"]
+
+
+def test_kill_and_resume_keeps_finished_trials(tmp_path, space_file, data) -> None:
+    cfg = config(tmp_path, space_file, data, trials=5)
+    with pytest.raises(KeyboardInterrupt):
+        Explorer(cfg, SizeScore(interrupt_at=3)).run(progress=False)
+    before = trials_of(cfg)
+    finished = {t.number: t.values for t in before if t.state == TrialState.COMPLETE}
+    assert sum(t.user_attrs.get("status") in ("trained", "reference") for t in before) == 3
+    assert before[-1].state == TrialState.FAIL
+
+    # A worker killed without a chance to clean up leaves its trial RUNNING: resuming fails it and goes on.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    study = optuna.load_study(study_name=rung_name("s", 0), storage=open_storage(cfg.study_dir))
+    orphan = study.ask()
+    orphan.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{dead.stdout.strip()}")
+
+    with pytest.raises(AttendNetsError, match="--resume"):
+        Explorer(cfg, SizeScore()).run(progress=False)
+    cfg.resume = True
+    Explorer(cfg, SizeScore()).run(progress=False)
+    after = trials_of(cfg)
+    assert {t.number: t.values for t in after if t.number in finished} == finished
+    assert after[orphan.number].state == TrialState.FAIL
+    assert not [t for t in after if t.state == TrialState.RUNNING]
+    assert sum(t.user_attrs.get("status") in ("trained", "reference") for t in after) == 5
+
+
+def test_resume_with_another_space_or_requirements_names_the_difference(tmp_path, space_file, data) -> None:
+    cfg = config(tmp_path, space_file, data, trials=1)
+    Explorer(cfg, SizeScore()).run(progress=False)
+    space = default_space(ArchSpec.from_dict(TINY_SPEC), name="tiny")
+    space.stages[0].width = [0.5, 1.0]
+    other = tmp_path / "other.yaml"
+    space.save(other)
+    with pytest.raises(AttendNetsError, match=r"space\.stages\[0\]\.width was|space\.stages.*width"):
+        Explorer(config(tmp_path, other, data, trials=1, resume=True), SizeScore()).run(progress=False)
+    with pytest.raises(AttendNetsError, match="requirements.max_params"):
+        Explorer(config(tmp_path, space_file, data, trials=1, resume=True, requirements=Requirements(max_params=9)),
+                 SizeScore()).run(progress=False)
+
+
+def test_unreachable_storage_is_one_line_without_password(tmp_path) -> None:
+    with pytest.raises(AttendNetsError) as err:
+        open_storage(tmp_path, "postgresql+psycopg://user:secret@127.0.0.1:1/db")
+    message = str(err.value)
+    assert "\n" not in message and "secret" not in message and "cannot open storage" in message
+    with pytest.raises(AttendNetsError, match="cannot open storage"):
+        open_storage(tmp_path, "nosuchdb://somewhere/x")
+
+
+def test_impossible_requirements_give_up_naming_the_closest_design(tmp_path, space_file, data) -> None:
+    cfg = config(tmp_path, space_file, data, requirements=Requirements(max_params=10), give_up_after=5)
+    score = SizeScore()
+    with pytest.raises(AttendNetsError, match=r"no point meets the requirements .* closest was trial \d+: .*cap"):
+        Explorer(cfg, score).run(progress=False)
+    assert [s.name for s in score.seen] == ["s-r0-t0"]  # only the reference prototype was trained
+
+
+def _trial(number: int, top1: float, cost: float, status: str = "trained", params: dict | None = None,
+           over: float = 0.0) -> optuna.trial.FrozenTrial:
+    trial = optuna.trial.create_trial(
+        values=[top1, cost], params=params or {"x": number}, distributions={"x": CategoricalDistribution(list(range(20)))}
+        if params is None else {k: CategoricalDistribution([v]) for k, v in params.items()},
+        user_attrs={"status": status}, system_attrs={"constraints:buildable": 0.0, "constraints:max_params": over},
+    )
+    trial.number = number
+    return trial
+
+
+def test_non_dominated_ranks_and_promotion_selection() -> None:
+    assert non_dominated_ranks([(50, 10), (60, 20), (40, 30), (55, 10), (60, 20)]) == [1, 0, 2, 0, 0]
+    trials = [_trial(0, 50, 10), _trial(1, 60, 20), _trial(2, 40, 30), _trial(3, 55, 10), _trial(4, 70, 5, over=0.5),
+              _trial(5, 90, 50, status="reference"), _trial(6, 45, 40), _trial(7, 55, 10, params={"x": 3})]
+    chosen = select_promotions(trials, eta=2)  # 5 distinct trained designs within the caps (7 repeats 3) -> 2
+    assert [t.number for t in chosen] == [1, 3]  # the front, by top-1
+    assert [t.number for t in select_promotions(trials[:4] + trials[6:], eta=1)] == [1, 3, 0, 6, 2]
+
+
+def test_promotion_is_never_repeated_and_carries_the_prototype(tmp_path, space_file, data) -> None:
+    cfg = config(tmp_path, space_file, data, trials=8, rungs=3,
+                 fidelity=Fidelity(img_size=16, images_per_class=3, holdout_per_class=2, epochs=1, eta=2))
+    Explorer(cfg, SizeScore()).run(progress=False)
+    rungs = [trials_of(cfg, r) for r in range(3)]
+    for r, trials in enumerate(rungs):
+        refs = [t for t in trials if t.user_attrs.get("reference") == "prototype"]
+        assert len(refs) == 1 and refs[0].state == TrialState.COMPLETE
+        assert refs[0].user_attrs["fidelity"]["epochs"] == 2**r
+    for r in (1, 2):
+        parents = [t.user_attrs["parent"] for t in rungs[r]]
+        assert len(parents) == len(set(parents))
+        by_number = {t.number: t for t in rungs[r - 1]}
+        assert all(by_number[p].params == t.params for p, t in zip(parents, rungs[r]))
+        assert len(rungs[r]) < len(rungs[r - 1])
+    storage = open_storage(cfg.study_dir)
+    source, target = (optuna.load_study(study_name=rung_name("s", r), storage=storage) for r in (0, 1))
+    assert promote(source, target, 2, Explorer(cfg).space) == []  # everything is already there
+
+
+def test_parse_count() -> None:
+    assert parse_count("150M") == 150e6 and parse_count("200k") == 2e5 and parse_count("1500") == 1500
+    with pytest.raises(AttendNetsError, match="not a count"):
+        parse_count("lots")
