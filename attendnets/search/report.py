@@ -127,7 +127,7 @@ def _csv(trials: list[tuple[int, FrozenTrial]]) -> str:
     writer = csv.writer(out)
     writer.writerow(["rung", "trial", "state", "status", "feasible", "reference", "parent", "duplicate_of",
                      "top1_int8", "top1_float", *COST_COLUMNS, *(f"constraint_{n}" for n in names), "epochs",
-                     "img_size", "train_seconds", "reason", "params"])
+                     "img_size", "train_seconds", "reason", "choices"])
     for rung, t in trials:
         costs = t.user_attrs.get("costs", {})
         fid = t.user_attrs.get("fidelity", {})
