@@ -37,21 +37,23 @@ different --seed as workers. At the end (and with 'explore report'): pareto.png,
 summary.json and pareto/<design>.json spec files for 'attendnets train --spec'.
 
 Without --data (and ${DATA_ENV} unset), or with --synthetic, it runs on generated shapes with small
-settings (32 px, 2-epoch rung 0, 12 designs): a few minutes on two cores.
+settings (the demo space, 32 px, 3-epoch rung 0, 12 designs): a few minutes on two cores.
 
 examples:
   attendnets explore run --name demo                       # generated data, end to end in minutes
-  attendnets explore run --data ~/imagenette2-320 --space attendnet_b --name b200k \\
-      --max-weight-kb 200 --max-macs 150M --trials 40 --rungs 3
-  attendnets explore run --data DATA --name b200k --resume  # continue an interrupted study
+  attendnets explore run --data ~/imagenette2-320 --space attendnet_b --name b600k \\
+      --max-weight-kb 600 --max-macs 150M --trials 40 --rungs 3
+  attendnets explore run --data DATA --name b600k --resume  # continue an interrupted study
   attendnets explore run --data DATA --name lat --cost latency_ms --max-latency-ms 10 --threads 2
   attendnets explore run --data DATA --name shared --storage postgresql+psycopg://u:p@host/db --resume --seed 1
-  attendnets explore report explore/b200k                  # re-draw pareto.png, trials.csv, pareto/*.json
+  attendnets explore report explore/b600k                  # re-draw pareto.png, trials.csv, pareto/*.json
   attendnets explore space attendnet_b > my_space.yaml      # edit, then --space my_space.yaml
 """
 
-SYNTHETIC_DEFAULTS = dict(img_size=32, images_per_class=40, holdout_per_class=16, epochs=2, trials=12)
-DATA_DEFAULTS = dict(img_size=64, images_per_class=100, holdout_per_class=25, epochs=3, trials=24)
+SYNTHETIC_DEFAULTS = dict(space="demo", img_size=32, images_per_class=128, holdout_per_class=16, epochs=3, lr=1e-2,
+                          trials=12)
+DATA_DEFAULTS = dict(space="attendnet_b", img_size=64, images_per_class=100, holdout_per_class=25, epochs=3,
+                     lr=Fidelity.lr, trials=24)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = actions.add_parser("run", help="run, resume or join a search", description=DESCRIPTION, formatter_class=fmt)
     what = run.add_argument_group("what to search")
     what.add_argument("--name", required=True, help="study name; its folder is OUTPUT/NAME")
-    what.add_argument("--space", default="attendnet_b", help="a shipped space (attendnet_a, attendnet_b) or a space file")
+    what.add_argument("--space", help="a shipped space (attendnet_a, attendnet_b, demo) or a space file "
+                      "(default attendnet_b; on generated data demo, a small prototype that learns in seconds)")
     what.add_argument("--data", metavar="DIR", help=f"dataset root with train/ (default: ${DATA_ENV}, else generated data)")
     what.add_argument("--synthetic", action="store_true", help="search on generated shapes (8 classes)")
     what.add_argument("--output", metavar="DIR", default="explore", help="folder holding study folders (default explore)")
@@ -82,12 +85,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     obj.add_argument("--trials", type=int, help="designs trained at rung 0 (default 24; synthetic 12)")
     obj.add_argument("--rungs", type=int, default=2, help="successive-halving rungs (default 2)")
     obj.add_argument("--eta", type=int, default=Fidelity.eta, help=f"keep the top 1/eta per rung (default {Fidelity.eta})")
-    obj.add_argument("--epochs", type=int, help="epochs at rung 0 (default 3; synthetic 2)")
+    obj.add_argument("--epochs", type=int, help="epochs at rung 0 (default 3)")
     obj.add_argument("--img-size-search", type=int, help="training resolution (default 64; synthetic 32)")
-    obj.add_argument("--images-per-class", type=int, help="training images per class (default 100; synthetic 40)")
+    obj.add_argument("--images-per-class", type=int, help="training images per class (default 100; synthetic 128)")
     obj.add_argument("--holdout-per-class", type=int, help="hold-out images per class (default 25; synthetic 16)")
     obj.add_argument("--batch-size", type=int, default=Fidelity.batch_size, help=f"default {Fidelity.batch_size}")
-    obj.add_argument("--lr", type=float, default=Fidelity.lr, help=f"peak learning rate (default {Fidelity.lr})")
+    obj.add_argument("--lr", type=float, help=f"peak learning rate (default {Fidelity.lr}; synthetic 0.01)")
     obj.add_argument("--give-up-after", type=int, default=50,
                      help="stop rung 0 after this many infeasible or repeated designs in a row (default 50)")
     how = run.add_argument_group("sampler, storage, output")
@@ -115,14 +118,14 @@ def config_from_args(args: argparse.Namespace) -> ExploreConfig:
     synthetic = args.synthetic or not (args.data or os.environ.get(DATA_ENV))
     d = SYNTHETIC_DEFAULTS if synthetic else DATA_DEFAULTS
     return ExploreConfig(
-        name=args.name, space=args.space, data=args.data, synthetic=args.synthetic, output=args.output,
+        name=args.name, space=args.space or d["space"], data=args.data, synthetic=args.synthetic, output=args.output,
         requirements=Requirements(args.max_params, args.max_macs, args.max_weight_kb, args.max_peak_activation_kb,
                                   args.max_latency_ms, args.min_top1),
         cost=args.cost,
         fidelity=Fidelity(img_size=args.img_size_search or d["img_size"],
                           images_per_class=args.images_per_class or d["images_per_class"],
                           holdout_per_class=args.holdout_per_class or d["holdout_per_class"],
-                          epochs=args.epochs or d["epochs"], eta=args.eta, batch_size=args.batch_size, lr=args.lr,
+                          epochs=args.epochs or d["epochs"], eta=args.eta, batch_size=args.batch_size, lr=args.lr or d["lr"],
                           seed=args.train_seed),
         trials=args.trials or d["trials"], rungs=args.rungs, img_size=args.img_size, threads=args.threads,
         train_threads=args.train_threads,

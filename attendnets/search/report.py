@@ -212,7 +212,7 @@ def plot_pareto(trials: list[tuple[int, FrozenTrial]], front: list[FrozenTrial],
         ax.scatter([t.values[1] / scale for t in over], [0.0] * len(over), marker="x", color="grey", alpha=0.6,
                    label="over a cap (not trained)")
     if front:
-        ax.plot([t.values[1] / scale for t in front], [t.values[0] for t in front], "-", color="crimson",
+        ax.plot([t.values[1] / scale for t in front], [t.values[0] for t in front], "-o", color="crimson", mfc="none", ms=11,
                 zorder=4, label="Pareto front")
     cap = requirements.caps().get(cost)
     if cap:
