@@ -221,11 +221,20 @@ class CalibrationImages:
 
 
 def quantize_onnx(
-    float_path: str | os.PathLike, int8_path: str | os.PathLike, calibration: str | os.PathLike, max_images: int = 64
+    float_path: str | os.PathLike,
+    int8_path: str | os.PathLike,
+    calibration: str | os.PathLike,
+    max_images: int = 64,
+    float_stem: bool = True,
 ) -> Path:
     """Write the int8 (static, QDQ, per-channel int8 weights, uint8 activations) version of an exported
     float graph, its activation ranges calibrated on up to ``max_images`` images of the folder
-    ``calibration`` (training images, not the test set). The metadata is carried over."""
+    ``calibration`` (training images, not the test set). The metadata is carried over.
+
+    ``float_stem`` keeps the convs that read the image in float (everything after them is int8): on the
+    Imagenette checkpoints, quantizing the stem and the image was most of the int8 graph's disagreement
+    with float (AttendNet-B: top-1 agreement 92.5% -> 97.5%, MobileNet-V1: 87% -> 91% on 400 val images),
+    for about 1-2% more latency."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -238,7 +247,10 @@ def quantize_onnx(
     try:
         # Symbolic shape inference has failed on Resize nodes (the attention condenser's expansion).
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-        props = {p.key: p.value for p in onnx.load(str(prepared), load_external_data=False).metadata_props}
+        graph = onnx.load(str(prepared), load_external_data=False)
+        props = {p.key: p.value for p in graph.metadata_props}
+        inputs = {i.name for i in graph.graph.input}
+        stem = [n.name for n in graph.graph.node if n.op_type == "Conv" and n.input[0] in inputs] if float_stem else []
 
         def write(tmp: str) -> None:
             quantize_static(
@@ -250,6 +262,7 @@ def quantize_onnx(
                 weight_type=QuantType.QInt8,
                 activation_type=QuantType.QUInt8,
                 calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=stem,
             )
             proto = onnx.load(tmp)
             onnx.helper.set_model_props(proto, props)

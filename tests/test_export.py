@@ -122,6 +122,17 @@ def test_int8_agrees_with_float(trained, float_onnx, tmp_path) -> None:
     assert np.array_equal(logits[easy].argmax(1), expected[easy].argmax(1))
 
 
+@pytest.mark.parametrize("float_stem", [True, False])
+def test_stem_stays_float_by_default(trained, float_onnx, tmp_path, float_stem: bool) -> None:
+    int8_path = quantize_onnx(float_onnx, tmp_path / "int8.onnx", trained.data / "train", 8, float_stem=float_stem)
+    graph = onnx.load(str(int8_path)).graph
+    readers = {n.op_type for n in graph.node if graph.input[0].name in n.input} - {"Shape"}
+    assert readers == ({"Conv"} if float_stem else {"QuantizeLinear"})
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    weights_quantized = [any(i.endswith("_DequantizeLinear_Output") for i in n.input[1:2]) for n in convs]
+    assert all(weights_quantized[1:]) and weights_quantized[0] != float_stem
+
+
 def test_calibration_needs_images(exported, tmp_path) -> None:
     _, float_path = exported
     (tmp_path / "empty" / "cls").mkdir(parents=True)
