@@ -1,13 +1,21 @@
-"""Several workers on one study: two processes share an Optuna study through a real PostgreSQL server."""
+"""Several workers on one study: two processes share an Optuna study, then an ``attendnets explore`` study,
+through a real PostgreSQL server (:mod:`tests.postgres_fixtures`)."""
 
 from __future__ import annotations
 
+import csv
+import json
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import optuna
 
+from attendnets.search.space import default_space
+from attendnets.spec import ArchSpec
+from tests.conftest import TINY_SPEC
 from tests.postgres_fixtures import postgres_server, postgres_url  # noqa: F401 (fixtures)
 
 WORKER = textwrap.dedent(
@@ -48,3 +56,76 @@ def test_two_optuna_workers_share_one_study(postgres_url: str) -> None:
     by_seed = {seed: [t.params["x"] for t in trials if t.user_attrs["worker_seed"] == seed] for seed in (1, 2)}
     assert [len(xs) for xs in by_seed.values()] == [n_trials, n_trials]
     assert set(by_seed[1]).isdisjoint(by_seed[2])  # different seeds sample different points
+
+
+# `attendnets ARGS`, started once the file GO exists: the imports (seconds on a busy machine) happen before,
+# so that a worker told to join an existing study starts at once.
+LAUNCHER = textwrap.dedent(
+    """
+    import pathlib, sys, time
+    import attendnets.cli.explore, attendnets.search.report
+    from attendnets.cli import main
+
+    go = pathlib.Path(sys.argv[1])
+    while not go.exists():
+        time.sleep(0.1)
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+
+
+def _wait_for_first_trial(url: str, study_dir: Path, worker: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Wait until ``worker`` (writing ``study_dir``) has created the study in ``url`` and rung 0 holds a trial."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert worker.poll() is None, worker.communicate()[1][-3000:]
+        if (study_dir / "study.json").exists():  # written once the worker has opened (so made) the tables
+            try:
+                if optuna.load_study(study_name="shared/rung0", storage=url).get_trials(deepcopy=False):
+                    return
+            except KeyError:  # no such study yet
+                pass
+        time.sleep(0.2)
+    raise TimeoutError(f"no trial in {url} after {timeout:.0f} s")
+
+
+def test_two_explore_workers_share_one_study(postgres_url: str, tmp_path: Path) -> None:
+    """Two ``attendnets explore run --storage URL --resume --seed N`` workers, each with its own output folder
+    as on separate machines, fill one study: every design trained once, each worker's report reads all.
+    The second joins once the first has created the study."""
+    space = tmp_path / "space.yaml"
+    default_space(ArchSpec.from_dict(TINY_SPEC)).save(space)
+    trials = 3  # designs trained at rung 0 by both workers together, the prototype included
+    command = ["explore", "run", "--name", "shared", "--synthetic", "--space", str(space), "--img-size-search", "16",
+               "--images-per-class", "8", "--holdout-per-class", "4", "--epochs", "1", "--rungs", "1",
+               "--trials", str(trials), "--storage", postgres_url, "--resume", "--json"]
+    workers = [
+        subprocess.Popen([sys.executable, "-c", LAUNCHER, str(tmp_path / f"go{seed}"), *command, "--seed", str(seed),
+                          "--output", str(tmp_path / f"machine{seed}")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for seed in (1, 2)
+    ]
+    summaries = []
+    try:
+        (tmp_path / "go1").touch()
+        _wait_for_first_trial(postgres_url, tmp_path / "machine1" / "shared", workers[0])
+        (tmp_path / "go2").touch()
+        for worker in workers:
+            out, err = worker.communicate(timeout=300)
+            assert worker.returncode == 0, err[-3000:]
+            summaries.append(json.loads(out))
+    finally:
+        for worker in workers:
+            worker.kill()  # no-op for a worker that finished
+
+    done = optuna.load_study(study_name="shared/rung0", storage=postgres_url).get_trials(deepcopy=False)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in done)
+    assert sorted(t.number for t in done) == list(range(len(done)))
+    trained = [t for t in done if t.user_attrs["status"] in ("trained", "reference")]
+    assert len(trained) == trials
+    assert len({json.dumps(t.params, sort_keys=True) for t in trained}) == trials  # no design trained twice
+    assert len({t.user_attrs["worker"] for t in trained}) == 2  # both workers trained designs
+    for seed, summary in zip((1, 2), summaries):
+        assert summary["rungs"][0]["trials"] == len(done)
+        with open(tmp_path / f"machine{seed}" / "shared" / "trials.csv", newline="") as f:
+            assert sorted(int(row["trial"]) for row in csv.DictReader(f)) == list(range(len(done)))
