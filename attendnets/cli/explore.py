@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -113,8 +114,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ExploreConfig:
-    import os
-
     synthetic = args.synthetic or not (args.data or os.environ.get(DATA_ENV))
     d = SYNTHETIC_DEFAULTS if synthetic else DATA_DEFAULTS
     return ExploreConfig(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import random
 import shutil
@@ -39,8 +38,6 @@ from attendnets.evaluate import eval_transform, evaluate_model
 from attendnets.quantize import quantize_weights
 from attendnets.spec import ArchSpec
 from attendnets.training import TrainConfig, TrainingDiverged, train
-
-log = logging.getLogger(__name__)
 
 RESIZE_MARGIN = 1.15  # cached short side / search image size: room for the random-resized crop
 MANIFEST = "manifest.json"
