@@ -14,6 +14,7 @@ from rich.table import Table
 from attendnets.data import DATA_ENV
 from attendnets.errors import AttendNetsError
 from attendnets.search.fidelity import Fidelity
+from attendnets.search.pilot import PilotConfig
 from attendnets.search.requirements import COST_LABELS, COSTS, Requirements, format_cost, parse_count
 from attendnets.search.space import SPACE_DIR
 from attendnets.search.study import SAMPLERS, ExploreConfig, Explorer
@@ -49,6 +50,24 @@ examples:
   attendnets explore run --data DATA --name shared --storage postgresql+psycopg://u:p@host/db --resume --seed 1
   attendnets explore report explore/b600k                  # re-draw pareto.png, trials.csv, pareto/*.json
   attendnets explore space attendnet_b > my_space.yaml      # edit, then --space my_space.yaml
+  attendnets explore pilot --data DATA --designs 8 --low-epochs 3 --high-epochs 9   # does rung 0 rank well?
+"""
+
+PILOT_DESCRIPTION = """\
+Measure how well the search's cheap rung predicts a longer training: draw --designs designs of the space
+(the prototype and random points that meet the requirements, fixed by --seed), train each at the search
+fidelity for --low-epochs and for --high-epochs epochs (same data, seed and recipe as 'explore run'), and
+compare the two rankings of hold-out top-1 at 8 bits: Kendall's tau-b with its p-value, the overlap of the
+two top-k sets, and how far the cheap rung's favourite lands below the best of the long training.
+
+Writes OUTPUT/pilot.json (every design's spec, costs and scores, the agreement, a plain verdict) and
+OUTPUT/pilot.png (cheap against expensive top-1). Resumable: each finished training is kept in
+OUTPUT/results/, so running the same command again trains only what is missing.
+
+examples:
+  attendnets explore pilot --synthetic --designs 6 --low-epochs 1 --high-epochs 3   # generated data, minutes
+  attendnets explore pilot --data ~/imagenette2-224 --designs 8 --low-epochs 3 --high-epochs 9 \\
+      --max-macs 63M --img-size 128 --output explore/pilot-b
 """
 
 SYNTHETIC_DEFAULTS = dict(space="demo", img_size=32, images_per_class=128, holdout_per_class=16, epochs=3, lr=1e-2,
@@ -108,9 +127,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     report.add_argument("--storage", metavar="URL", help="the database URL, when the study lives in one with a password")
     report.add_argument("--json", action="store_true", help="print the summary as JSON")
 
+    _add_pilot(actions.add_parser("pilot", help="how well the cheap rung ranks designs (Kendall tau, low vs high epochs)",
+                                  description=PILOT_DESCRIPTION, formatter_class=fmt))
+
     space = actions.add_parser("space", help="print a shipped search space (YAML) to copy and edit",
                                description="Print a shipped search space, commented, to start your own from.")
     space.add_argument("name", choices=sorted(p.stem for p in SPACE_DIR.glob("*.yaml")), help="the preset it surrounds")
+
+
+def _add_pilot(pilot: argparse.ArgumentParser) -> None:
+    what = pilot.add_argument_group("what to compare")
+    what.add_argument("--space", help="a shipped space or a space file (default attendnet_b; on generated data demo)")
+    what.add_argument("--data", metavar="DIR", help=f"dataset root with train/ (default: ${DATA_ENV}, else generated data)")
+    what.add_argument("--synthetic", action="store_true", help="use generated shapes (8 classes)")
+    what.add_argument("--output", metavar="DIR", default="explore/pilot", help="the pilot's folder (default explore/pilot)")
+    what.add_argument("--designs", type=int, default=8, help="designs, the prototype included (default 8)")
+    what.add_argument("--low-epochs", type=int, help="the cheap rung's epochs (default: run's rung 0, 3)")
+    what.add_argument("--high-epochs", type=int, help="the expensive rung's epochs (default 3x --low-epochs)")
+    what.add_argument("--top-k", type=int, help="size of the top sets compared (default: a third of the designs)")
+    what.add_argument("--seed", type=int, default=0, help="which designs are drawn (default 0)")
+    req = pilot.add_argument_group("requirements every drawn design meets (the prototype is always in)")
+    for cost, kind, example in (("params", parse_count, "500k"), ("macs", parse_count, "150M"), ("weight-kb", float, "KB"),
+                                ("peak-activation-kb", float, "KB"), ("latency-ms", float, "MS")):
+        req.add_argument(f"--max-{cost}", type=kind, metavar=example.upper() if kind is float else "N",
+                         help=f"as for 'explore run'{f', e.g. {example}' if kind is parse_count else ''}")
+    req.add_argument("--img-size", type=int, help="deployment image size for the costs (default: the prototype's)")
+    req.add_argument("--threads", type=int, default=2, help="CPU threads for latency (default 2)")
+    fid = pilot.add_argument_group("fidelity (as for 'explore run')")
+    fid.add_argument("--img-size-search", type=int, help="training resolution (default 64; synthetic 32)")
+    fid.add_argument("--images-per-class", type=int, help="training images per class (default 100; synthetic 128)")
+    fid.add_argument("--holdout-per-class", type=int, help="hold-out images per class (default 25; synthetic 16)")
+    fid.add_argument("--batch-size", type=int, default=Fidelity.batch_size, help=f"default {Fidelity.batch_size}")
+    fid.add_argument("--lr", type=float, help=f"peak learning rate (default {Fidelity.lr}; synthetic 0.01)")
+    fid.add_argument("--train-seed", type=int, default=0, help="hold-out split, initial weights, data order (default 0)")
+    fid.add_argument("--train-threads", type=int, default=1, help="torch threads while training (default 1)")
+    pilot.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def pilot_config_from_args(args: argparse.Namespace) -> PilotConfig:
+    synthetic = args.synthetic or not (args.data or os.environ.get(DATA_ENV))
+    d = SYNTHETIC_DEFAULTS if synthetic else DATA_DEFAULTS
+    low = args.low_epochs or d["epochs"]
+    return PilotConfig(
+        space=args.space or d["space"], data=args.data, synthetic=args.synthetic, output=args.output,
+        designs=args.designs, low_epochs=low, high_epochs=args.high_epochs or low * Fidelity.eta,
+        fidelity=Fidelity(img_size=args.img_size_search or d["img_size"],
+                          images_per_class=args.images_per_class or d["images_per_class"],
+                          holdout_per_class=args.holdout_per_class or d["holdout_per_class"], epochs=low,
+                          batch_size=args.batch_size, lr=args.lr or d["lr"], seed=args.train_seed),
+        requirements=Requirements(args.max_params, args.max_macs, args.max_weight_kb, args.max_peak_activation_kb,
+                                  args.max_latency_ms),
+        img_size=args.img_size, threads=args.threads, train_threads=args.train_threads, top_k=args.top_k, seed=args.seed,
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ExploreConfig:
@@ -136,6 +204,12 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "json", False) else logging.INFO, format="%(message)s")
     if args.action == "space":
         print((SPACE_DIR / f"{args.name}.yaml").read_text(), end="")
+        return 0
+    if args.action == "pilot":
+        from attendnets.search.pilot import Pilot
+
+        summary = Pilot(pilot_config_from_args(args)).run(progress=not args.json)
+        print(json.dumps(summary, indent=2) if args.json else summary["verdict"])
         return 0
     if args.action == "report":
         from attendnets.search.report import write_report
