@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ JOURNAL_FILE = "study.journal"
 STUDY_FILE = "study.json"
 HEARTBEAT_S = 20
 GRACE_S = 60
+CREATE_TRIES = 3  # workers started together race to create the tables; the losers retry
 WORKER_ATTR = "worker"
 
 
@@ -56,14 +58,20 @@ def open_storage(study_dir: Path, url: str | None = None) -> BaseStorage:
     if url is None:
         study_dir.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(study_dir / JOURNAL_FILE)))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat
-            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=HEARTBEAT_S,
-                              grace_period=GRACE_S)
-    except Exception as err:  # SQLAlchemy and the drivers raise many types; the user needs one line
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise AttendNetsError(f"cannot open storage {redact(url)}: {reason}") from None
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat
+                return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=HEARTBEAT_S,
+                                  grace_period=GRACE_S)
+        except Exception as err:  # SQLAlchemy and the drivers raise many types; the user needs one line
+            if attempt < CREATE_TRIES and "already exists" in str(err):  # a worker started at the same time
+                time.sleep(1.0)  # is creating the tables: they will be there in a moment
+                continue
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise AttendNetsError(f"cannot open storage {redact(url)}: {reason}") from None
 
 
 def write_study_file(study_dir: Path, name: str, url: str | None) -> None:

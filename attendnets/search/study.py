@@ -179,10 +179,15 @@ class Explorer:
     def open_rung(self, rung: int, attrs: dict[str, Any]) -> optuna.Study:
         """Create or load rung ``rung``'s study; a loaded one must have been started with ``attrs``."""
         name = rung_name(self.config.name, rung)
-        study = optuna.create_study(
-            study_name=name, storage=self.storage, directions=["maximize", "minimize"], load_if_exists=True,
-            sampler=self._sampler() if rung == 0 else optuna.samplers.RandomSampler(self.config.seed),
-        )
+        sampler = self._sampler() if rung == 0 else optuna.samplers.RandomSampler(self.config.seed)
+        try:
+            study = optuna.create_study(
+                study_name=name, storage=self.storage, directions=["maximize", "minimize"], sampler=sampler
+            )
+            if rung == 0:  # only the worker that creates the study queues the reference, so it is trained once
+                study.enqueue_trial(self.space.prototype_params(), user_attrs={"reference": PROTOTYPE})
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=name, storage=self.storage, sampler=sampler)
         saved = study.user_attrs
         for key, value in attrs.items():
             if key not in saved:
@@ -217,7 +222,8 @@ class Explorer:
     def _sample(self, study: optuna.Study, progress: bool) -> None:
         """Rung 0: the prototype, then sampled designs until ``trials`` designs are trained."""
         fail_dead_trials(study)
-        if not _live(study, lambda t: t.user_attrs.get("reference") == PROTOTYPE):
+        # Queued at creation; queued again only when its trial died (a resumed study without a live one).
+        if study.get_trials(deepcopy=False) and not _live(study, lambda t: t.user_attrs.get("reference") == PROTOTYPE):
             study.enqueue_trial(self.space.prototype_params(), user_attrs={"reference": PROTOTYPE})
         streak = 0
         with self._bar(study, 0, self.config.trials, progress) as bar:
