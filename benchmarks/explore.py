@@ -1,0 +1,415 @@
+"""A fair test of the design search on Imagenette: does ``attendnets explore`` find an AttendNet that beats
+its prototype (attendnet_b) under the prototype's own costs?
+
+Stages, each resumable (run them all at once or one at a time with ``--stages``; a killed stage continues
+where it stopped when started again):
+
+1. ``pilot``: ``attendnets explore pilot`` on 6 designs of the attendnet_b space: how well the search's
+   cheap rung ranks designs against 3x longer training (Kendall tau).
+2. ``search``: ``attendnets explore run`` with TPE on the attendnet_b space, cost = MACs, capped at
+   attendnet_b's own MACs and 8-bit weight KB (at 128 px, 10 classes), 2 rungs of successive halving.
+3. ``random``: the same search with ``--sampler random`` (sampler seed 1: TPE's first proposals are random,
+   so one seed would repeat them): the control, same budget.
+4. ``retrain``: the TPE search's pick (rule: among the non-prototype Pareto designs of the study's top
+   rung, the highest hold-out top-1 at 8 bits, then the fewer MACs; the random control's pick too when its
+   rung top-1 is higher) and the prototype, trained
+   with the comparison recipe of ``benchmarks/imagenette.py`` (same data, 128 px, 15 epochs, seeds 0 and 1;
+   a seed-0 run of that recipe in ``runs/imagenette/`` is reused), plus attendnet_a and the MobileNets at
+   seed 0 (reused likewise); each quantized to 8-bit weights (``attendnets quantize``) and evaluated on
+   val/, profiled (params, MACs, peak activation KB at 128 px) and timed (``attendnets bench``, batch 1,
+   PyTorch eager and ONNX Runtime int8, interleaved, random weights).
+5. ``report``: docs/results/explore.{md,json}.
+
+The search fidelity (64 px, 800 training and 50 hold-out images per class of train/, 3 epochs at rung 0,
+9 at rung 1, lr 2e-3, 1 thread) was chosen from a short measurement of attendnet_b at rung 0
+(:data:`FIDELITY_PROBE`, also in the report): at the search's default 100 images per class attendnet_b stays
+at chance (10%) on Imagenette; about 25k training images seen lift it to 30%, 3x chance on 500 hold-out
+images (binomial standard error ~2 points), at 64 px as at 96 px, so the cheaper 64 px was kept.
+
+    python benchmarks/explore.py --data ../shared/datasets/imagenette2-224   # or set ATTENDNETS_DATA
+    python benchmarks/explore.py --stages search      # one stage (another terminal: --stages random)
+    python benchmarks/explore.py --smoke              # every stage on a tiny subset, into runs/explore-smoke
+
+CPU time is measured per stage (the children's user + system time, summed over the invocations that
+finished) and recorded with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, ROOT, reexec_with_tuned_malloc, run_context  # noqa: E402
+from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, RECIPE, completed_epochs  # noqa: E402
+
+from attendnets.checkpoint import atomic_write_text  # noqa: E402
+from attendnets.complexity import profile_model  # noqa: E402
+from attendnets.data import image_files, list_classes, resolve_data_dir  # noqa: E402
+from attendnets.registry import create_model, load_preset  # noqa: E402
+from attendnets.search.requirements import Deployment, measure_costs  # noqa: E402
+
+# attendnet_b at rung 0 on Imagenette (hold-out top-1 at 8 bits, 1 thread, the machine shared with another
+# benchmark): (img px, train images/class, hold-out/class, epochs, lr) -> (top-1 %, seconds)
+FIDELITY_PROBE = {
+    (64, 100, 25, 3, 2e-3): (9.6, 40), (64, 300, 50, 5, 5e-3): (20.4, 315), (64, 300, 50, 5, 2e-3): (25.0, 383),
+    (64, 850, 50, 3, 2e-3): (30.2, 425), (96, 400, 50, 3, 2e-3): (29.4, 401),
+}
+STAGES = ("pilot", "search", "random", "retrain", "report")
+SPACE = "attendnet_b"
+PROTOTYPE = "attendnet_b"
+BASELINES = ("attendnet_a", "mobilenet_v1", "mobilenet_v2")  # seed 0 only, as in benchmarks/imagenette.py
+SEEDS = (0, 1)
+# TPE's first 10 proposals are random: with one seed for both, the control would repeat them exactly
+SAMPLER_SEEDS = {"tpe": 0, "random": 1}
+CLEARLY_LOWER = 0.8  # "clearly lower cost": at most 80% of the prototype's MACs
+FULL = {
+    "fidelity": {"img-size-search": 64, "images-per-class": 800, "holdout-per-class": 50, "epochs": 3, "lr": 2e-3},
+    "pilot": {"designs": 6, "high-epochs": 9},  # rung 0 against rung 1 of the search
+    "search": {"trials": 12, "rungs": 2, "eta": 3},
+    "epochs": EPOCHS, "subset": None, "bench_rounds": 10,
+}
+SMOKE = {
+    "fidelity": {"img-size-search": 32, "images-per-class": 8, "holdout-per-class": 4, "epochs": 1, "lr": 5e-3},
+    "pilot": {"designs": 3, "high-epochs": 2},
+    "search": {"trials": 3, "rungs": 2, "eta": 2},
+    "epochs": 1, "subset": None, "bench_rounds": 2,
+    "smoke_data": {"train": 12, "val": 6},  # images per class linked into a small copy of the dataset
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="Imagenette root with train/ and val/ (default: $ATTENDNETS_DATA)")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated (default {','.join(STAGES)})")
+    parser.add_argument("--smoke", action="store_true", help="tiny budget on a tiny subset, into runs/explore-smoke")
+    parser.add_argument("--runs", type=Path, help="working folder (default runs/explore, or runs/explore-smoke)")
+    parser.add_argument("--trained", type=Path, default=ROOT / "runs" / "imagenette",
+                        help="runs of benchmarks/imagenette.py to reuse at seed 0 (default runs/imagenette)")
+    parser.add_argument("--workers", type=int, default=2, help="data loader processes for retraining (default 2)")
+    args = parser.parse_args()
+    unknown = set(args.stages.split(",")) - set(STAGES)
+    if unknown:
+        parser.error(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
+    return args
+
+
+class Steps:
+    """Runs the library's commands one at a time and adds each finished one's CPU time to its stage."""
+
+    def __init__(self, runs: Path) -> None:
+        self.path = runs / "cpu_seconds.json"
+        self.cpu: dict[str, float] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def run(self, stage: str, command: list[str], capture: bool = False) -> str:
+        print(f"[{stage}] {shlex.join(['python', *command[1:]])}", flush=True)
+        before = _children_cpu()
+        out = subprocess.run(command, check=True, cwd=ROOT, text=True, stdout=subprocess.PIPE if capture else None).stdout
+        self.cpu[stage] = self.cpu.get(stage, 0.0) + _children_cpu() - before
+        atomic_write_text(self.path, json.dumps(self.cpu, indent=2) + "\n")
+        return out or ""
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def attendnets(*args: str) -> list[str]:
+    return [sys.executable, "-m", "attendnets", *args]
+
+
+def flags(options: dict[str, Any]) -> list[str]:
+    return [a for k, v in options.items() for a in (f"--{k}", str(v))]
+
+
+def prototype_caps() -> dict[str, float]:
+    """attendnet_b's own costs at the comparison's size: the search's caps."""
+    costs = measure_costs(load_preset(PROTOTYPE), Deployment(IMG_SIZE, NUM_CLASSES), {"macs", "weight_kb"}, {})
+    return {"max-macs": int(costs["macs"]), "max-weight-kb": round(costs["weight_kb"], 2)}
+
+
+def smoke_dataset(source: Path, dest: Path, per_class: dict[str, int]) -> Path:
+    """A small copy of ``source`` made of symbolic links: the first images of each class and split."""
+    for split, count in per_class.items():
+        for name in list_classes(source / split):
+            folder = dest / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for path in image_files(source / split / name)[:count]:
+                if not (folder / path.name).exists():
+                    (folder / path.name).symlink_to(path.resolve())
+    return dest
+
+
+# -- stages 1-3: pilot and searches --------------------------------------------------------------------
+
+
+def pilot(steps: Steps, data: Path, runs: Path, budget: dict, caps: dict) -> None:
+    fid = {k: v for k, v in budget["fidelity"].items() if k != "epochs"}
+    steps.run("pilot", attendnets(
+        "explore", "pilot", "--data", str(data), "--space", SPACE, "--output", str(runs / "pilot"),
+        "--low-epochs", str(budget["fidelity"]["epochs"]), *flags(budget["pilot"]), *flags(fid), *flags(caps),
+        "--img-size", str(IMG_SIZE), "--train-threads", "1", "--json"), capture=True)
+
+
+def search(steps: Steps, stage: str, data: Path, runs: Path, budget: dict, caps: dict) -> None:
+    sampler = "random" if stage == "random" else "tpe"
+    folder = runs / "search"
+    resume = ["--resume"] if (folder / sampler / "study.json").is_file() else []
+    steps.run(stage, attendnets(
+        "explore", "run", "--data", str(data), "--space", SPACE, "--name", sampler, "--output", str(folder),
+        "--sampler", sampler, "--seed", str(SAMPLER_SEEDS[sampler]), "--cost", "macs", *flags(caps), "--img-size", str(IMG_SIZE),
+        *flags(budget["search"]), *flags(budget["fidelity"]), "--train-threads", "1", "--json", *resume), capture=True)
+
+
+# -- stage 4: retraining, 8 bits, profile, latency -------------------------------------------------------
+
+
+def pick_found(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The documented rule: the non-prototype Pareto design of the top rung with the highest hold-out
+    top-1 at 8 bits (then the fewer MACs); None when the prototype is the whole front."""
+    found = [d for d in summary["pareto"] if not d["reference"]]
+    return max(found, key=lambda d: (d["top1_int8"], -d["costs"]["macs"]), default=None)
+
+
+def found_designs(runs: Path) -> dict[str, dict[str, Any]]:
+    """``{label: pareto entry}`` of the designs to retrain: the TPE search's pick, and the random control's
+    pick too when its rung top-1 is higher (and it is another design)."""
+    picks = {}
+    for sampler in ("tpe", "random"):
+        path = runs / "search" / sampler / "summary.json"
+        design = pick_found(json.loads(path.read_text())) if path.is_file() else None
+        if design:
+            picks[f"found_{sampler}"] = design
+    tpe, rnd = picks.get("found_tpe"), picks.get("found_random")
+    if tpe and rnd and (rnd["top1_int8"] <= tpe["top1_int8"] or _blocks(rnd) == _blocks(tpe)):
+        del picks["found_random"]
+    return picks
+
+
+def _blocks(design: dict[str, Any]) -> list:
+    return json.loads(Path(design["file"]).read_text())["blocks"]
+
+
+def recipe(seed: int) -> list[str]:
+    """The comparison recipe of benchmarks/imagenette.py with another seed."""
+    at = RECIPE.index("--seed")
+    return [*RECIPE[: at + 1], str(seed), *RECIPE[at + 2 :]]
+
+
+def reusable(run: Path, data: Path, epochs: int, subset: int | None) -> bool:
+    """Whether ``run`` is a finished seed-0 run of the comparison recipe on ``data``."""
+    path = run / "config.json"
+    if not path.is_file() or completed_epochs(run) < epochs:
+        return False
+    config = json.loads(path.read_text())
+    expected = {"img_size": IMG_SIZE, "epochs": epochs, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.05,
+                "warmup_epochs": 1, "label_smoothing": 0.1, "ema": True, "seed": 0, "subset": subset}
+    return all(config.get(k) == v for k, v in expected.items()) and Path(config["data"]).resolve() == data
+
+
+def train_run(steps: Steps, model: str, seed: int, data: Path, runs: Path, trained: Path, budget: dict,
+              workers: int) -> Path:
+    """The run folder of ``model`` at ``seed`` with the comparison recipe, trained (or resumed) if needed."""
+    if seed == 0 and reusable(trained / model, data, budget["epochs"], budget["subset"]):
+        return trained / model
+    run = runs / "retrain" / f"{Path(model).stem}-s{seed}"
+    if completed_epochs(run) < budget["epochs"]:
+        resume = ["--resume"] if (run / "train_state.pt").is_file() else []
+        steps.run("retrain", attendnets("train", "--data", str(data), "--model", model, "--epochs", str(budget["epochs"]),
+                                        *recipe(seed), "--workers", str(workers), "--output", str(run), *resume))
+    return run
+
+
+def quantize(steps: Steps, run: Path, label: str, data: Path, runs: Path, workers: int) -> dict[str, Any]:
+    """Post-training 8-bit weights of ``run``'s best checkpoint, evaluated on val/ (cached)."""
+    out = runs / "int8" / label
+    report = out / "quantize.json"
+    if not (report.is_file() and json.loads(report.read_text())["checkpoint"] == str(run)):
+        steps.run("retrain", attendnets("quantize", "--checkpoint", str(run), "--output", str(out), "--data", str(data),
+                                        "--workers", str(workers), "--json"), capture=True)
+    return json.loads(report.read_text())
+
+
+def bench(steps: Steps, models: list[str], runs: Path, rounds: int) -> dict[str, dict[str, float]]:
+    """``{model: {runtime: batch-1 median ms}}`` at 128 px, 10 classes, interleaved with the MobileNets."""
+    path = runs / "bench.json"
+    if path.is_file() and json.loads(path.read_text())["models"] == models:
+        return json.loads(path.read_text())["latency_ms"]
+    out = steps.run("retrain", attendnets("bench", *[m for m in models if m not in ("mobilenet_v1", "mobilenet_v2")],
+                                          "--img-size", str(IMG_SIZE), "--num-classes", str(NUM_CLASSES),
+                                          "--runtimes", "eager,ort-int8", "--batch", "0", "--rounds", str(rounds),
+                                          "--threads", "2", "--json"), capture=True)
+    latency: dict[str, dict[str, float]] = {}
+    for row in json.loads(out)["results"]:
+        latency.setdefault(row["model"], {})[row["runtime"]] = row["batch1_median_ms"]
+    atomic_write_text(path, json.dumps({"models": models, "latency_ms": latency}, indent=2) + "\n")
+    return latency
+
+
+def retrain(steps: Steps, data: Path, runs: Path, trained: Path, budget: dict, workers: int) -> dict[str, Any]:
+    """Train, quantize, profile and time every model of the comparison; returns its rows."""
+    found = found_designs(runs)
+    models: dict[str, tuple[str, tuple[int, ...]]] = {PROTOTYPE: (PROTOTYPE, SEEDS)}
+    for label, design in found.items():
+        spec = runs / "found" / f"{label}.json"
+        spec.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(spec, Path(design["file"]).read_text())
+        models[label] = (str(spec), SEEDS)
+    models.update({m: (m, (0,)) for m in BASELINES})
+    rows: dict[str, Any] = {}
+    for label, (model, seeds) in models.items():
+        seeds_out = []
+        for seed in seeds:
+            run = train_run(steps, model, seed, data, runs, trained, budget, workers)
+            q = quantize(steps, run, f"{label}-s{seed}", data, runs, workers)
+            seeds_out.append({"seed": seed, "run": str(run), "top1_int8": q["int8_top1"], "top1_float": q["float_top1"],
+                              "weight_kb_int8": q["weight_memory"]["quantized_bytes"] / 1024})
+        profile = profile_model(create_model(model, num_classes=NUM_CLASSES), img_size=IMG_SIZE)
+        rows[label] = {"model": model, "seeds": seeds_out, "params": profile.params, "macs": profile.macs,
+                       "peak_activation_kb_int8": profile.peak_activation_bytes_int8 / 1024,
+                       "found": found.get(label)}
+    latency = bench(steps, [m for m, _ in models.values()], runs, budget["bench_rounds"])
+    for row in rows.values():
+        row["latency_ms"] = latency.get(row["model"], {})
+    return rows
+
+
+# -- stage 5: report ------------------------------------------------------------------------------------
+
+
+def mean_top1(row: dict[str, Any]) -> float:
+    return statistics.mean(s["top1_int8"] for s in row["seeds"])
+
+
+def spread(row: dict[str, Any]) -> float:
+    values = [s["top1_int8"] for s in row["seeds"]]
+    return max(values) - min(values)
+
+
+def beats(found: dict[str, Any], proto: dict[str, Any]) -> str:
+    """The plain statement: higher top-1 at no more cost by more than the seed spread, or the same top-1
+    (within the spread) at clearly lower cost (<= 80% of the MACs), or neither."""
+    gain = mean_top1(found) - mean_top1(proto)
+    noise = max(spread(found), spread(proto))
+    no_costlier = found["macs"] <= proto["macs"] and found["seeds"][0]["weight_kb_int8"] <= proto["seeds"][0]["weight_kb_int8"]
+    ratio = found["macs"] / proto["macs"]
+    what = (f"{gain:+.2f} points of top-1 at 8 bits (mean of seeds {', '.join(str(s['seed']) for s in found['seeds'])}; "
+            f"seed spread {noise:.2f}) at {ratio:.2f}x the prototype's MACs")
+    if no_costlier and gain > noise:
+        return f"beats the prototype: {what}."
+    if abs(gain) <= noise and ratio <= CLEARLY_LOWER:
+        return f"beats the prototype on cost: the same top-1 within the seed spread, {what}."
+    return f"does NOT beat the prototype: {what}."
+
+
+def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict[str, Any], steps: Steps,
+                 context: dict[str, Any], smoke: bool) -> None:
+    pilot_summary = json.loads((runs / "pilot" / "pilot.json").read_text())
+    searches = {s: json.loads((runs / "search" / s / "summary.json").read_text()) for s in ("tpe", "random")}
+    proto = rows[PROTOTYPE]
+    verdicts = {label: beats(row, proto) for label, row in rows.items() if label.startswith("found_")}
+    report = {**context, "smoke_run": smoke, "budget": budget, "caps": caps, "cpu_seconds": steps.cpu,
+              "pilot": {k: pilot_summary[k] for k in ("agreement", "verdict", "low_epochs", "high_epochs", "fidelity",
+                                                      "train_seconds")},
+              "searches": {s: {k: v[k] for k in ("rungs", "pareto", "fidelity", "requirements")} for s, v in searches.items()},
+              "models": rows, "verdicts": verdicts}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "explore.json", json.dumps(report, indent=2) + "\n")
+    hours = {k: v / 3600 for k, v in steps.cpu.items()}
+    fid = budget["fidelity"]
+    lines = [
+        "# Design search on Imagenette: found designs against their prototype (attendnet_b)",
+        "",
+        *(["**SMOKE RUN: a tiny budget on a tiny subset; not the comparison.**", ""] if smoke else []),
+        f"`attendnets explore run` on the attendnet_b space, cost = MACs, capped at attendnet_b's own cost at "
+        f"{IMG_SIZE} px and {NUM_CLASSES} classes ({caps['max-macs'] / 1e6:.1f}M MACs, {caps['max-weight-kb']:.1f} KB "
+        f"of 8-bit weights), so any found design is no costlier than the prototype. Search fidelity: "
+        f"{fid['images-per-class']} training and {fid['holdout-per-class']} hold-out images per class of train/ at "
+        f"{fid['img-size-search']} px, {fid['epochs']} epochs at rung 0 x{budget['search']['eta']} per rung, "
+        f"{budget['search']['trials']} designs trained at rung 0, {budget['search']['rungs']} rungs; val/ never seen.",
+        "",
+        "Why this fidelity: attendnet_b at rung 0 (hold-out top-1 at 8 bits; chance is 10%), measured before "
+        "the run, 1 thread on a shared machine:",
+        "",
+        "| px | train img/class | hold-out/class | epochs | lr | top-1 | seconds |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {k[0]} | {k[1]} | {k[2]} | {k[3]} | {k[4]:g} | {v[0]:.1f}% | {v[1]} |" for k, v in FIDELITY_PROBE.items()),
+        "",
+        "## Does the cheap rung rank designs? (pilot)",
+        "",
+        f"{pilot_summary['verdict']}.",
+        "",
+        "## The searches",
+        "",
+        "| sampler | designs trained (rung 0) | prototype hold-out top-1 per rung | picked design: rung top-1, MACs | CPU |",
+        "|---|---|---|---|---|",
+    ]
+    for s, summary in searches.items():
+        picked = rows.get(f"found_{s}", {}).get("found") or pick_found(summary)
+        protos = ", ".join(f"{r['prototype_top1']:.1f}%" for r in summary["rungs"] if r["prototype_top1"] is not None)
+        lines.append(f"| {s} | {summary['rungs'][0]['by_status'].get('trained', 0)} | {protos} | "
+                     + (f"{picked['top1_int8']:.1f}%, {picked['costs']['macs'] / 1e6:.1f}M" if picked else "none (prototype alone on the front)")
+                     + f" | {hours.get('search' if s == 'tpe' else 'random', 0):.2f} h |")
+    lines += ["", f"## Retrained with the comparison recipe ({budget['epochs']} epochs, {IMG_SIZE} px), 8-bit weights, val/", "",
+              "| model | top-1 8-bit (per seed) | mean | float top-1 mean | params | MACs | 8-bit weight KB | peak act. KB | eager ms | ORT int8 ms |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, r in rows.items():
+        per_seed = ", ".join(f"s{s['seed']} {s['top1_int8']:.2f}%" for s in r["seeds"])
+        lat = r["latency_ms"]
+        lines.append(f"| {label} | {per_seed} | {mean_top1(r):.2f}% | {statistics.mean(s['top1_float'] for s in r['seeds']):.2f}% | "
+                     f"{r['params'] / 1e3:,.0f}K | {r['macs'] / 1e6:,.1f}M | {r['seeds'][0]['weight_kb_int8']:.1f} | "
+                     f"{r['peak_activation_kb_int8']:.1f} | {lat.get('eager', float('nan')):.2f} | {lat.get('ort-int8', float('nan')):.2f} |")
+    lines += ["", "## Does a found design beat the prototype?", ""]
+    lines += [f"- {label} {v}" for label, v in verdicts.items()] or ["- No design was found besides the prototype."]
+    lines += ["", "Rule: a found design beats the prototype when its mean top-1 at 8 bits is higher by more than the "
+              "larger seed spread of the two at no more MACs or 8-bit weight memory, or the same within that spread at "
+              f"<= {CLEARLY_LOWER:.0%} of the prototype's MACs. The picked design of each search: the highest hold-out "
+              "top-1 among the non-prototype Pareto designs of its top rung.",
+              "", "## Cost", ""]
+    lines += [f"- {stage}: {h:.2f} CPU-hours" for stage, h in hours.items()]
+    lines += ["", "## How it was run", "", f"- driver: `{context['command']}`",
+              f"- commit: `{context['commit']}`" + (" (with uncommitted changes)" if context["dirty"] else ""),
+              f"- machine: {context['machine']['cpu']}, {context['machine']['cores']} cores, torch {context['machine']['torch']}",
+              f"- date: {context['date']}",
+              "- latency: `attendnets bench`, batch 1, 2 threads, random weights, interleaved with the MobileNets; "
+              "the machine may have been shared, so compare within this table only."]
+    atomic_write_text(out_dir / "explore.md", "\n".join(lines) + "\n")
+    print(f"wrote {out_dir / 'explore.md'} and {out_dir / 'explore.json'}")
+    for label, v in verdicts.items():
+        print(f"{label} {v}")
+
+
+def main() -> int:
+    reexec_with_tuned_malloc()
+    args = parse_args()
+    budget = SMOKE if args.smoke else FULL
+    runs = args.runs or ROOT / "runs" / ("explore-smoke" if args.smoke else "explore")
+    runs.mkdir(parents=True, exist_ok=True)
+    data = resolve_data_dir(args.data).resolve()
+    if args.smoke:
+        data = smoke_dataset(data, runs / "data", budget["smoke_data"])
+    stages = args.stages.split(",")
+    steps = Steps(runs)
+    caps = prototype_caps()
+    context = run_context()
+    if "pilot" in stages:
+        pilot(steps, data, runs, budget, caps)
+    for stage in ("search", "random"):
+        if stage in stages:
+            search(steps, stage, data, runs, budget, caps)
+    rows = retrain(steps, data, runs, args.trained, budget, args.workers) if {"retrain", "report"} & set(stages) else {}
+    if "report" in stages:
+        write_report(runs, runs if args.smoke else RESULTS, budget, caps, rows, steps, context, args.smoke)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
