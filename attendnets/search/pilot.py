@@ -113,12 +113,15 @@ def sample_designs(space: SearchSpace, count: int, deployment: Deployment, requi
         seen.add(key)
         spec = replace(spec, name=f"pilot-d{len(designs):02d}", num_classes=deployment.num_classes,
                        img_size=deployment.img_size, description="")
-        try:  # every cost but latency for a design within the caps; the cheap ones spare the rest otherwise
-            costs = measure_costs(spec, deployment, set(COSTS) - {"latency_ms"} if reference else set(), caps)
-        except (SpecError, RuntimeError):
-            continue
-        if not reference and any(costs[c] > cap for c, cap in caps.items() if c in costs):
-            continue
+        if reference:  # every cost but latency, whatever the caps (the prototype must build)
+            costs = measure_costs(spec, deployment, set(COSTS) - {"latency_ms"}, caps)
+        else:  # every cost within the caps; a broken cheap cap spares the rest
+            try:
+                costs = measure_costs(spec, deployment, set(), caps)
+            except (SpecError, RuntimeError):
+                continue
+            if any(costs[c] > cap for c, cap in caps.items() if c in costs):
+                continue
         designs.append({"name": spec.name, "reference": reference, "params": params, "spec": spec.to_dict(),
                         "costs": costs})
     return designs
