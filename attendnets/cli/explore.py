@@ -72,7 +72,8 @@ examples:
 
 SYNTHETIC_DEFAULTS = dict(space="demo", img_size=32, images_per_class=128, holdout_per_class=16, epochs=3, lr=1e-2,
                           trials=12)
-DATA_DEFAULTS = dict(space="attendnet_b", img_size=64, images_per_class=100, holdout_per_class=25, epochs=3,
+DATA_DEFAULTS = dict(space="attendnet_b", img_size=Fidelity.img_size, images_per_class=Fidelity.images_per_class,
+                     holdout_per_class=Fidelity.holdout_per_class, epochs=Fidelity.epochs,
                      lr=Fidelity.lr, trials=24)
 
 
@@ -107,8 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     obj.add_argument("--eta", type=int, default=Fidelity.eta, help=f"keep the top 1/eta per rung (default {Fidelity.eta})")
     obj.add_argument("--epochs", type=int, help="epochs at rung 0 (default 3)")
     obj.add_argument("--img-size-search", type=int, help="training resolution (default 64; synthetic 32)")
-    obj.add_argument("--images-per-class", type=int, help="training images per class (default 100; synthetic 128)")
-    obj.add_argument("--holdout-per-class", type=int, help="hold-out images per class (default 25; synthetic 16)")
+    obj.add_argument("--images-per-class", type=int, help="training images per class (default 800; synthetic 128)")
+    obj.add_argument("--holdout-per-class", type=int, help="hold-out images per class (default 50; synthetic 16)")
     obj.add_argument("--batch-size", type=int, default=Fidelity.batch_size, help=f"default {Fidelity.batch_size}")
     obj.add_argument("--lr", type=float, help=f"peak learning rate (default {Fidelity.lr}; synthetic 0.01)")
     obj.add_argument("--give-up-after", type=int, default=50,
@@ -155,8 +156,8 @@ def _add_pilot(pilot: argparse.ArgumentParser) -> None:
     req.add_argument("--threads", type=int, default=2, help="CPU threads for latency (default 2)")
     fid = pilot.add_argument_group("fidelity (as for 'explore run')")
     fid.add_argument("--img-size-search", type=int, help="training resolution (default 64; synthetic 32)")
-    fid.add_argument("--images-per-class", type=int, help="training images per class (default 100; synthetic 128)")
-    fid.add_argument("--holdout-per-class", type=int, help="hold-out images per class (default 25; synthetic 16)")
+    fid.add_argument("--images-per-class", type=int, help="training images per class (default 800; synthetic 128)")
+    fid.add_argument("--holdout-per-class", type=int, help="hold-out images per class (default 50; synthetic 16)")
     fid.add_argument("--batch-size", type=int, default=Fidelity.batch_size, help=f"default {Fidelity.batch_size}")
     fid.add_argument("--lr", type=float, help=f"peak learning rate (default {Fidelity.lr}; synthetic 0.01)")
     fid.add_argument("--train-seed", type=int, default=0, help="hold-out split, initial weights, data order (default 0)")

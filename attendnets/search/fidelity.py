@@ -50,8 +50,10 @@ class Fidelity:
     """How a design is trained and scored during the search (the same for every design of a rung)."""
 
     img_size: int = 64
-    images_per_class: int = 100
-    holdout_per_class: int = 25
+    # On Imagenette at 64 px and 3 epochs attendnet_b scored 9.6% (chance) with 100 images per class and
+    # ~30% with 800: below that, rung 0 ranks noise.
+    images_per_class: int = 800
+    holdout_per_class: int = 50
     epochs: int = 3  # at rung 0; rung r trains epochs * eta**r
     eta: int = 3
     batch_size: int = 32
