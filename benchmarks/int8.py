@@ -1,0 +1,230 @@
+"""8-bit AttendNets on Imagenette: accuracy at 8-bit weights (post-training and after QAT), fully int8 in
+ONNX Runtime, weight memory, and latency in three runtimes, for the four models of the comparison.
+
+Starts from the checkpoints of ``benchmarks/imagenette.py`` (``runs/imagenette/<model>/best``) and runs
+only the library's commands, one process at a time, each step's JSON kept in ``runs/int8/<model>/`` so a
+killed run continues where it stopped (delete a step's JSON to redo it):
+
+1. ``attendnets quantize`` (post-training int8 weights) and ``attendnets quantize --qat-epochs N``
+   (quantization-aware fine-tune from the float checkpoint), each evaluated on val/;
+2. ``attendnets export --int8`` of the float and of the QAT checkpoint (int8 calibrated on train/ images),
+   then ``attendnets eval --onnx`` of each graph, with the int8 graph's top-1 agreement with its float one;
+3. ``attendnets bench`` of all four models in one interleaved run (random weights, latency does not
+   depend on their values) at 224 px (the paper's size) and at 128 px (the size they were trained at).
+
+    python benchmarks/int8.py --data ../shared/datasets/imagenette2-224   # or set ATTENDNETS_DATA
+
+Writes docs/results/int8.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, ROOT, reexec_with_tuned_malloc, run_context  # noqa: E402
+
+from attendnets.data import resolve_data_dir  # noqa: E402
+
+MODELS = ("attendnet_b", "mobilenet_v1", "attendnet_a", "mobilenet_v2")
+PAIRS = (("attendnet_b", "mobilenet_v1"), ("attendnet_a", "mobilenet_v2"))
+QAT_EPOCHS = 2
+QAT_TARGET = 0.5  # points of top-1 that 8-bit weights may cost after QAT (issue 4)
+AGREEMENT_TARGET = 98.0  # % of val images on which int8 ONNX keeps the float top-1
+BENCH_SIZES = (224, 128)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="Imagenette root with train/ and val/ (default: $ATTENDNETS_DATA)")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated (default {','.join(MODELS)})")
+    parser.add_argument("--trained", type=Path, default=ROOT / "runs" / "imagenette", help="runs of imagenette.py")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "int8", help="where the steps keep their files")
+    parser.add_argument("--qat-epochs", type=int, default=QAT_EPOCHS, help=f"default {QAT_EPOCHS}")
+    parser.add_argument("--calib-images", type=int, default=64, help="int8 calibration images (default 64)")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved latency rounds (default 20)")
+    parser.add_argument("--workers", type=int, default=2, help="data loader processes (default 2)")
+    return parser.parse_args()
+
+
+def step(name: str, record: Path, command: list[str], resume: list[str] | None = None) -> dict[str, Any]:
+    """Run ``attendnets`` ``command`` (its ``--json`` output kept in ``record``) unless already recorded."""
+    if record.is_file():
+        print(f"{name}: done ({record})", flush=True)
+        return json.loads(record.read_text())
+    full = [sys.executable, "-m", "attendnets", *command, "--json"]
+    if resume and any(record.parent.glob("*/train_state.pt")):
+        full += resume
+    print(f"{name}: {shlex.join(full[1:])}", flush=True)
+    out = subprocess.run(full, check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    result = json.loads(out)
+    result["command"] = shlex.join(["python", *full[1:]])
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def measure_model(model: str, args: argparse.Namespace, data: Path) -> dict[str, Any]:
+    trained = args.trained / model / "best"
+    if not trained.with_suffix(".json").is_file():
+        raise SystemExit(f"{model}: no trained checkpoint {trained}: run benchmarks/imagenette.py first")
+    run = args.runs / model
+    common = ["--data", str(data), "--workers", str(args.workers)]
+    ptq = step(f"{model} ptq", run / "ptq.json",
+               ["quantize", "--checkpoint", str(trained), "--output", str(run / "ptq"), *common])
+    qat = step(f"{model} qat", run / "qat.json",
+               ["quantize", "--checkpoint", str(trained), "--output", str(run / "qat"), "--qat-epochs",
+                str(args.qat_epochs), *common], resume=["--resume"])
+    onnx: dict[str, Any] = {}
+    for source, checkpoint in (("float", trained), ("qat", run / "qat" / "best")):
+        path = run / "onnx" / f"{source}.onnx"
+        onnx[f"{source}_export"] = step(
+            f"{model} export {source}", run / f"export-{source}.json",
+            ["export", "--checkpoint", str(checkpoint), "--output", str(path), "--int8", "--calib-data",
+             str(data / "train"), "--calib-images", str(args.calib_images)])
+        onnx[f"{source}_ort"] = step(f"{model} ort {source}", run / f"ort-{source}.json",
+                                     ["eval", "--onnx", str(path), *common])
+        onnx[f"{source}_ort_int8"] = step(
+            f"{model} ort-int8 {source}", run / f"ort-int8-{source}.json",
+            ["eval", "--onnx", str(path.with_suffix(".int8.onnx")), "--agreement-with", str(path), *common])
+    return {"model": model, "ptq": ptq, "qat": qat, **onnx}
+
+
+def row(m: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one model that the report shows."""
+    ptq, qat = m["ptq"], m["qat"]
+    memory = ptq["weight_memory"]
+    return {
+        "model": m["model"],
+        "float_top1": ptq["float_top1"],
+        "ptq_top1": ptq["int8_top1"],
+        "qat_top1": qat["int8_top1"],
+        "ort_float_top1": m["float_ort"]["top1"],
+        "ort_int8_top1": m["float_ort_int8"]["top1"],
+        "ort_int8_agreement": agreement(m["float_ort_int8"]),
+        "ort_int8_qat_top1": m["qat_ort_int8"]["top1"],
+        "ort_int8_qat_agreement": agreement(m["qat_ort_int8"]),
+        "weight_kb_float": memory["float_bytes"] / 1024,
+        "weight_kb_8bit": memory["quantized_bytes"] / 1024,
+        "weight_ratio": memory["ratio"],
+    }
+
+
+def agreement(result: dict[str, Any]) -> float:
+    return result["agreement"]["top1_agreement"]
+
+
+def bench(models: list[str], img_size: int, args: argparse.Namespace) -> dict[str, Any]:
+    baselines = [m for m in models if m.startswith("mobilenet")]
+    ours = [m for m in models if m not in baselines]
+    command = ["bench", *ours, "--img-size", str(img_size), "--rounds", str(args.rounds), "--threads", "2"]
+    command += ["--baselines", ",".join(baselines)] if baselines else ["--no-baselines"]
+    return step(f"bench {img_size}px", args.runs / f"bench-{img_size}.json", command)
+
+
+def verdicts(rows: dict[str, dict], latency: dict[int, dict]) -> list[str]:
+    """Plain statements on the issue's two targets, from the measured figures."""
+    lines = []
+    for r in rows.values():
+        cost = r["float_top1"] - r["qat_top1"]
+        lines.append(
+            f"{r['model']}: 8-bit weights after QAT cost {cost:+.2f} points of top-1 "
+            f"({r['float_top1']:.2f}% -> {r['qat_top1']:.2f}%; post-training {r['ptq_top1']:.2f}%): "
+            f"target (at most {QAT_TARGET} points) {'met' if cost <= QAT_TARGET else 'NOT met'}."
+        )
+        lines.append(
+            f"{r['model']}: ONNX Runtime int8 keeps the float top-1 on {r['ort_int8_agreement']:.1f}% of val images "
+            f"(from the QAT checkpoint: {r['ort_int8_qat_agreement']:.1f}%): target ({AGREEMENT_TARGET:.0f}%) "
+            f"{'met' if max(r['ort_int8_agreement'], r['ort_int8_qat_agreement']) >= AGREEMENT_TARGET else 'NOT met'}."
+        )
+    for size, report in latency.items():
+        ms = {(e["model"], e["runtime"]): e["batch1_median_ms"] for e in report["results"]}
+        for ours, theirs in PAIRS:
+            if (ours, "ort-int8") in ms and (theirs, "ort-int8") in ms:
+                a, b = ms[(ours, "ort-int8")], ms[(theirs, "ort-int8")]
+                lines.append(
+                    f"{size} px, ONNX Runtime int8, batch 1: {ours} {a:.2f} ms vs {theirs} {b:.2f} ms "
+                    f"({b / a:.2f}x its speed): {ours} is {'faster' if a < b else 'NOT faster'}."
+                )
+    return lines
+
+
+def write_report(rows: dict[str, dict], raw: dict, latency: dict[int, dict], context: dict, args) -> None:
+    statements = verdicts(rows, latency)
+    report = {**context, "qat_epochs": args.qat_epochs, "calib_images": args.calib_images, "rows": list(rows.values()),
+              "verdicts": statements, "steps": raw, "latency": {str(k): v for k, v in latency.items()}}
+    (RESULTS / "int8.json").write_text(json.dumps(report, indent=2) + "\n")
+    m = context["machine"]
+    lines = [
+        "# 8-bit AttendNets: accuracy at 8 bits, ONNX Runtime int8, weight memory, latency",
+        "",
+        "The four models trained on Imagenette by `benchmarks/imagenette.py` (10 classes, 128 px, 15 epochs), "
+        "top-1 on its 3,925 val images. *8-bit weights*: every conv/linear weight int8, symmetric per output "
+        f"channel, activations float: post-training (PTQ) and after a {args.qat_epochs}-epoch quantization-aware "
+        "fine-tune (QAT, fake-quantized weights with straight-through gradients, lr 2e-4, no warm-up; its best "
+        "epoch chosen on val/ like the float runs). *ONNX Runtime int8*: weights and activations int8 (static "
+        f"QDQ, per-channel int8 weights, uint8 activations calibrated on {args.calib_images} train/ images), "
+        "exported from the float checkpoint and from the QAT one; agreement is the share of val images on "
+        "which the int8 graph's top-1 class is its float graph's. Weight memory at 8 bits is the bytes of "
+        "the weights as stored: int8 values plus fp32 per-channel scales, biases and other parameters "
+        "(batch norm, attention scales) in fp32. KB = 1024 bytes.",
+        "",
+        "| model | float | 8-bit PTQ | 8-bit QAT | ORT float | ORT int8 (agreement) | ORT int8 from QAT (agreement) "
+        "| weights float | weights 8-bit |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows.values():
+        lines.append(
+            f"| {r['model']} | {r['float_top1']:.2f}% | {r['ptq_top1']:.2f}% | {r['qat_top1']:.2f}% | "
+            f"{r['ort_float_top1']:.2f}% | {r['ort_int8_top1']:.2f}% ({r['ort_int8_agreement']:.1f}%) | "
+            f"{r['ort_int8_qat_top1']:.2f}% ({r['ort_int8_qat_agreement']:.1f}%) | {r['weight_kb_float']:,.0f} KB | "
+            f"{r['weight_kb_8bit']:,.0f} KB ({r['weight_ratio']:.2f}x less) |"
+        )
+    for size, rep in latency.items():
+        settings = rep["settings"]
+        lines += ["", f"## Latency at {size} px ({settings['threads']} threads, random weights, "
+                  f"{settings['rounds']} interleaved rounds, batch N = {settings['batch']})", "",
+                  "| model | runtime | batch 1 median | batch 1 p90 | batch N images/s | batch 1 speed vs mobilenet_v1 |",
+                  "|---|---|---|---|---|---|"]
+        for e in sorted(rep["results"], key=lambda e: (e["runtime"], e["model"])):
+            ratio = e.get("batch1_speedup_vs_mobilenet_v1")
+            lines.append(
+                f"| {e['model']} | {e['runtime']} | {e['batch1_median_ms']:.2f} ms | {e['batch1_p90_ms']:.2f} ms | "
+                f"{e.get('batchN_images_per_s', 0):,.0f} | {'' if ratio is None else f'{ratio:.2f}x'} |"
+            )
+    lines += ["", "## Verdicts", "", *[f"- {s}" for s in statements], "", "## How it was run", "",
+              f"- driver: `{context['command']}`",
+              f"- commit: `{context['commit']}`" + (" (with uncommitted changes)" if context["dirty"] else ""),
+              f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}; "
+              f"load average at start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}",
+              f"- date: {context['date']}", "", "Every step's exact command:", ""]
+    for model in raw.values():
+        lines += [f"- `{value['command']}`" for value in model.values() if isinstance(value, dict)]
+    for rep in latency.values():
+        lines.append(f"- `{rep['command']}`")
+    (RESULTS / "int8.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / 'int8.md'} and {RESULTS / 'int8.json'}")
+    for s in statements:
+        print(s)
+
+
+def main() -> int:
+    reexec_with_tuned_malloc()
+    args = parse_args()
+    data = resolve_data_dir(args.data).resolve()
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    context = run_context()
+    raw = {m: measure_model(m, args, data) for m in models}
+    latency = {size: bench(models, size, args) for size in BENCH_SIZES}
+    write_report({m: row(r) for m, r in raw.items()}, raw, latency, context, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
