@@ -15,7 +15,6 @@ import torch
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from attendnets.data import make_synthetic_dataset
 from attendnets.errors import AttendNetsError
 from attendnets.model import build_model
 from attendnets.search.fidelity import Evaluation, Fidelity
@@ -25,20 +24,9 @@ from attendnets.search.storage import WORKER_ATTR, open_storage, rung_name
 from attendnets.search.study import ExploreConfig, Explorer, non_dominated_ranks, promote, select_promotions
 from attendnets.spec import ArchSpec
 from tests.conftest import TINY_SPEC
+from tests.explore_fixtures import data, space_file  # noqa: F401 (fixtures)
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def space_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("space") / "tiny_space.yaml"
-    default_space(ArchSpec.from_dict(TINY_SPEC), name="tiny").save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_synthetic_dataset(tmp_path_factory.mktemp("data"), classes=3, per_class=6, size=16)
 
 
 class SizeScore:

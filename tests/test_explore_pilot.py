@@ -17,23 +17,10 @@ from attendnets.model import build_model
 from attendnets.search.fidelity import Evaluation, Fidelity
 from attendnets.search.pilot import Pilot, PilotConfig, rank_agreement, sample_designs, verdict
 from attendnets.search.requirements import Deployment, Requirements
-from attendnets.search.space import default_space
 from attendnets.spec import ArchSpec
-from tests.conftest import TINY_SPEC
+from tests.explore_fixtures import data, space_file  # noqa: F401 (fixtures)
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def space_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("space") / "tiny_space.yaml"
-    default_space(ArchSpec.from_dict(TINY_SPEC), name="tiny").save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_synthetic_dataset(tmp_path_factory.mktemp("data"), classes=3, per_class=6, size=16)
 
 
 class ParamScore:

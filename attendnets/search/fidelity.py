@@ -32,7 +32,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from attendnets.checkpoint import atomic_write_text
-from attendnets.data import ImageList, image_files, list_classes, scan_split
+from attendnets.data import (
+    DATA_ENV,
+    ImageList,
+    image_files,
+    list_classes,
+    make_synthetic_dataset,
+    resolve_data_dir,
+    scan_split,
+)
 from attendnets.errors import AttendNetsError
 from attendnets.evaluate import eval_transform, evaluate_model
 from attendnets.quantize import quantize_weights
@@ -106,6 +114,22 @@ class Evaluation:
     float_top1: float
     seconds: float
     note: str = ""  # why the scores are 0 (training diverged)
+
+
+SYNTHETIC_CLASSES = 8  # generated data when no dataset is given: all the generator's classes
+SYNTHETIC_SIZE = 64
+
+
+def source_data(folder: Path, data: str | os.PathLike | None, synthetic: bool, fidelity: Fidelity) -> Path:
+    """The dataset a study or pilot draws from: ``data`` (else ``$ATTENDNETS_DATA``), or, with ``synthetic``
+    or neither, a generated one made once in ``folder/synthetic-data`` with enough images per class."""
+    if synthetic or not (data or os.environ.get(DATA_ENV)):
+        root = folder / "synthetic-data"
+        if not (root / "train").is_dir():
+            make_synthetic_dataset(root, classes=SYNTHETIC_CLASSES, size=SYNTHETIC_SIZE, val_per_class=1,
+                                   per_class=fidelity.images_per_class + fidelity.holdout_per_class, seed=fidelity.seed)
+        return root
+    return resolve_data_dir(data)
 
 
 def prepare_data(source: Path, dest: Path, fidelity: Fidelity) -> FidelityData:

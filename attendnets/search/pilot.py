@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,12 +26,19 @@ import torch
 from tqdm import tqdm
 
 from attendnets.checkpoint import atomic_write, atomic_write_text
-from attendnets.data import DATA_ENV, make_synthetic_dataset, resolve_data_dir
 from attendnets.errors import AttendNetsError
-from attendnets.search.fidelity import Evaluation, Fidelity, FidelityData, TrialRun, prepare_data, train_and_evaluate
+from attendnets.search.fidelity import (
+    Evaluation,
+    Fidelity,
+    FidelityData,
+    TrialRun,
+    prepare_data,
+    source_data,
+    train_and_evaluate,
+)
 from attendnets.search.requirements import COSTS, Deployment, Requirements, measure_costs
 from attendnets.search.space import SearchSpace, load_space
-from attendnets.search.study import SYNTHETIC_CLASSES, SYNTHETIC_SIZE, Evaluator
+from attendnets.search.study import Evaluator
 from attendnets.spec import ArchSpec, SpecError
 
 PROPOSALS_PER_DESIGN = 50  # random proposals allowed per wanted design before giving up on the requirements
@@ -180,7 +186,8 @@ class Pilot:
         logging.getLogger("attendnets.training").setLevel(logging.WARNING)
         cfg = self.config
         self.folder.mkdir(parents=True, exist_ok=True)
-        data = prepare_data(self._data_root(), self.folder / "data", cfg.fidelity)
+        source = source_data(self.folder, self.config.data, self.config.synthetic, cfg.fidelity)
+        data = prepare_data(source, self.folder / "data", cfg.fidelity)
         deployment = Deployment(cfg.img_size or self.space.prototype.img_size, len(data.classes), cfg.threads)
         designs = sample_designs(self.space, cfg.designs, deployment, cfg.requirements, cfg.seed)
         atomic_write_text(self.folder / "designs.json", json.dumps(designs, indent=1) + "\n")
@@ -237,16 +244,6 @@ class Pilot:
         atomic_write_text(path, json.dumps({"spec": design["spec"], "fidelity": fidelity, "epochs": epochs,
                                             "scores": scores}, indent=1) + "\n")
         return scores
-
-    def _data_root(self) -> Path:
-        if self.config.synthetic or not (self.config.data or os.environ.get(DATA_ENV)):
-            root = self.folder / "synthetic-data"
-            if not (root / "train").is_dir():
-                fid = self.config.fidelity
-                make_synthetic_dataset(root, classes=SYNTHETIC_CLASSES, per_class=fid.images_per_class + fid.holdout_per_class,
-                                       size=SYNTHETIC_SIZE, val_per_class=1, seed=fid.seed)
-            return root
-        return resolve_data_dir(self.config.data)
 
 
 def _training_fidelity(fidelity: Fidelity) -> dict[str, Any]:

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -36,9 +35,16 @@ import torch
 from optuna.trial import FrozenTrial, Trial, TrialState
 from tqdm import tqdm
 
-from attendnets.data import DATA_ENV, make_synthetic_dataset, resolve_data_dir
 from attendnets.errors import AttendNetsError
-from attendnets.search.fidelity import Evaluation, Fidelity, FidelityData, TrialRun, prepare_data, train_and_evaluate
+from attendnets.search.fidelity import (
+    Evaluation,
+    Fidelity,
+    FidelityData,
+    TrialRun,
+    prepare_data,
+    source_data,
+    train_and_evaluate,
+)
 from attendnets.search.requirements import (
     COSTS,
     Deployment,
@@ -64,8 +70,6 @@ from attendnets.spec import SpecError
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "nsga2", "random")
-SYNTHETIC_CLASSES = 8
-SYNTHETIC_SIZE = 64
 POLL_S = 5.0  # how often to look at other workers' running trials
 STATUS = "status"  # trained | reference | over_cap | unbuildable | duplicate
 PROTOTYPE = "prototype"
@@ -148,7 +152,8 @@ class Explorer:
                 f"study {self.config.name!r} already exists in {self._where()}; pass --resume to continue it "
                 "(or join it as another worker), or choose another --name"
             )
-        self.data = prepare_data(self._data_root(), self.study_dir / "data", self.config.fidelity)
+        source = source_data(self.study_dir, self.config.data, self.config.synthetic, self.config.fidelity)
+        self.data = prepare_data(source, self.study_dir / "data", self.config.fidelity)
         self.deployment = Deployment(self.config.img_size or self.space.prototype.img_size, len(self.data.classes),
                                      self.config.threads)
         write_study_file(self.study_dir, self.config.name, self.config.storage)
@@ -203,16 +208,6 @@ class Explorer:
         if self.config.sampler == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed)
         return optuna.samplers.RandomSampler(seed=seed)
-
-    def _data_root(self) -> Path:
-        if self.config.synthetic or not (self.config.data or os.environ.get(DATA_ENV)):
-            root = self.study_dir / "synthetic-data"
-            if not (root / "train").is_dir():
-                fid = self.config.fidelity
-                make_synthetic_dataset(root, classes=SYNTHETIC_CLASSES, per_class=fid.images_per_class + fid.holdout_per_class,
-                                       size=SYNTHETIC_SIZE, val_per_class=1, seed=fid.seed)
-            return root
-        return resolve_data_dir(self.config.data)
 
     def _where(self) -> str:
         return redact(self.config.storage) if self.config.storage else str(self.study_dir)
