@@ -19,7 +19,7 @@ from attendnets.model import build_model
 from attendnets.quantize import dequantize_per_channel, load_int8, quantize_per_channel
 from attendnets.spec import ArchSpec
 from attendnets.training import train
-from tests.training_fixtures import SMALL_SPEC, small_config, small_spec_file, synthetic_data  # noqa: F401
+from tests.training_fixtures import interrupt_at_evaluation, SMALL_SPEC, small_config, small_spec_file, synthetic_data  # noqa: F401
 
 CLASSES = ["checks", "disc", "dots", "stripes"]  # the classes of synthetic_data
 
@@ -74,20 +74,11 @@ def test_qat_run_resumes_exactly(tmp_path, synthetic_data, small_spec_file, monk
     full = train(small_config(synthetic_data, small_spec_file, tmp_path / "full", **qat))
     assert _int8_representable(full.model)
 
-    evaluate = attendnets.training.evaluate_model
-    calls = []
-
-    def dying_evaluate(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:  # raw + EMA per epoch: the 3rd call is epoch 2's
-            raise KeyboardInterrupt
-        return evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(attendnets.training, "evaluate_model", dying_evaluate)
+    restore = interrupt_at_evaluation(monkeypatch, 3)  # raw + EMA per epoch: the 3rd call is epoch 2's
     config = small_config(synthetic_data, small_spec_file, tmp_path / "resumed", **qat)
     with pytest.raises(KeyboardInterrupt):
         train(config)
-    monkeypatch.setattr(attendnets.training, "evaluate_model", evaluate)
+    restore()
     state = torch.load(tmp_path / "resumed" / "train_state.pt", weights_only=False)
     assert any(k.endswith("parametrizations.weight.original") for k in state["model"])  # the prepared model
 

@@ -12,7 +12,7 @@ import attendnets.training
 from attendnets.cli import main
 from attendnets.errors import AttendNetsError
 from attendnets.training import TrainingDiverged, train
-from tests.training_fixtures import small_config, small_spec_file, synthetic_data  # noqa: F401 (fixtures)
+from tests.training_fixtures import interrupt_at_evaluation, small_config, small_spec_file, synthetic_data  # noqa: F401 (fixtures)
 
 
 def test_training_learns_and_writes_run_folder(tmp_path, synthetic_data, small_spec_file) -> None:
@@ -36,21 +36,12 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, synthetic_
     full = train(small_config(synthetic_data, small_spec_file, tmp_path / "full"))
 
     # Kill the second run during epoch 3 (after its training steps, before its checkpoint).
-    evaluate = attendnets.training.evaluate_model
-    calls = []
-
-    def dying_evaluate(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:  # raw + EMA per epoch: the 5th call is epoch 3's
-            raise KeyboardInterrupt
-        return evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(attendnets.training, "evaluate_model", dying_evaluate)
+    restore = interrupt_at_evaluation(monkeypatch, 5)  # raw + EMA per epoch: the 5th call is epoch 3's
     config = small_config(synthetic_data, small_spec_file, tmp_path / "resumed")
     with pytest.raises(KeyboardInterrupt):
         train(config)
     assert json.loads((tmp_path / "resumed" / "last.json").read_text())["epoch"] == 2
-    monkeypatch.setattr(attendnets.training, "evaluate_model", evaluate)
+    restore()
 
     config.resume = True
     resumed = train(config)

@@ -44,3 +44,21 @@ def small_config(data: Path, spec: Path, output: Path, **overrides) -> TrainConf
         model=str(spec), output=str(output), data=str(data), img_size=32, epochs=3, batch_size=32, lr=1e-2, workers=0
     )
     return TrainConfig(**{**base, **overrides})
+
+
+def interrupt_at_evaluation(monkeypatch, n: int):
+    """Make training raise KeyboardInterrupt at its ``n``-th evaluation (raw + EMA: two per epoch), i.e.
+    after that epoch's training steps and before its checkpoint; returns the call that restores it."""
+    import attendnets.training
+
+    evaluate = attendnets.training.evaluate_model
+    calls = []
+
+    def dying_evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(attendnets.training, "evaluate_model", dying_evaluate)
+    return lambda: monkeypatch.setattr(attendnets.training, "evaluate_model", evaluate)
