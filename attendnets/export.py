@@ -11,9 +11,12 @@ model needs besides its weights is stored in the model's ``metadata_props``, eac
 (measured in ``docs/results/ort_profile.md``); the PyTorch model is not changed:
 
 - a depthwise conv with a channel multiplier (``Conv2d(c, m*c, groups=c)``, PEPE's depthwise expansion)
-  falls off the fast depthwise kernel (6.4x slower network): it becomes a channel repeat then a plain
-  depthwise conv. (Folding the repeat into PEPE's preceding 1x1 projection instead, duplicating its output
-  channels, removed the repeat's layout ops but doubled that conv's work: no measurable gain, not kept.)
+  falls off the fast depthwise kernel (6.4x slower network): it becomes a plain depthwise conv over
+  ``m`` copies of its input. In a PEPE the copies are tiled (``cat([x] * m)``, one int8 ``Concat``) with the
+  conv's weights and the next projection's inputs permuted to tile order (:class:`TiledPEPE`); elsewhere each
+  channel is repeated in place (:class:`RepeatedDepthwise`), which costs layout ops (``Transpose``,
+  ``Expand``, ``Reshape``) in ONNX Runtime's channels-last int8 graph. (Folding the copies into PEPE's
+  preceding 1x1 projection instead doubled that conv's work: no measurable gain, not kept.)
 - the attention condenser's learned scale ``S`` is folded into the up-mixing conv's weights (a broadcast
   per-channel ``Mul`` is slow in int8), and its embedding's grouped conv (4 groups) becomes a dense conv
   with a block-diagonal weight (tiny groups are slow in int8; the dense conv is not).
@@ -34,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attendnets.blocks import VisualAttentionCondenser
+from attendnets.blocks import PEPE, VisualAttentionCondenser
 from attendnets.checkpoint import atomic_write, load_checkpoint
 from attendnets.data import IMAGE_EXTENSIONS, image_files, load_rgb, short_list
 from attendnets.errors import AttendNetsError
@@ -44,6 +47,45 @@ FORMAT = "attendnets-onnx"
 PREPROCESSING_KEYS = ("img_size", "mean", "std", "interpolation", "crop_pct")
 META_KEYS = ("class_names", *PREPROCESSING_KEYS)
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+class TiledPEPE(nn.Module):
+    """A :class:`~attendnets.blocks.PEPE` whose depthwise expansion reads its input tiled ``m`` times
+    (``cat([x] * m)``: one int8 ``Concat``, no layout ops) instead of each channel repeated ``m`` times in
+    place. Tiled channel ``t * c + i`` is original channel ``i * m + t``: the depthwise conv's weight and BN
+    and the input columns of the next 1x1 projection are permuted to match, so the output is the same."""
+
+    def __init__(self, pepe: PEPE) -> None:
+        super().__init__()
+        pepe = copy.deepcopy(pepe)
+        self.project, self.expand_dw, self.project2, self.expand_pw = (
+            pepe.project, pepe.expand_dw, pepe.project2, pepe.expand_pw
+        )
+        self.residual = pepe.residual
+        conv, norm = self.expand_dw[0], self.expand_dw[1]
+        channels, self.mult = conv.in_channels, conv.out_channels // conv.in_channels
+        # tiled position t * c + i holds original channel i * m + t
+        order = torch.arange(conv.out_channels).reshape(channels, self.mult).t().reshape(-1)
+        tiled = nn.Conv2d(
+            conv.out_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+            groups=conv.out_channels, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        )
+        with torch.no_grad():
+            tiled.weight.copy_(conv.weight[order])
+            if conv.bias is not None:
+                tiled.bias.copy_(conv.bias[order])
+            if isinstance(norm, nn.BatchNorm2d):
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(norm, name).copy_(getattr(norm, name)[order])
+            next_conv = self.project2[0]
+            next_conv.weight.copy_(next_conv.weight[:, order])
+        self.expand_dw[0] = tiled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        projected = self.project(x)
+        out = self.expand_dw(torch.cat([projected] * self.mult, dim=1))
+        out = self.expand_pw(self.project2(out))
+        return x + out if self.residual else out
 
 
 class RepeatedDepthwise(nn.Module):
@@ -126,10 +168,14 @@ def for_runtime(model: nn.Module) -> nn.Module:
     condensers as :class:`RuntimeVAC` and depthwise convs with a channel multiplier as :class:`RepeatedDepthwise`."""
     if isinstance(model, VisualAttentionCondenser):
         return RuntimeVAC(model)
+    if isinstance(model, PEPE) and model.expand_dw[0].out_channels > model.expand_dw[0].in_channels:
+        return TiledPEPE(model)
     model = copy.deepcopy(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, VisualAttentionCondenser):
             model.set_submodule(name, RuntimeVAC(module))
+        elif isinstance(module, PEPE) and module.expand_dw[0].out_channels > module.expand_dw[0].in_channels:
+            model.set_submodule(name, TiledPEPE(module))
     for name, module in list(model.named_modules()):
         if (
             isinstance(module, nn.Conv2d)

@@ -24,6 +24,7 @@ from attendnets.export import (
     MAX_DENSE_GROUPS,
     RepeatedDepthwise,
     RuntimeVAC,
+    TiledPEPE,
     export_checkpoint,
     export_onnx,
     for_runtime,
@@ -158,17 +159,28 @@ def _randomise(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def test_depthwise_expansion_for_runtime() -> None:
+@pytest.mark.parametrize("mult, kernel, stride", [(3, 3, 2), (2, 5, 1)])
+def test_pepe_for_runtime_same_math(mult, kernel, stride) -> None:
     torch.manual_seed(0)
-    pepe = _randomise(PEPE(6, 4, 3, 4, 8, stride=2))
+    pepe = _randomise(PEPE(6, 4, mult, 4, 6, kernel_size=kernel, stride=stride))
     rewritten = for_runtime(pepe)
-    conv = rewritten.expand_dw[0].conv
-    assert isinstance(rewritten.expand_dw[0], RepeatedDepthwise) and conv.groups == conv.in_channels == 12
-    assert torch.equal(conv.weight, pepe.expand_dw[0].weight)
-    assert isinstance(pepe.expand_dw[0], nn.Conv2d)  # the original is untouched
+    conv = rewritten.expand_dw[0]
+    assert isinstance(rewritten, TiledPEPE) and conv.groups == conv.in_channels == 4 * mult
+    assert isinstance(pepe.expand_dw[0], nn.Conv2d) and pepe.expand_dw[0].groups == 4  # the original is untouched
     x = torch.randn(2, 6, 9, 9)
     with torch.no_grad():
         torch.testing.assert_close(rewritten(x), pepe(x), rtol=0, atol=1e-4)
+
+
+def test_depthwise_multiplier_conv_for_runtime() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 12, 3, padding=1, groups=4)
+    rewritten = for_runtime(nn.Sequential(conv))[0]
+    assert isinstance(rewritten, RepeatedDepthwise) and rewritten.conv.groups == 12
+    assert torch.equal(rewritten.conv.weight, conv.weight)
+    x = torch.randn(2, 4, 7, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), conv(x), rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("scale, groups, size", [("channel", 2, 9), ("scalar", 4, 8), ("channel", 8, 7)])
@@ -190,7 +202,7 @@ def test_model_for_runtime_same_math() -> None:
     model = _randomise(build_model(ArchSpec.from_dict(spec)))
     rewritten = for_runtime(model)
     kinds = {type(m) for m in rewritten.modules()}
-    assert RuntimeVAC in kinds and RepeatedDepthwise in kinds and VisualAttentionCondenser not in kinds
+    assert {RuntimeVAC, TiledPEPE, RepeatedDepthwise} <= kinds and not kinds & {VisualAttentionCondenser, PEPE}
     x = torch.randn(3, 3, 20, 20)
     with torch.no_grad():
         expected = model(x)
