@@ -197,22 +197,28 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _machine() -> dict[str, Any]:
+# x86 instruction sets that decide float and int8 speed (int8 convs are fast with VNNI, slower on AVX2 alone).
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8")
+
+
+def machine_info() -> dict[str, Any]:
+    """The CPU (model name and its int8/float instruction sets), core count and library versions: what
+    latency figures depend on. Results from machines with other ``cpu_flags`` are not comparable."""
     import onnxruntime
 
-    cpu = platform.processor() or "unknown"
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
     from attendnets import __version__
 
+    cpu, flags = platform.processor() or "unknown", []
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+        present = set(next(line.split(":", 1)[1].split() for line in lines if line.startswith("flags")))
+        flags = [f for f in SIMD_FLAGS if f in present]
+    except (OSError, StopIteration):
+        pass
     return {
         "cpu": cpu,
+        "cpu_flags": flags,
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -255,7 +261,7 @@ def run_bench(
     if not labels:
         raise AttendNetsError("nothing to measure: name a model or checkpoint, or keep the baselines")
     tune_malloc()
-    machine = _machine()
+    machine = machine_info()
     with _threads(threads), tempfile.TemporaryDirectory(prefix="attendnets-bench-") as tmp:
         work = Path(tmp)
         models = [load_bench_model(name, img_size, num_classes) for name in labels]

@@ -180,7 +180,8 @@ def evaluate_onnx(
     the same figures as :func:`evaluate_checkpoint`, with ``weights`` ``"onnx"`` or ``"onnx-int8"``.
 
     ``threads``: ONNX Runtime's intra-op threads (``None``: one per core). ``predictions``: also return
-    ``files`` (the images, in order) and ``predictions`` (each one's top-1 class index)."""
+    ``files`` (the images, in order), ``predictions`` (each one's top-1 class index) and ``margins`` (each
+    one's top-1 minus top-2 softmax probability: how close the call was)."""
     from attendnets.export import OnnxRunner
 
     tune_malloc()
@@ -193,10 +194,13 @@ def evaluate_onnx(
     loader = _eval_loader(samples, classes, runner.meta, batch_size, workers)
     tally = Tally.empty(len(classes))
     top1: list[int] = []
+    margins: list[float] = []
     for images, targets in loader:
         logits = torch.from_numpy(runner(images))
         tally.update(logits, targets)
         top1 += logits.argmax(1).tolist()
+        best_two = logits.softmax(1).topk(min(2, logits.shape[1]), dim=1).values
+        margins += (best_two[:, 0] - best_two[:, -1]).tolist()
     result = {
         "onnx": str(path),
         "split": split,
@@ -206,7 +210,7 @@ def evaluate_onnx(
         **tally.summary(classes),
     }
     if predictions:
-        result.update(files=[p for p, _ in samples], predictions=top1)
+        result.update(files=[p for p, _ in samples], predictions=top1, margins=margins)
     return result
 
 
@@ -216,6 +220,26 @@ def top1_agreement(a: list[int], b: list[int]) -> float:
     if len(a) != len(b):
         raise AttendNetsError(f"cannot compare predictions on {len(a)} and {len(b)} images: not the same images")
     return 100.0 * sum(x == y for x, y in zip(a, b)) / max(len(a), 1)
+
+
+MARGIN_THRESHOLDS = (0.02, 0.05, 0.1, 0.2)
+
+
+def agreement_by_margin(
+    predictions: list[int], reference: list[int], reference_margins: list[float]
+) -> list[dict[str, float]]:
+    """Top-1 agreement of ``predictions`` with ``reference`` among the images the reference called by at
+    least each of :data:`MARGIN_THRESHOLDS` (top-1 minus top-2 probability), with the share of images each
+    threshold keeps: where disagreements sit (near-ties, or confident calls)."""
+    rows = []
+    for threshold in MARGIN_THRESHOLDS:
+        kept = [i for i, margin in enumerate(reference_margins) if margin >= threshold]
+        rows.append({
+            "min_margin": threshold,
+            "images_share": 100.0 * len(kept) / max(len(reference_margins), 1),
+            "top1_agreement": top1_agreement([predictions[i] for i in kept], [reference[i] for i in kept]),
+        })
+    return rows
 
 
 @torch.no_grad()

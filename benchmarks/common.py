@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import platform
 import shlex
 import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
+from attendnets.bench import machine_info
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
@@ -35,25 +34,14 @@ def _git(*args: str) -> str:
 
 
 def run_context() -> dict:
-    """Command, commit, machine and library versions, for the results file."""
-    cpu = "unknown"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                cpu = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    """Command, commit, machine (CPU, its instruction sets, library versions) and allocator settings."""
     return {
         "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
         "commit": _git("rev-parse", "HEAD"),
         "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {
-            "cpu": cpu,
-            "cores": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
+            **machine_info(),
             "malloc_env": {k: os.environ.get(k) for k in MALLOC_ENV},
             "load_average_at_start": os.getloadavg(),
         },

@@ -14,7 +14,14 @@ from attendnets.checkpoint import model_meta, save_checkpoint
 from attendnets.cli import main
 from attendnets.data import make_synthetic_dataset
 from attendnets.errors import AttendNetsError
-from attendnets.evaluate import Tally, evaluate_checkpoint, evaluate_onnx, top1_agreement
+from attendnets.evaluate import (
+    MARGIN_THRESHOLDS,
+    Tally,
+    agreement_by_margin,
+    evaluate_checkpoint,
+    evaluate_onnx,
+    top1_agreement,
+)
 from attendnets.export import export_checkpoint, quantize_onnx
 from attendnets.registry import create_model
 from tests.deploy_fixtures import trained  # noqa: F401 (fixture)
@@ -115,7 +122,17 @@ def test_int8_agreement_with_float(trained, exports, tmp_path, capsys) -> None:
     b = evaluate_onnx(float_path, trained.data, workers=0, threads=1, predictions=True)
     assert a["files"] == b["files"] and len(a["predictions"]) == 40
     assert top1_agreement(a["predictions"], b["predictions"]) == agreement["top1_agreement"]
+    assert agreement["by_margin_of_other"] == agreement_by_margin(a["predictions"], b["predictions"], b["margins"])
+    assert all(0.0 <= m <= 1.0 for m in b["margins"]) and "margins" not in result
     assert top1_agreement([0, 1, 2, 3], [0, 1, 2, 0]) == 75.0
+
+
+def test_agreement_by_margin() -> None:
+    rows = agreement_by_margin([0, 1, 2, 3], [0, 1, 2, 0], [0.5, 0.3, 0.15, 0.01])
+    assert [r["min_margin"] for r in rows] == list(MARGIN_THRESHOLDS)
+    # the one disagreement is the reference's near-tie: every clear-call threshold leaves it out
+    assert rows[0] == {"min_margin": 0.02, "images_share": 75.0, "top1_agreement": 100.0}
+    assert [r["images_share"] for r in rows] == [75.0, 75.0, 75.0, 50.0]
     with pytest.raises(AttendNetsError, match="not the same images"):
         top1_agreement([0, 1], [0])
 

@@ -12,7 +12,13 @@ from rich.table import Table
 from attendnets.checkpoint import checkpoint_paths
 from attendnets.data import DATA_ENV
 from attendnets.errors import AttendNetsError
-from attendnets.evaluate import evaluate_checkpoint, evaluate_onnx, save_report, top1_agreement
+from attendnets.evaluate import (
+    agreement_by_margin,
+    evaluate_checkpoint,
+    evaluate_onnx,
+    save_report,
+    top1_agreement,
+)
 
 HELP = "top-1/top-5, per-class accuracy and confusion matrix of a checkpoint or ONNX file"
 DESCRIPTION = f"""\
@@ -25,7 +31,9 @@ checkpoint). eval.json and confusion.png are written to --output (default: next 
 eval-SPLIT/; next to an ONNX file FILE.onnx, in eval-SPLIT-FILE/).
 
 --agreement-with OTHER.onnx also runs OTHER on the same images and reports on how many of them both give
-the same top-1 class (how closely an int8 export follows its float one, say).
+the same top-1 class (how closely an int8 export follows its float one, say), overall and among the images
+OTHER called by a clear margin (its top-1 probability at least 0.02 / 0.05 / 0.1 / 0.2 above its top-2):
+disagreements on near-ties are rounding noise, on clear calls they are damage.
 
 examples:
   attendnets eval --checkpoint runs/b --data ~/imagenette2-224
@@ -63,13 +71,16 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_onnx(args.onnx, args.data, args.split, predictions=compare, **common)
         if compare:
             other = evaluate_onnx(args.agreement_with, args.data, args.split, predictions=True, **common)
+            ours = result.pop("predictions")
             result["agreement"] = {
                 "with": args.agreement_with,
                 "with_weights": other["weights"],
                 "with_top1": other["top1"],
-                "top1_agreement": top1_agreement(result.pop("predictions"), other["predictions"]),
+                "top1_agreement": top1_agreement(ours, other["predictions"]),
+                "by_margin_of_other": agreement_by_margin(ours, other["predictions"], other["margins"]),
             }
-            del result["files"]
+            for key in ("files", "margins"):
+                del result[key]
         default_output = Path(args.onnx).parent / f"eval-{args.split}-{Path(args.onnx).stem}"
     written = save_report(result, Path(args.output) if args.output else default_output)
     if args.json:
@@ -97,4 +108,9 @@ def run(args: argparse.Namespace) -> int:
             f"top-1 agreement with {a['with']} ({a['with_weights']}, top-1 {a['with_top1']:.2f}%): "
             f"{a['top1_agreement']:.2f}% of the images"
         )
+        for row in a["by_margin_of_other"]:
+            console.print(
+                f"  where its top-1 leads its top-2 by >= {row['min_margin']:.2f} probability "
+                f"({row['images_share']:.1f}% of the images): {row['top1_agreement']:.2f}%"
+            )
     return 0
