@@ -27,7 +27,8 @@ at chance (10%) on Imagenette; about 25k training images seen lift it to 30%, 3x
 images (binomial standard error ~2 points), at 64 px as at 96 px, so the cheaper 64 px was kept.
 
     python benchmarks/explore.py --data ../shared/datasets/imagenette2-224   # or set ATTENDNETS_DATA
-    python benchmarks/explore.py --stages search      # one stage (another terminal: --stages random)
+    python benchmarks/explore.py --stages search      # one stage (another terminal: --stages random;
+                                                      # the two searches train on one core each)
     python benchmarks/explore.py --smoke              # every stage on a tiny subset, into runs/explore-smoke
 
 CPU time is measured per stage (the children's user + system time, summed over the invocations that
@@ -103,18 +104,23 @@ def parse_args() -> argparse.Namespace:
 
 
 class Steps:
-    """Runs the library's commands one at a time and adds each finished one's CPU time to its stage."""
+    """Runs the library's commands one at a time and adds each finished one's CPU time to its stage, in
+    ``cpu_seconds.json`` (re-read before each update: stages may run in two processes at once)."""
 
     def __init__(self, runs: Path) -> None:
         self.path = runs / "cpu_seconds.json"
-        self.cpu: dict[str, float] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    @property
+    def cpu(self) -> dict[str, float]:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def run(self, stage: str, command: list[str], capture: bool = False) -> str:
         print(f"[{stage}] {shlex.join(['python', *command[1:]])}", flush=True)
         before = _children_cpu()
         out = subprocess.run(command, check=True, cwd=ROOT, text=True, stdout=subprocess.PIPE if capture else None).stdout
-        self.cpu[stage] = self.cpu.get(stage, 0.0) + _children_cpu() - before
-        atomic_write_text(self.path, json.dumps(self.cpu, indent=2) + "\n")
+        cpu = self.cpu
+        cpu[stage] = cpu.get(stage, 0.0) + _children_cpu() - before
+        atomic_write_text(self.path, json.dumps(cpu, indent=2) + "\n")
         return out or ""
 
 
@@ -378,7 +384,7 @@ def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict
     lines += [f"- {stage}: {h:.2f} CPU-hours" for stage, h in hours.items()]
     lines += ["", "## How it was run", "", f"- driver: `{context['command']}`",
               f"- commit: `{context['commit']}`" + (" (with uncommitted changes)" if context["dirty"] else ""),
-              f"- machine: {context['machine']['cpu']}, {context['machine']['cores']} cores, torch {context['machine']['torch']}",
+              f"- machine: {context['machine']['cpu']} ({', '.join(context['machine']['cpu_flags'])}), {context['machine']['cores']} cores, torch {context['machine']['torch']}",
               f"- date: {context['date']}",
               "- latency: `attendnets bench`, batch 1, 2 threads, random weights, interleaved with the MobileNets; "
               "the machine may have been shared, so compare within this table only."]
