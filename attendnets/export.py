@@ -163,19 +163,27 @@ class RuntimeVAC(nn.Module):
         return x + out if self.residual else out
 
 
+def _runtime_block(module: nn.Module) -> nn.Module | None:
+    """The runtime form of an attention condenser or an expanding PEPE; ``None`` for any other module."""
+    if isinstance(module, VisualAttentionCondenser):
+        return RuntimeVAC(module)
+    if isinstance(module, PEPE) and module.expand_dw[0].out_channels > module.expand_dw[0].in_channels:
+        return TiledPEPE(module)
+    return None
+
+
 def for_runtime(model: nn.Module) -> nn.Module:
     """A copy of ``model`` expressed for ONNX Runtime with the same math (see the module docstring): attention
-    condensers as :class:`RuntimeVAC` and depthwise convs with a channel multiplier as :class:`RepeatedDepthwise`."""
-    if isinstance(model, VisualAttentionCondenser):
-        return RuntimeVAC(model)
-    if isinstance(model, PEPE) and model.expand_dw[0].out_channels > model.expand_dw[0].in_channels:
-        return TiledPEPE(model)
+    condensers as :class:`RuntimeVAC`, PEPEs that expand as :class:`TiledPEPE`, and other depthwise convs with
+    a channel multiplier as :class:`RepeatedDepthwise`."""
+    rewrite = _runtime_block(model)
+    if rewrite is not None:
+        return rewrite
     model = copy.deepcopy(model)
     for name, module in list(model.named_modules()):
-        if isinstance(module, VisualAttentionCondenser):
-            model.set_submodule(name, RuntimeVAC(module))
-        elif isinstance(module, PEPE) and module.expand_dw[0].out_channels > module.expand_dw[0].in_channels:
-            model.set_submodule(name, TiledPEPE(module))
+        rewrite = _runtime_block(module)
+        if rewrite is not None:
+            model.set_submodule(name, rewrite)
     for name, module in list(model.named_modules()):
         if (
             isinstance(module, nn.Conv2d)
