@@ -75,13 +75,15 @@ CLEARLY_LOWER = 0.8  # "clearly lower cost": at most 80% of the prototype's MACs
 FULL = {
     "fidelity": {"img-size-search": 64, "images-per-class": 800, "holdout-per-class": 50, "epochs": 3, "lr": 2e-3},
     "pilot": {"designs": 6, "high-epochs": 9},  # rung 0 against rung 1 of the search
-    "search": {"trials": 12, "rungs": 2, "eta": 3},
+    # infeasible proposals cost only the profiler (~0.5 s): random sampling meets the prototype's own caps
+    # about once in 50 proposals, so it must not give up after 50 infeasible ones in a row
+    "search": {"trials": 12, "rungs": 2, "eta": 3, "give-up-after": 2000},
     "epochs": EPOCHS, "subset": None, "bench_rounds": 10,
 }
 SMOKE = {
     "fidelity": {"img-size-search": 32, "images-per-class": 8, "holdout-per-class": 4, "epochs": 1, "lr": 5e-3},
     "pilot": {"designs": 3, "high-epochs": 2},
-    "search": {"trials": 3, "rungs": 2, "eta": 2},
+    "search": {"trials": 3, "rungs": 2, "eta": 2, "give-up-after": 2000},
     "epochs": 1, "subset": None, "bench_rounds": 2,
     "smoke_data": {"train": 12, "val": 6},  # images per class linked into a small copy of the dataset
 }
