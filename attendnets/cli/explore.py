@@ -89,16 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--synthetic", action="store_true", help="search on generated shapes (8 classes)")
     what.add_argument("--output", metavar="DIR", default="explore", help="folder holding study folders (default explore)")
     req = run.add_argument_group("requirements (at the deployment size, before training)")
-    req.add_argument("--max-params", type=parse_count, metavar="N", help="parameters, e.g. 500k")
-    req.add_argument("--max-macs", type=parse_count, metavar="N", help="multiply-adds at batch 1, e.g. 150M")
-    req.add_argument("--max-weight-kb", type=float, metavar="KB", help="weight memory with 8-bit conv/linear weights")
-    req.add_argument("--max-peak-activation-kb", type=float, metavar="KB",
-                     help="peak activation memory at 1 byte per element (8-bit activations)")
-    req.add_argument("--max-latency-ms", type=float, metavar="MS", help="batch-1 PyTorch eager latency, --threads threads")
+    _add_caps(req)
     req.add_argument("--min-top1", type=float, metavar="PCT",
                      help="hold-out top-1 at 8 bits, as measured at each rung's (short) fidelity")
-    req.add_argument("--img-size", type=int, help="deployment image size for the costs (default: the prototype's)")
-    req.add_argument("--threads", type=int, default=2, help="CPU threads for latency (default 2)")
     req.add_argument("--train-threads", type=int, default=1,
                      help="torch threads while training a design (default 1; run more workers to use more cores)")
     obj = run.add_argument_group("objectives and budget")
@@ -107,11 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     obj.add_argument("--rungs", type=int, default=2, help="successive-halving rungs (default 2)")
     obj.add_argument("--eta", type=int, default=Fidelity.eta, help=f"keep the top 1/eta per rung (default {Fidelity.eta})")
     obj.add_argument("--epochs", type=int, help="epochs at rung 0 (default 3)")
-    obj.add_argument("--img-size-search", type=int, help="training resolution (default 64; synthetic 32)")
-    obj.add_argument("--images-per-class", type=int, help="training images per class (default 800; synthetic 128)")
-    obj.add_argument("--holdout-per-class", type=int, help="hold-out images per class (default 50; synthetic 16)")
-    obj.add_argument("--batch-size", type=int, default=Fidelity.batch_size, help=f"default {Fidelity.batch_size}")
-    obj.add_argument("--lr", type=float, help=f"peak learning rate (default {Fidelity.lr}; synthetic 0.01)")
+    _add_fidelity(obj)
     obj.add_argument("--give-up-after", type=int, default=50,
                      help="stop rung 0 after this many infeasible or repeated designs in a row (default 50)")
     how = run.add_argument_group("sampler, storage, output")
@@ -147,54 +136,67 @@ def _add_pilot(pilot: argparse.ArgumentParser) -> None:
     what.add_argument("--high-epochs", type=int, help="the expensive rung's epochs (default 3x --low-epochs)")
     what.add_argument("--top-k", type=int, help="size of the top sets compared (default: a third of the designs)")
     what.add_argument("--seed", type=int, default=0, help="which designs are drawn (default 0)")
-    req = pilot.add_argument_group("requirements every drawn design meets (the prototype is always in)")
-    for cost, kind, example in (("params", parse_count, "500k"), ("macs", parse_count, "150M"), ("weight-kb", float, "KB"),
-                                ("peak-activation-kb", float, "KB"), ("latency-ms", float, "MS")):
-        req.add_argument(f"--max-{cost}", type=kind, metavar=example.upper() if kind is float else "N",
-                         help=f"as for 'explore run'{f', e.g. {example}' if kind is parse_count else ''}")
-    req.add_argument("--img-size", type=int, help="deployment image size for the costs (default: the prototype's)")
-    req.add_argument("--threads", type=int, default=2, help="CPU threads for latency (default 2)")
+    _add_caps(pilot.add_argument_group("requirements every drawn design meets (the prototype is always in)"))
     fid = pilot.add_argument_group("fidelity (as for 'explore run')")
-    fid.add_argument("--img-size-search", type=int, help="training resolution (default 64; synthetic 32)")
-    fid.add_argument("--images-per-class", type=int, help="training images per class (default 800; synthetic 128)")
-    fid.add_argument("--holdout-per-class", type=int, help="hold-out images per class (default 50; synthetic 16)")
-    fid.add_argument("--batch-size", type=int, default=Fidelity.batch_size, help=f"default {Fidelity.batch_size}")
-    fid.add_argument("--lr", type=float, help=f"peak learning rate (default {Fidelity.lr}; synthetic 0.01)")
+    _add_fidelity(fid)
     fid.add_argument("--train-seed", type=int, default=0, help="hold-out split, initial weights, data order (default 0)")
     fid.add_argument("--train-threads", type=int, default=1, help="torch threads while training (default 1)")
     pilot.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
-def pilot_config_from_args(args: argparse.Namespace) -> PilotConfig:
+def _add_caps(group: argparse._ArgumentGroup) -> None:
+    """The cost caps of 'run' and 'pilot', with the deployment they are measured at."""
+    group.add_argument("--max-params", type=parse_count, metavar="N", help="parameters, e.g. 500k")
+    group.add_argument("--max-macs", type=parse_count, metavar="N", help="multiply-adds at batch 1, e.g. 150M")
+    group.add_argument("--max-weight-kb", type=float, metavar="KB", help="weight memory with 8-bit conv/linear weights")
+    group.add_argument("--max-peak-activation-kb", type=float, metavar="KB",
+                       help="peak activation memory at 1 byte per element (8-bit activations)")
+    group.add_argument("--max-latency-ms", type=float, metavar="MS", help="batch-1 PyTorch eager latency, --threads threads")
+    group.add_argument("--img-size", type=int, help="deployment image size for the costs (default: the prototype's)")
+    group.add_argument("--threads", type=int, default=2, help="CPU threads for latency (default 2)")
+
+
+def _add_fidelity(group: argparse._ArgumentGroup) -> None:
+    """How 'run' and 'pilot' train each design (besides epochs and seed)."""
+    group.add_argument("--img-size-search", type=int, help="training resolution (default 64; synthetic 32)")
+    group.add_argument("--images-per-class", type=int, help="training images per class (default 800; synthetic 128)")
+    group.add_argument("--holdout-per-class", type=int, help="hold-out images per class (default 50; synthetic 16)")
+    group.add_argument("--batch-size", type=int, default=Fidelity.batch_size, help=f"default {Fidelity.batch_size}")
+    group.add_argument("--lr", type=float, help=f"peak learning rate (default {Fidelity.lr}; synthetic 0.01)")
+
+
+def _defaults_and_fidelity(args: argparse.Namespace, epochs: int | None, eta: int = Fidelity.eta) -> tuple[dict, Fidelity]:
+    """The defaults for the data in use (generated or real) and the fidelity the arguments ask for."""
     synthetic = args.synthetic or not (args.data or os.environ.get(DATA_ENV))
     d = SYNTHETIC_DEFAULTS if synthetic else DATA_DEFAULTS
-    low = args.low_epochs or d["epochs"]
+    fidelity = Fidelity(img_size=args.img_size_search or d["img_size"],
+                        images_per_class=args.images_per_class or d["images_per_class"],
+                        holdout_per_class=args.holdout_per_class or d["holdout_per_class"],
+                        epochs=epochs or d["epochs"], eta=eta, batch_size=args.batch_size, lr=args.lr or d["lr"],
+                        seed=args.train_seed)
+    return d, fidelity
+
+
+def _requirements(args: argparse.Namespace, min_top1: float | None = None) -> Requirements:
+    return Requirements(args.max_params, args.max_macs, args.max_weight_kb, args.max_peak_activation_kb,
+                        args.max_latency_ms, min_top1)
+
+
+def pilot_config_from_args(args: argparse.Namespace) -> PilotConfig:
+    d, fidelity = _defaults_and_fidelity(args, args.low_epochs)
     return PilotConfig(
         space=args.space or d["space"], data=args.data, synthetic=args.synthetic, output=args.output,
-        designs=args.designs, low_epochs=low, high_epochs=args.high_epochs or low * Fidelity.eta,
-        fidelity=Fidelity(img_size=args.img_size_search or d["img_size"],
-                          images_per_class=args.images_per_class or d["images_per_class"],
-                          holdout_per_class=args.holdout_per_class or d["holdout_per_class"], epochs=low,
-                          batch_size=args.batch_size, lr=args.lr or d["lr"], seed=args.train_seed),
-        requirements=Requirements(args.max_params, args.max_macs, args.max_weight_kb, args.max_peak_activation_kb,
-                                  args.max_latency_ms),
+        designs=args.designs, low_epochs=fidelity.epochs, high_epochs=args.high_epochs or fidelity.epochs * Fidelity.eta,
+        fidelity=fidelity, requirements=_requirements(args),
         img_size=args.img_size, threads=args.threads, train_threads=args.train_threads, top_k=args.top_k, seed=args.seed,
     )
 
 
 def config_from_args(args: argparse.Namespace) -> ExploreConfig:
-    synthetic = args.synthetic or not (args.data or os.environ.get(DATA_ENV))
-    d = SYNTHETIC_DEFAULTS if synthetic else DATA_DEFAULTS
+    d, fidelity = _defaults_and_fidelity(args, args.epochs, args.eta)
     return ExploreConfig(
         name=args.name, space=args.space or d["space"], data=args.data, synthetic=args.synthetic, output=args.output,
-        requirements=Requirements(args.max_params, args.max_macs, args.max_weight_kb, args.max_peak_activation_kb,
-                                  args.max_latency_ms, args.min_top1),
-        cost=args.cost,
-        fidelity=Fidelity(img_size=args.img_size_search or d["img_size"],
-                          images_per_class=args.images_per_class or d["images_per_class"],
-                          holdout_per_class=args.holdout_per_class or d["holdout_per_class"],
-                          epochs=args.epochs or d["epochs"], eta=args.eta, batch_size=args.batch_size, lr=args.lr or d["lr"],
-                          seed=args.train_seed),
+        requirements=_requirements(args, args.min_top1), cost=args.cost, fidelity=fidelity,
         trials=args.trials or d["trials"], rungs=args.rungs, img_size=args.img_size, threads=args.threads,
         train_threads=args.train_threads,
         sampler=args.sampler, seed=args.seed, storage=args.storage, resume=args.resume, give_up_after=args.give_up_after,
