@@ -38,10 +38,12 @@ finished) and recorded with the results.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import resource
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -52,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, reexec_with_tuned_malloc, run_context  # noqa: E402
 from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, RECIPE, completed_epochs  # noqa: E402
 
-from attendnets.checkpoint import atomic_write_text  # noqa: E402
+from attendnets.checkpoint import atomic_write, atomic_write_text  # noqa: E402
 from attendnets.complexity import profile_model  # noqa: E402
 from attendnets.data import image_files, list_classes, resolve_data_dir  # noqa: E402
 from attendnets.registry import create_model, load_preset  # noqa: E402
@@ -319,18 +321,84 @@ def beats(found: dict[str, Any], proto: dict[str, Any]) -> str:
     return f"does NOT beat the prototype: {what}."
 
 
+def top_rung(study_dir: Path) -> list[dict[str, Any]]:
+    """The designs trained at the study's highest rung (from ``trials.csv``), each with its rung-0 top-1
+    and the search choices where it differs from the prototype."""
+    trials = list(csv.DictReader((study_dir / "trials.csv").open()))
+    rung0 = {t["trial"]: t for t in trials if t["rung"] == "0"}
+    prototype = json.loads(next(t for t in trials if t["reference"] == "prototype")["choices"])
+    last = max(t["rung"] for t in trials)
+    rows = []
+    for t in trials:
+        if t["rung"] != last or t["status"] not in ("trained", "reference"):
+            continue
+        choices = json.loads(t["choices"])
+        rows.append({"trial": int(t["trial"]), "prototype": t["reference"] == "prototype",
+                     "top1_rung0": float(rung0[t["parent"] or t["trial"]]["top1_int8"]) if last != "0" else None,
+                     "top1_int8": float(t["top1_int8"]), "macs": float(t["macs"]), "weight_kb": float(t["weight_kb"]),
+                     "params": float(t["params"]),
+                     "changes": {k: v for k, v in choices.items() if prototype.get(k) != v}})
+    return sorted(rows, key=lambda r: -r["top1_int8"])
+
+
+def search_section(sampler: str, summary: dict[str, Any], designs: list[dict[str, Any]], cpu_hours: float,
+                   plot: str) -> list[str]:
+    """The report's lines on one search: what it proposed, and its top rung's designs."""
+    rungs = summary["rungs"]
+    status = rungs[0]["by_status"]
+    proposed = rungs[0]["trials"]
+    lines = [f"### {sampler} (sampler seed {SAMPLER_SEEDS[sampler]})", "",
+             f"Rung 0: {proposed} proposals: {status.get('trained', 0)} trained besides the prototype, "
+             f"{status.get('over_cap', 0)} over a cap (profiled, not trained), {rungs[0]['failed']} failed. "
+             f"{cpu_hours:.2f} CPU-hours. Plot: [{plot}]({plot}).", "",
+             f"Designs of rung {rungs[-1]['rung']} ({rungs[-1]['epochs']} epochs; hold-out top-1 at 8 bits, "
+             f"{summary['fidelity']['holdout_per_class'] * NUM_CLASSES} images):", "",
+             "| trial | rung-0 top-1 | top-1 | MACs | 8-bit weight KB | params | choices changed from the prototype |",
+             "|---|---|---|---|---|---|---|"]
+    for d in designs:
+        name = "prototype" if d["prototype"] else str(d["trial"])
+        lines.append(f"| {name} | {d['top1_rung0']:.1f}% | {d['top1_int8']:.1f}% | {d['macs'] / 1e6:.1f}M | "
+                     f"{d['weight_kb']:.0f} | {d['params'] / 1e3:.0f}K | {len(d['changes'])} |")
+    return lines + [""]
+
+
+def samplers_compared(designs: dict[str, list[dict[str, Any]]], holdout: int) -> str:
+    """TPE's best top-rung design against the random control's, with the binomial standard error of one
+    hold-out estimate: whether the difference says anything."""
+    best = {s: max((d["top1_int8"] for d in ds if not d["prototype"]), default=None) for s, ds in designs.items()}
+    if best["tpe"] is None or best["random"] is None:
+        return "One of the searches has no design besides the prototype at its top rung: no sampler comparison."
+    gap = best["tpe"] - best["random"]
+    p = (best["tpe"] + best["random"]) / 200
+    se = 100 * math.sqrt(p * (1 - p) / holdout)
+    judged = ("more than twice the standard error of the difference" if abs(gap) > 2 * math.sqrt(2) * se
+              else "within twice the standard error of the difference: no demonstrated difference between the samplers")
+    return (f"Best design of the top rung: TPE {best['tpe']:.1f}%, random {best['random']:.1f}% ({gap:+.1f} points; "
+            f"one estimate on {holdout} hold-out images has a binomial standard error of {se:.1f} points, so this is "
+            f"{judged}).")
+
+
 def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict[str, Any], steps: Steps,
                  context: dict[str, Any], smoke: bool) -> None:
     pilot_summary = json.loads((runs / "pilot" / "pilot.json").read_text())
     searches = {s: json.loads((runs / "search" / s / "summary.json").read_text()) for s in ("tpe", "random")}
+    designs = {s: top_rung(runs / "search" / s) for s in searches}
     proto = rows[PROTOTYPE]
     verdicts = {label: beats(row, proto) for label, row in rows.items() if label.startswith("found_")}
     report = {**context, "smoke_run": smoke, "budget": budget, "caps": caps, "cpu_seconds": steps.cpu,
               "pilot": {k: pilot_summary[k] for k in ("agreement", "verdict", "low_epochs", "high_epochs", "fidelity",
                                                       "train_seconds")},
-              "searches": {s: {k: v[k] for k in ("rungs", "pareto", "fidelity", "requirements")} for s, v in searches.items()},
+              "searches": {s: {**{k: v[k] for k in ("rungs", "pareto", "fidelity", "requirements")},
+                               "top_rung": designs[s]} for s, v in searches.items()},
               "models": rows, "verdicts": verdicts}
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the plots and the retrained found designs' specs go next to the report
+    plots = {s: f"explore_{s}_pareto.png" for s in searches}
+    for s, name in plots.items():
+        atomic_write(out_dir / name, lambda tmp, s=s: shutil.copyfile(runs / "search" / s / "pareto.png", tmp))
+    for label, row in rows.items():
+        if label.startswith("found_"):
+            atomic_write_text(out_dir / f"explore_{label}.json", Path(row["model"]).read_text())
     atomic_write_text(out_dir / "explore.json", json.dumps(report, indent=2) + "\n")
     hours = {k: v / 3600 for k, v in steps.cpu.items()}
     fid = budget["fidelity"]
@@ -358,15 +426,24 @@ def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict
         "",
         "## The searches",
         "",
-        "| sampler | designs trained (rung 0) | prototype hold-out top-1 per rung | picked design: rung top-1, MACs | CPU |",
+        "| sampler | designs trained at rung 0 | prototype hold-out top-1 per rung | picked design: rung top-1, MACs | CPU |",
         "|---|---|---|---|---|",
     ]
     for s, summary in searches.items():
         picked = rows.get(f"found_{s}", {}).get("found") or pick_found(summary)
         protos = ", ".join(f"{r['prototype_top1']:.1f}%" for r in summary["rungs"] if r["prototype_top1"] is not None)
-        lines.append(f"| {s} | {summary['rungs'][0]['by_status'].get('trained', 0)} | {protos} | "
+        lines.append(f"| {s} | {summary['rungs'][0]['by_status'].get('trained', 0)} + prototype | {protos} | "
                      + (f"{picked['top1_int8']:.1f}%, {picked['costs']['macs'] / 1e6:.1f}M" if picked else "none (prototype alone on the front)")
                      + f" | {hours.get('search' if s == 'tpe' else 'random', 0):.2f} h |")
+    lines += ["", samplers_compared(designs, searches["tpe"]["fidelity"]["holdout_per_class"] * NUM_CLASSES), ""]
+    for s, summary in searches.items():
+        lines += search_section(s, summary, designs[s], hours.get("search" if s == "tpe" else "random", 0), plots[s])
+    for label, row in rows.items():
+        if label.startswith("found_"):
+            changed = next(d["changes"] for d in designs[label.removeprefix("found_")] if d["trial"] == row["found"]["trial"])
+            lines += [f"{label} ([explore_{label}.json](explore_{label}.json), a spec for `attendnets train --spec`) "
+                      f"changes {len(changed)} choices of the prototype: "
+                      + ", ".join(f"`{k}`={v}" for k, v in sorted(changed.items())) + ".", ""]
     lines += ["", f"## Retrained with the comparison recipe ({budget['epochs']} epochs, {IMG_SIZE} px), 8-bit weights, val/", "",
               "| model | top-1 8-bit (per seed) | mean | float top-1 mean | params | MACs | 8-bit weight KB | peak act. KB | eager ms | ORT int8 ms |",
               "|---|---|---|---|---|---|---|---|---|---|"]

@@ -53,7 +53,9 @@ def load_rungs(study_dir: Path, storage: optuna.storages.BaseStorage | None = No
 
 def write_report(study_dir: Path, storage: optuna.storages.BaseStorage | None = None,
                  url: str | None = None) -> dict[str, Any]:
-    """Write the report files of the study in ``study_dir``; returns the summary (also ``summary.json``)."""
+    """Write the report files of the study in ``study_dir``; returns the summary (also ``summary.json``,
+    whose file paths are absolute so that it can be read from anywhere)."""
+    study_dir = Path(study_dir).resolve()
     rungs = load_rungs(study_dir, storage, url)
     attrs = rungs[0].user_attrs
     cost = attrs["cost"]
@@ -219,10 +221,11 @@ def plot_pareto(trials: list[tuple[int, FrozenTrial]], front: list[FrozenTrial],
         ax.axvline(cap / scale, color="red", linestyle="--", label=f"cap: {COST_LABELS[cost]}")
     if requirements.min_top1:
         ax.axhline(requirements.min_top1, color="red", linestyle=":", label="--min-top1")
-    for name, value in references.items():
+    # labels alternate between two heights so that references of similar cost stay readable
+    for i, (name, value) in enumerate(sorted(references.items(), key=lambda kv: kv[1])):
         ax.axvline(value / scale, color="black", linestyle=":", alpha=0.5)
-        ax.annotate(name, (value / scale, 1.0), xycoords=("data", "axes fraction"), rotation=90, va="top",
-                    ha="right", fontsize=8)
+        ax.annotate(name, (value / scale, 0.99 - 0.2 * (i % 2)), xycoords=("data", "axes fraction"), rotation=90,
+                    va="top", ha="right", fontsize=8)
     deploy = attrs["deployment"]
     ax.set_xlabel(f"{COST_LABELS[cost]}{unit} at {deploy['img_size']} px, {deploy['num_classes']} classes")
     ax.set_ylabel(f"hold-out top-1 at 8-bit weights (%), {attrs['fidelity']['img_size']} px training")
