@@ -58,6 +58,7 @@ from attendnets.checkpoint import atomic_write, atomic_write_text  # noqa: E402
 from attendnets.complexity import profile_model  # noqa: E402
 from attendnets.data import image_files, list_classes, resolve_data_dir  # noqa: E402
 from attendnets.registry import create_model, load_preset  # noqa: E402
+from attendnets.search.pilot import rank_agreement, verdict as pilot_verdict  # noqa: E402
 from attendnets.search.requirements import Deployment, measure_costs  # noqa: E402
 
 # attendnet_b at rung 0 on Imagenette (hold-out top-1 at 8 bits, 1 thread, the machine shared with another
@@ -362,6 +363,30 @@ def search_section(sampler: str, summary: dict[str, Any], designs: list[dict[str
     return lines + [""]
 
 
+def pilot_unfinished(folder: Path, budget: dict) -> str:
+    """What the report says while the pilot stage has not finished: how far it got, how to continue."""
+    done = {e: len(list((folder / "results" / f"e{e}").glob("*.json")))
+            for e in (budget["fidelity"]["epochs"], budget["pilot"]["high-epochs"])}
+    return (f"**Not finished when this report was written**: of {budget['pilot']['designs']} designs, "
+            + ", ".join(f"{n} trained for {e} epochs" for e, n in done.items())
+            + ". Continue with `python benchmarks/explore.py --stages pilot,report`.")
+
+
+def promoted_agreement(designs: dict[str, list[dict[str, Any]]], rungs: list[dict[str, Any]]) -> str:
+    """Rank agreement between rung 0 and the top rung over the designs the searches promoted (the prototype
+    once): a second, free look at the cheap rung, biased towards designs that already scored well."""
+    seen: dict[str, tuple[float, float]] = {}
+    for d in (d for ds in designs.values() for d in ds):  # one entry per distinct design
+        seen[json.dumps(d["changes"], sort_keys=True)] = (d["top1_rung0"], d["top1_int8"])
+    if len(seen) < 3:
+        return "Too few promoted designs to rank."
+    low, high = zip(*seen.values())
+    stats = rank_agreement(list(low), list(high), top_k=1)
+    return (f"The designs the two searches promoted (prototype once), rung 0 against rung {rungs[-1]['rung']}: "
+            f"{pilot_verdict(stats, rungs[0]['epochs'], rungs[-1]['epochs'])}. Only designs that already ranked "
+            "high at rung 0 were promoted, so this sample is narrow.")
+
+
 def samplers_compared(designs: dict[str, list[dict[str, Any]]], holdout: int) -> str:
     """TPE's best top-rung design against the random control's, with the binomial standard error of one
     hold-out estimate: whether the difference says anything."""
@@ -380,14 +405,15 @@ def samplers_compared(designs: dict[str, list[dict[str, Any]]], holdout: int) ->
 
 def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict[str, Any], steps: Steps,
                  context: dict[str, Any], smoke: bool) -> None:
-    pilot_summary = json.loads((runs / "pilot" / "pilot.json").read_text())
+    pilot_path = runs / "pilot" / "pilot.json"
+    pilot_summary = json.loads(pilot_path.read_text()) if pilot_path.is_file() else None
     searches = {s: json.loads((runs / "search" / s / "summary.json").read_text()) for s in ("tpe", "random")}
     designs = {s: top_rung(runs / "search" / s) for s in searches}
     proto = rows[PROTOTYPE]
     verdicts = {label: beats(row, proto) for label, row in rows.items() if label.startswith("found_")}
     report = {**context, "smoke_run": smoke, "budget": budget, "caps": caps, "cpu_seconds": steps.cpu,
-              "pilot": {k: pilot_summary[k] for k in ("agreement", "verdict", "low_epochs", "high_epochs", "fidelity",
-                                                      "train_seconds")},
+              "pilot": pilot_summary and {k: pilot_summary[k] for k in ("agreement", "verdict", "low_epochs", "high_epochs",
+                                                                        "fidelity", "train_seconds")},
               "searches": {s: {**{k: v[k] for k in ("rungs", "pareto", "fidelity", "requirements")},
                                "top_rung": designs[s]} for s, v in searches.items()},
               "models": rows, "verdicts": verdicts}
@@ -422,7 +448,7 @@ def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict
         "",
         "## Does the cheap rung rank designs? (pilot)",
         "",
-        f"{pilot_summary['verdict']}.",
+        f"{pilot_summary['verdict']}." if pilot_summary else pilot_unfinished(runs / "pilot", budget),
         "",
         "## The searches",
         "",
@@ -435,7 +461,8 @@ def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict
         lines.append(f"| {s} | {summary['rungs'][0]['by_status'].get('trained', 0)} + prototype | {protos} | "
                      + (f"{picked['top1_int8']:.1f}%, {picked['costs']['macs'] / 1e6:.1f}M" if picked else "none (prototype alone on the front)")
                      + f" | {hours.get('search' if s == 'tpe' else 'random', 0):.2f} h |")
-    lines += ["", samplers_compared(designs, searches["tpe"]["fidelity"]["holdout_per_class"] * NUM_CLASSES), ""]
+    lines += ["", samplers_compared(designs, searches["tpe"]["fidelity"]["holdout_per_class"] * NUM_CLASSES), "",
+              promoted_agreement(designs, searches["tpe"]["rungs"]), ""]
     for s, summary in searches.items():
         lines += search_section(s, summary, designs[s], hours.get("search" if s == "tpe" else "random", 0), plots[s])
     for label, row in rows.items():
