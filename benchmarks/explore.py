@@ -328,14 +328,14 @@ def top_rung(study_dir: Path) -> list[dict[str, Any]]:
     trials = list(csv.DictReader((study_dir / "trials.csv").open()))
     rung0 = {t["trial"]: t for t in trials if t["rung"] == "0"}
     prototype = json.loads(next(t for t in trials if t["reference"] == "prototype")["choices"])
-    last = max(t["rung"] for t in trials)
+    last = max(int(t["rung"]) for t in trials)
     rows = []
     for t in trials:
-        if t["rung"] != last or t["status"] not in ("trained", "reference"):
+        if int(t["rung"]) != last or t["status"] not in ("trained", "reference"):
             continue
         choices = json.loads(t["choices"])
         rows.append({"trial": int(t["trial"]), "prototype": t["reference"] == "prototype",
-                     "top1_rung0": float(rung0[t["parent"] or t["trial"]]["top1_int8"]) if last != "0" else None,
+                     "top1_rung0": float(rung0[t["parent"] or t["trial"]]["top1_int8"]) if last else None,
                      "top1_int8": float(t["top1_int8"]), "macs": float(t["macs"]), "weight_kb": float(t["weight_kb"]),
                      "params": float(t["params"]),
                      "changes": {k: v for k, v in choices.items() if prototype.get(k) != v}})
@@ -358,7 +358,8 @@ def search_section(sampler: str, summary: dict[str, Any], designs: list[dict[str
              "|---|---|---|---|---|---|---|"]
     for d in designs:
         name = "prototype" if d["prototype"] else str(d["trial"])
-        lines.append(f"| {name} | {d['top1_rung0']:.1f}% | {d['top1_int8']:.1f}% | {d['macs'] / 1e6:.1f}M | "
+        rung0 = "-" if d["top1_rung0"] is None else f"{d['top1_rung0']:.1f}%"
+        lines.append(f"| {name} | {rung0} | {d['top1_int8']:.1f}% | {d['macs'] / 1e6:.1f}M | "
                      f"{d['weight_kb']:.0f} | {d['params'] / 1e3:.0f}K | {len(d['changes'])} |")
     return lines + [""]
 
