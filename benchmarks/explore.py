@@ -74,6 +74,7 @@ BASELINES = ("attendnet_a", "mobilenet_v1", "mobilenet_v2")  # seed 0 only, as i
 SEEDS = (0, 1)
 # TPE's first 10 proposals are random: with one seed for both, the control would repeat them exactly
 SAMPLER_SEEDS = {"tpe": 0, "random": 1}
+SEARCH_STAGES = {"tpe": "search", "random": "random"}  # sampler -> the stage that runs it (and owns its CPU time)
 CLEARLY_LOWER = 0.8  # "clearly lower cost": at most 80% of the prototype's MACs
 FULL = {
     "fidelity": {"img-size-search": 64, "images-per-class": 800, "holdout-per-class": 50, "epochs": 3, "lr": 2e-3},
@@ -171,11 +172,10 @@ def pilot(steps: Steps, data: Path, runs: Path, budget: dict, caps: dict) -> Non
         "--img-size", str(IMG_SIZE), "--train-threads", "1", "--json"), capture=True)
 
 
-def search(steps: Steps, stage: str, data: Path, runs: Path, budget: dict, caps: dict) -> None:
-    sampler = "random" if stage == "random" else "tpe"
+def search(steps: Steps, sampler: str, data: Path, runs: Path, budget: dict, caps: dict) -> None:
     folder = runs / "search"
     resume = ["--resume"] if (folder / sampler / "study.json").is_file() else []
-    steps.run(stage, attendnets(
+    steps.run(SEARCH_STAGES[sampler], attendnets(
         "explore", "run", "--data", str(data), "--space", SPACE, "--name", sampler, "--output", str(folder),
         "--sampler", sampler, "--seed", str(SAMPLER_SEEDS[sampler]), "--cost", "macs", *flags(caps), "--img-size", str(IMG_SIZE),
         *flags(budget["search"]), *flags(budget["fidelity"]), "--train-threads", "1", "--json", *resume), capture=True)
@@ -428,6 +428,7 @@ def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict
             atomic_write_text(out_dir / f"explore_{label}.json", Path(row["model"]).read_text())
     atomic_write_text(out_dir / "explore.json", json.dumps(report, indent=2) + "\n")
     hours = {k: v / 3600 for k, v in steps.cpu.items()}
+    search_hours = {s: hours.get(SEARCH_STAGES[s], 0.0) for s in searches}
     fid = budget["fidelity"]
     lines = [
         "# Design search on Imagenette: found designs against their prototype (attendnet_b)",
@@ -461,11 +462,11 @@ def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict
         protos = ", ".join(f"{r['prototype_top1']:.1f}%" for r in summary["rungs"] if r["prototype_top1"] is not None)
         lines.append(f"| {s} | {summary['rungs'][0]['by_status'].get('trained', 0)} + prototype | {protos} | "
                      + (f"{picked['top1_int8']:.1f}%, {picked['costs']['macs'] / 1e6:.1f}M" if picked else "none (prototype alone on the front)")
-                     + f" | {hours.get('search' if s == 'tpe' else 'random', 0):.2f} h |")
+                     + f" | {search_hours[s]:.2f} h |")
     lines += ["", samplers_compared(designs, searches["tpe"]["fidelity"]["holdout_per_class"] * NUM_CLASSES), "",
               promoted_agreement(designs, searches["tpe"]["rungs"]), ""]
     for s, summary in searches.items():
-        lines += search_section(s, summary, designs[s], hours.get("search" if s == "tpe" else "random", 0), plots[s])
+        lines += search_section(s, summary, designs[s], search_hours[s], plots[s])
     for label, row in rows.items():
         if label.startswith("found_"):
             changed = next(d["changes"] for d in designs[label.removeprefix("found_")] if d["trial"] == row["found"]["trial"])
@@ -516,9 +517,9 @@ def main() -> int:
     context = run_context()
     if "pilot" in stages:
         pilot(steps, data, runs, budget, caps)
-    for stage in ("search", "random"):
+    for sampler, stage in SEARCH_STAGES.items():
         if stage in stages:
-            search(steps, stage, data, runs, budget, caps)
+            search(steps, sampler, data, runs, budget, caps)
     rows = retrain(steps, data, runs, args.trained, budget, args.workers) if {"retrain", "report"} & set(stages) else {}
     if "report" in stages:
         write_report(runs, runs if args.smoke else RESULTS, budget, caps, rows, steps, context, args.smoke)
