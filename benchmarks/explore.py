@@ -404,6 +404,25 @@ def samplers_compared(designs: dict[str, list[dict[str, Any]]], holdout: int) ->
             f"{judged}).")
 
 
+def pilot_section(summary: dict[str, Any], out_dir: Path) -> list[str]:
+    """The pilot's verdict, its designs' hold-out top-1 at both rungs, and its plot (copied beside the report)."""
+    low, high = summary["low_epochs"], summary["high_epochs"]
+    atomic_write(out_dir / "explore_pilot.png", lambda tmp: shutil.copyfile(summary["files"]["plot"], tmp))
+    fid = summary["fidelity"]
+    rows = sorted(summary["designs"], key=lambda d: -d["high"]["top1"])
+    return [
+        f"`attendnets explore pilot`: {len(rows)} designs of the space (the prototype and designs sampled at random "
+        f"under the caps), each trained at the search's fidelity ({fid['holdout_images']} hold-out images) for "
+        f"{low} and for {high} epochs. {summary['verdict']}. Plot: [explore_pilot.png](explore_pilot.png).",
+        "",
+        f"| design | top-1 at {low} epochs | top-1 at {high} epochs | MACs | 8-bit weight KB |",
+        "|---|---|---|---|---|",
+        *(f"| {d['name']}{' (prototype)' if d['reference'] else ''} | {d['low']['top1']:.1f}% | {d['high']['top1']:.1f}% "
+          f"| {d['costs']['macs'] / 1e6:.1f}M | {d['costs']['weight_kb']:.0f} |" for d in rows),
+        "",
+    ]
+
+
 def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict[str, Any], steps: Steps,
                  context: dict[str, Any], smoke: bool) -> None:
     pilot_path = runs / "pilot" / "pilot.json"
@@ -450,8 +469,7 @@ def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict
         "",
         "## Does the cheap rung rank designs? (pilot)",
         "",
-        f"{pilot_summary['verdict']}." if pilot_summary else pilot_unfinished(runs / "pilot", budget),
-        "",
+        *(pilot_section(pilot_summary, out_dir) if pilot_summary else [pilot_unfinished(runs / "pilot", budget), ""]),
         "## The searches",
         "",
         "| sampler | designs trained at rung 0 | prototype hold-out top-1 per rung | picked design: rung top-1, MACs | CPU |",
@@ -488,8 +506,16 @@ def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict
               "larger seed spread of the two at no more MACs or 8-bit weight memory, or the same within that spread at "
               f"<= {CLEARLY_LOWER:.0%} of the prototype's MACs. The picked design of each search: the highest hold-out "
               "top-1 among the non-prototype Pareto designs of its top rung.",
-              "", "## Cost", ""]
+              "", "## Cost", "",
+              "Process CPU time of each stage's invocations that ran to their end (cpu_seconds.json, summed over "
+              "invocations); an invocation stopped part-way (a session ending) is not counted, although the "
+              "trainings it finished are kept and reused.", ""]
     lines += [f"- {stage}: {h:.2f} CPU-hours" for stage, h in hours.items()]
+    if pilot_summary:
+        seconds = pilot_summary["train_seconds"]
+        lines.append(f"- the pilot's own record of its trainings, wall-clock: {seconds['low'] / 3600:.2f} h at "
+                     f"{pilot_summary['low_epochs']} epochs, {seconds['high'] / 3600:.2f} h at {pilot_summary['high_epochs']} "
+                     "epochs, across all its invocations (slowed wherever it shared the cores with another stage)")
     lines += ["", "## How it was run", "", f"- driver: `{context['command']}`",
               f"- commit: `{context['commit']}`" + (" (with uncommitted changes)" if context["dirty"] else ""),
               f"- machine: {context['machine']['cpu']} ({', '.join(context['machine']['cpu_flags'])}), {context['machine']['cores']} cores, torch {context['machine']['torch']}",
