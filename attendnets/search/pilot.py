@@ -272,6 +272,7 @@ def plot_pilot(summary: dict[str, Any], path: str) -> None:
     ax.set_ylabel(f"hold-out top-1 at 8 bits (%), {summary['high_epochs']} epochs")
     ax.set_title(f"{summary['space']} pilot: Kendall tau {stats['kendall_tau']:.2f} (p={stats['p_value']:.2g}), "
                  f"{stats['designs']} designs", fontsize=10)
+    ax.margins(0.12)  # room for the labels of the outermost points
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=120)
