@@ -325,7 +325,8 @@ def beats(found: dict[str, Any], proto: dict[str, Any]) -> str:
 def top_rung(study_dir: Path) -> list[dict[str, Any]]:
     """The designs trained at the study's highest rung (from ``trials.csv``), each with its rung-0 top-1
     and the search choices where it differs from the prototype."""
-    trials = list(csv.DictReader((study_dir / "trials.csv").open()))
+    with (study_dir / "trials.csv").open(newline="") as f:
+        trials = list(csv.DictReader(f))
     rung0 = {t["trial"]: t for t in trials if t["rung"] == "0"}
     prototype = json.loads(next(t for t in trials if t["reference"] == "prototype")["choices"])
     last = max(int(t["rung"]) for t in trials)
@@ -404,10 +405,9 @@ def samplers_compared(designs: dict[str, list[dict[str, Any]]], holdout: int) ->
             f"{judged}).")
 
 
-def pilot_section(summary: dict[str, Any], out_dir: Path) -> list[str]:
-    """The pilot's verdict, its designs' hold-out top-1 at both rungs, and its plot (copied beside the report)."""
+def pilot_section(summary: dict[str, Any]) -> list[str]:
+    """The pilot's verdict, its designs' hold-out top-1 at both rungs, and a link to its plot."""
     low, high = summary["low_epochs"], summary["high_epochs"]
-    atomic_write(out_dir / "explore_pilot.png", lambda tmp: shutil.copyfile(summary["files"]["plot"], tmp))
     fid = summary["fidelity"]
     rows = sorted(summary["designs"], key=lambda d: -d["high"]["top1"])
     return [
@@ -430,7 +430,8 @@ def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict
     searches = {s: json.loads((runs / "search" / s / "summary.json").read_text()) for s in ("tpe", "random")}
     designs = {s: top_rung(runs / "search" / s) for s in searches}
     proto = rows[PROTOTYPE]
-    verdicts = {label: beats(row, proto) for label, row in rows.items() if label.startswith("found_")}
+    found = {label: row for label, row in rows.items() if label.startswith("found_")}
+    verdicts = {label: beats(row, proto) for label, row in found.items()}
     report = {**context, "smoke_run": smoke, "budget": budget, "caps": caps, "cpu_seconds": steps.cpu,
               "pilot": pilot_summary and {k: pilot_summary[k] for k in ("agreement", "verdict", "low_epochs", "high_epochs",
                                                                         "fidelity", "train_seconds")},
@@ -440,11 +441,12 @@ def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict
     out_dir.mkdir(parents=True, exist_ok=True)
     # the plots and the retrained found designs' specs go next to the report
     plots = {s: f"explore_{s}_pareto.png" for s in searches}
-    for s, name in plots.items():
-        atomic_write(out_dir / name, lambda tmp, s=s: shutil.copyfile(runs / "search" / s / "pareto.png", tmp))
-    for label, row in rows.items():
-        if label.startswith("found_"):
-            atomic_write_text(out_dir / f"explore_{label}.json", Path(row["model"]).read_text())
+    copies = {name: runs / "search" / s / "pareto.png" for s, name in plots.items()}
+    copies |= {f"explore_{label}.json": Path(row["model"]) for label, row in found.items()}
+    if pilot_summary:
+        copies["explore_pilot.png"] = Path(pilot_summary["files"]["plot"])
+    for name, source in copies.items():
+        atomic_write(out_dir / name, lambda tmp, source=source: shutil.copyfile(source, tmp))
     atomic_write_text(out_dir / "explore.json", json.dumps(report, indent=2) + "\n")
     hours = {k: v / 3600 for k, v in steps.cpu.items()}
     search_hours = {s: hours.get(SEARCH_STAGES[s], 0.0) for s in searches}
@@ -469,7 +471,7 @@ def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict
         "",
         "## Does the cheap rung rank designs? (pilot)",
         "",
-        *(pilot_section(pilot_summary, out_dir) if pilot_summary else [pilot_unfinished(runs / "pilot", budget), ""]),
+        *(pilot_section(pilot_summary) if pilot_summary else [pilot_unfinished(runs / "pilot", budget), ""]),
         "## The searches",
         "",
         "| sampler | designs trained at rung 0 | prototype hold-out top-1 per rung | picked design: rung top-1, MACs | CPU |",
@@ -485,12 +487,11 @@ def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict
               promoted_agreement(designs, searches["tpe"]["rungs"]), ""]
     for s, summary in searches.items():
         lines += search_section(s, summary, designs[s], search_hours[s], plots[s])
-    for label, row in rows.items():
-        if label.startswith("found_"):
-            changed = next(d["changes"] for d in designs[label.removeprefix("found_")] if d["trial"] == row["found"]["trial"])
-            lines += [f"{label} ([explore_{label}.json](explore_{label}.json), a spec for `attendnets train --spec`) "
-                      f"changes {len(changed)} choices of the prototype: "
-                      + ", ".join(f"`{k}`={v}" for k, v in sorted(changed.items())) + ".", ""]
+    for label, row in found.items():
+        changed = next(d["changes"] for d in designs[label.removeprefix("found_")] if d["trial"] == row["found"]["trial"])
+        lines += [f"{label} ([explore_{label}.json](explore_{label}.json), a spec for `attendnets train --spec`) "
+                  f"changes {len(changed)} choices of the prototype: "
+                  + ", ".join(f"`{k}`={v}" for k, v in sorted(changed.items())) + ".", ""]
     lines += ["", f"## Retrained with the comparison recipe ({budget['epochs']} epochs, {IMG_SIZE} px), 8-bit weights, val/", "",
               "| model | top-1 8-bit (per seed) | mean | float top-1 mean | params | MACs | 8-bit weight KB | peak act. KB | eager ms | ORT int8 ms |",
               "|---|---|---|---|---|---|---|---|---|---|"]
