@@ -3,9 +3,18 @@
 Every block takes an ``NCHW`` tensor and returns one. Choices that the paper leaves open are constructor
 arguments with documented defaults (see ``shared/paper/notes.md`` in the project for their provenance):
 they are plausible reconstructions, not the authors' published design.
+
+Each block also knows its *deployment forms* (as timm's reparameterizable blocks do): ``runtime_form(target)``
+returns a copy that computes the same function written the way a runtime's kernels are fast at, and
+``permute_input(order)`` makes a block read its input channels in another order (so that a form whose
+output channels come out permuted needs no layout op). :func:`attendnets.export.forms.for_runtime` walks a
+model and applies them; the measurements behind each choice are in ``docs/results/deploy.md``.
 """
 
 from __future__ import annotations
+
+import copy
+import enum
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +27,17 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
 }
 
+# A grouped conv made dense does ``groups`` times its multiply-adds: a win in ONNX Runtime int8 measured at 4.
+MAX_DENSE_GROUPS = 4
+
+
+class Target(str, enum.Enum):
+    """The runtime a deployment form is written for."""
+
+    ORT = "onnxruntime"  # x86 int8 kernels: channels-last, fast plain depthwise and dense convs
+    XNNPACK = "xnnpack"  # LiteRT and ExecuTorch on CPUs: delegates convs, not nearest resizing
+    MICRO = "tflite-micro"  # reference kernels on a microcontroller: multiply-adds and arena bytes are time
+
 
 def make_activation(name: str | None) -> nn.Module:
     """An activation module by name; ``None`` or ``"none"`` gives the identity."""
@@ -26,6 +46,23 @@ def make_activation(name: str | None) -> nn.Module:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)} or 'none'")
     return ACTIVATIONS[name](inplace=True)
+
+
+def dense_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    """A grouped conv as a dense one whose weight is block-diagonal (zero across groups): the same result."""
+    dense = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        bias=conv.bias is not None, padding_mode=conv.padding_mode,
+    )
+    per_in, per_out = conv.in_channels // conv.groups, conv.out_channels // conv.groups
+    with torch.no_grad():
+        dense.weight.zero_()
+        for g in range(conv.groups):
+            rows, cols = slice(g * per_out, (g + 1) * per_out), slice(g * per_in, (g + 1) * per_in)
+            dense.weight[rows, cols] = conv.weight[rows]
+        if conv.bias is not None:
+            dense.bias.copy_(conv.bias)
+    return dense
 
 
 class ConvNormAct(nn.Sequential):
@@ -50,6 +87,111 @@ class ConvNormAct(nn.Sequential):
             in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=not norm
         )
         super().__init__(conv, nn.BatchNorm2d(out_chs) if norm else nn.Identity(), make_activation(act))
+
+    @property
+    def conv(self) -> nn.Conv2d:
+        return self[0]
+
+    @property
+    def multiplier(self) -> int:
+        """Output channels per input channel of a depthwise conv (> 1: a depthwise expansion); 0 otherwise."""
+        conv = self.conv
+        return conv.out_channels // conv.in_channels if conv.groups == conv.in_channels > 1 else 0
+
+    def permute_output(self, order: torch.Tensor) -> None:
+        """Output channel ``k`` becomes the former channel ``order[k]`` (conv rows, bias and BN together)."""
+        conv, norm = self[0], self[1]
+        with torch.no_grad():
+            conv.weight.copy_(conv.weight[order])
+            if conv.bias is not None:
+                conv.bias.copy_(conv.bias[order])
+            if isinstance(norm, nn.BatchNorm2d):
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(norm, name).copy_(getattr(norm, name)[order])
+
+    def permute_input(self, order: torch.Tensor) -> torch.Tensor | None:
+        """Read input channel ``k`` as the former channel ``order[k]``. A dense conv absorbs the permutation
+        (returns ``None``); a depthwise conv passes it on to its output channels (returns their order); a
+        grouped conv is made dense first (exact, ``groups`` times its multiply-adds)."""
+        conv = self.conv
+        if 1 < conv.groups < conv.in_channels:
+            self[0] = conv = dense_conv(conv)
+        if conv.groups == 1:
+            with torch.no_grad():
+                conv.weight.copy_(conv.weight[:, order])
+            return None
+        mult = conv.out_channels // conv.in_channels  # depthwise: output i*m+t reads input i
+        out_order = (order[:, None] * mult + torch.arange(mult)).reshape(-1)
+        self.permute_output(out_order)
+        return out_order
+
+    def runtime_form(self, target: Target) -> tuple[nn.Module, torch.Tensor | None]:
+        """``(form, order)``: in ONNX Runtime a depthwise expansion becomes :class:`TiledDepthwise` (its
+        output channels in ``order``, which the next block must absorb); otherwise the layer itself."""
+        if target is Target.ORT and self.multiplier > 1:
+            tiled = TiledDepthwise(self)
+            return tiled, tiled.order
+        return self, None
+
+
+class TiledDepthwise(nn.Module):
+    """A depthwise expansion ``(c -> m*c, groups=c)`` as its input tiled ``m`` times (``cat([x] * m)``, one
+    Concat) and a plain depthwise conv: a conv with a channel multiplier falls off ONNX Runtime's fast int8
+    depthwise kernel (a 6.4x slower network), repeating each channel in place costs layout ops. Output
+    channel ``t*c + i`` is the expansion's channel ``order[t*c + i] = i*m + t``."""
+
+    def __init__(self, layer: ConvNormAct) -> None:
+        super().__init__()
+        conv = layer.conv
+        channels, self.mult = conv.in_channels, layer.multiplier
+        self.order = torch.arange(conv.out_channels).reshape(channels, self.mult).t().reshape(-1)
+        self.layer = copy.deepcopy(layer)
+        self.layer[0] = nn.Conv2d(
+            conv.out_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+            groups=conv.out_channels, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        )
+        self.layer[0].load_state_dict(conv.state_dict())
+        self.layer.permute_output(self.order)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(torch.cat([x] * self.mult, dim=1))
+
+
+def _crop(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``x`` cut to the spatial size of ``like`` (pooling rounded up, so unpooling may overshoot)."""
+    height, width = like.shape[-2:]
+    if x.shape[-2] != height or x.shape[-1] != width:
+        x = x[..., :height, :width]
+    return x
+
+
+class NearestExpand(nn.Module):
+    """The condenser's expansion ``X``: nearest unpooling by ``factor``, cropped to the size of ``like``.
+    ``(N, C, ceil(H/p), ceil(W/p)) -> (N, C, H, W)``."""
+
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return _crop(F.interpolate(x, scale_factor=float(self.factor), mode="nearest"), like)
+
+
+class TransposedConvExpand(nn.Module):
+    """:class:`NearestExpand` as a transposed conv with stride ``p`` and a fixed ``p x p`` identity kernel
+    (``kernel[i, o] = 1`` where ``i == o``): the same values, but XNNPACK delegates it, where nearest resizing
+    stays outside and splits the graph. Dense, not depthwise: TFLite's transposed conv has no groups (a
+    grouped one is split into a slice and a conv per channel). It costs ``C`` multiply-adds per output
+    value. The kernel is a buffer, so exporters see a constant."""
+
+    def __init__(self, chs: int, factor: int) -> None:
+        super().__init__()
+        self.factor = factor
+        kernel = torch.eye(chs).reshape(chs, chs, 1, 1).expand(chs, chs, factor, factor)
+        self.register_buffer("kernel", kernel.contiguous())
+
+    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return _crop(F.conv_transpose2d(x, self.kernel, stride=self.factor), like)
 
 
 class VisualAttentionCondenser(nn.Module):
@@ -102,18 +244,43 @@ class VisualAttentionCondenser(nn.Module):
             ConvNormAct(mid_chs, mid_chs, embed_kernel, groups=embed_groups, act=act),
             nn.Conv2d(mid_chs, mid_chs, 1),
         )
-        self.scale = nn.Parameter(torch.ones(1, mid_chs if scale == "channel" else 1, 1, 1))
+        self.expand = NearestExpand(pool_size)
+        self.scale: nn.Parameter | None = nn.Parameter(torch.ones(1, mid_chs if scale == "channel" else 1, 1, 1))
         self.up_mix = ConvNormAct(mid_chs, chs, 1, act=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = self.down_mix(x)
-        attention = torch.sigmoid(self.embed(self.condense(v)))
-        attention = F.interpolate(attention, scale_factor=float(self.pool_size), mode="nearest")
-        height, width = v.shape[-2:]
-        if attention.shape[-2] != height or attention.shape[-1] != width:
-            attention = attention[..., :height, :width]
-        out = self.up_mix(v * attention * self.scale)
+        selected = v * self.expand(torch.sigmoid(self.embed(self.condense(v))), v)
+        if self.scale is not None:  # None once folded into the up-mixing conv (a deployment form)
+            selected = selected * self.scale
+        out = self.up_mix(selected)
         return x + out if self.residual else out
+
+    def permute_input(self, order: torch.Tensor) -> torch.Tensor | None:
+        """Read input channel ``k`` as the former channel ``order[k]``; with the residual the output keeps
+        that order (returned), without it the up-mixing conv writes the original order (``None``)."""
+        self.down_mix.permute_input(order)
+        if not self.residual:
+            return None
+        self.up_mix.permute_output(order)
+        return order
+
+    def runtime_form(self, target: Target) -> VisualAttentionCondenser:
+        """A copy with the same math for ``target``: ``S`` folded into the up-mixing conv's input columns
+        (``M'(V * S) = M'_S(V)``; a broadcast per-channel multiply is slow in int8) everywhere; in ONNX
+        Runtime an embedding conv of at most :data:`MAX_DENSE_GROUPS` groups made dense (tiny groups are
+        slow in its int8 kernels); for XNNPACK the expansion as :class:`TransposedConvExpand`."""
+        form = copy.deepcopy(self)
+        if form.scale is not None:
+            with torch.no_grad():
+                form.up_mix.conv.weight.mul_(form.scale.reshape(1, -1, 1, 1))
+            form.scale = None
+        grouped = form.embed[0].conv
+        if target is Target.ORT and 1 < grouped.groups <= MAX_DENSE_GROUPS and grouped.groups < grouped.in_channels:
+            form.embed[0][0] = dense_conv(grouped)
+        if target is Target.XNNPACK:
+            form.expand = TransposedConvExpand(grouped.out_channels, self.pool_size)
+        return form
 
 
 class PEPE(nn.Module):
@@ -152,3 +319,23 @@ class PEPE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.expand_pw(self.project2(self.expand_dw(self.project(x))))
         return x + out if self.residual else out
+
+    def permute_input(self, order: torch.Tensor) -> torch.Tensor | None:
+        """Read input channel ``k`` as the former channel ``order[k]``; the output keeps that order with the
+        residual (returned), else the original one (``None``)."""
+        self.project.permute_input(order)
+        if not self.residual:
+            return None
+        self.expand_pw.permute_output(order)
+        return order
+
+    def runtime_form(self, target: Target) -> PEPE:
+        """A copy with the same math for ``target``: in ONNX Runtime the depthwise expansion as
+        :class:`TiledDepthwise`, whose channel order the second projection absorbs; elsewhere unchanged
+        (LiteRT's and ExecuTorch's depthwise kernels take a channel multiplier)."""
+        form = copy.deepcopy(self)
+        layer, order = form.expand_dw.runtime_form(target)
+        if order is not None:
+            form.expand_dw = layer
+            form.project2.permute_input(order)
+        return form

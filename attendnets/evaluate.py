@@ -4,8 +4,8 @@ Counts are gathered in a :class:`Tally` (a confusion matrix plus top-5 hits and 
 distributed training sums across processes; the figures are derived from it, so top-1, per-class accuracy
 and the confusion matrix can never disagree.
 
-Exported ONNX models (:func:`evaluate_onnx`) go through the same image list, preprocessing (read from the
-file's metadata) and Tally as checkpoints, so their figures compare one to one. With ``predictions=True``
+Exported models (:func:`evaluate_exported`, in any runtime) go through the same image list, preprocessing
+(read from the file's metadata) and Tally as checkpoints, so their figures compare one to one. With ``predictions=True``
 the result also holds each image's top-1 class, and :func:`top1_agreement` says how often two models
 (say the int8 and float exports) give the same answer.
 """
@@ -158,34 +158,22 @@ def _eval_loader(
     )
 
 
-def is_quantized(path: str | os.PathLike) -> bool:
-    """Whether an ONNX graph holds quantized operators (QDQ pairs or QLinear/integer ops)."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in graph.node)
-
-
-def evaluate_onnx(
-    path: str | os.PathLike,
+def evaluate_exported(
+    runner: Any,
     data: str | os.PathLike | None,
     split: str = "val",
     batch_size: int = 64,
     workers: int = 2,
     strict: bool = False,
-    threads: int | None = None,
     predictions: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate an ONNX file written by ``attendnets export`` on ``DATA/split`` with ONNX Runtime (CPU):
-    the same figures as :func:`evaluate_checkpoint`, with ``weights`` ``"onnx"`` or ``"onnx-int8"``.
+    """Evaluate an exported model (an :class:`attendnets.export.Runner`: ONNX, TFLite or ExecuTorch in its
+    runtime) on ``DATA/split``: the same figures as :func:`evaluate_checkpoint`, with ``file`` and
+    ``weights``, the runtime and precision (``ort``, ``ort-int8``, ``litert-int8``, ``tflm-int8``, ...).
 
-    ``threads``: ONNX Runtime's intra-op threads (``None``: one per core). ``predictions``: also return
-    ``files`` (the images, in order), ``predictions`` (each one's top-1 class index) and ``margins`` (each
-    one's top-1 minus top-2 softmax probability: how close the call was)."""
-    from attendnets.export import OnnxRunner
-
+    ``predictions``: also return ``files`` (the images, in order), ``predictions`` (each one's top-1 class
+    index) and ``margins`` (each one's top-1 minus top-2 softmax probability: how close the call was)."""
     tune_malloc()
-    runner = OnnxRunner(path, threads=threads)
     classes, samples = open_split(data, split, strict)
     try:
         runner.check_classes(classes)
@@ -202,10 +190,10 @@ def evaluate_onnx(
         best_two = logits.softmax(1).topk(min(2, logits.shape[1]), dim=1).values
         margins += (best_two[:, 0] - best_two[:, -1]).tolist()
     result = {
-        "onnx": str(path),
+        "file": str(runner.path),
         "split": split,
-        "model": runner.meta.get("model", Path(path).stem),
-        "weights": "onnx-int8" if is_quantized(path) else "onnx",
+        "model": runner.meta.get("model", runner.path.stem),
+        "weights": runner.label,
         "img_size": runner.meta["img_size"],
         **tally.summary(classes),
     }
@@ -240,28 +228,6 @@ def agreement_by_margin(
             "top1_agreement": top1_agreement([predictions[i] for i in kept], [reference[i] for i in kept]),
         })
     return rows
-
-
-@torch.no_grad()
-def export_parity(
-    model: nn.Module,
-    float_path: str | os.PathLike,
-    images: torch.Tensor,
-    int8_path: str | os.PathLike | None = None,
-    threads: int | None = None,
-) -> dict[str, Any]:
-    """How closely exported graphs follow their PyTorch model on ``images`` (preprocessed, ``N, C, H, W``):
-    the float graph's largest absolute logit difference and, given an int8 graph, the percentage of images on
-    which its top-1 class is the float graph's."""
-    from attendnets.export import OnnxRunner
-
-    reference = model.eval()(images).numpy()
-    logits = OnnxRunner(float_path, threads=threads)(images)
-    parity: dict[str, Any] = {"images": len(images), "float_max_abs_diff": float(abs(logits - reference).max())}
-    if int8_path is not None:
-        int8 = OnnxRunner(int8_path, threads=threads)(images)
-        parity["int8_top1_agreement"] = top1_agreement(int8.argmax(1).tolist(), logits.argmax(1).tolist())
-    return parity
 
 
 def save_report(result: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:

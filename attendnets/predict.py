@@ -1,7 +1,8 @@
-"""Top classes of single images, from a checkpoint (PyTorch) or an exported ONNX file (ONNX Runtime).
+"""Top classes of single images, from a checkpoint (PyTorch) or an exported file in its runtime (ONNX, TFLite,
+ExecuTorch).
 
 Either way the images are preprocessed as the model's own metadata says (the checkpoint sidecar, or the
-metadata stored in the ONNX file), so a model is always fed as it was validated.
+metadata stored with the exported file), so a model is always fed as it was validated.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from attendnets.checkpoint import load_checkpoint
 from attendnets.data import load_rgb
 from attendnets.errors import AttendNetsError
 from attendnets.evaluate import eval_transform
+from attendnets.export import load_runner
 
 
 @dataclass
@@ -35,12 +37,16 @@ class Classifier:
 
 
 def load_classifier(
-    checkpoint: str | os.PathLike | None = None, onnx: str | os.PathLike | None = None, threads: int | None = None
+    checkpoint: str | os.PathLike | None = None,
+    file: str | os.PathLike | None = None,
+    threads: int | None = None,
+    runtime: str | None = None,
 ) -> Classifier:
-    """The classifier of a checkpoint or of an ONNX file written by ``attendnets export`` (exactly one of
-    the two). ``threads``: ONNX Runtime's intra-op threads (``None``: one per core)."""
-    if (checkpoint is None) == (onnx is None):
-        raise AttendNetsError("give exactly one model: a checkpoint or an ONNX file")
+    """The classifier of a checkpoint or of a file written by ``attendnets export`` (exactly one of the two).
+    ``threads``/``runtime``: the exported file's runtime threads and, for ``.tflite``, ``litert`` or ``tflm``
+    (see :func:`attendnets.export.load_runner`)."""
+    if (checkpoint is None) == (file is None):
+        raise AttendNetsError("give exactly one model: a checkpoint or an exported file")
     if checkpoint is not None:
         model, meta = load_checkpoint(checkpoint)
 
@@ -49,10 +55,8 @@ def load_classifier(
             return model(images)
 
         return Classifier(meta, forward, str(checkpoint))
-    from attendnets.export import OnnxRunner
-
-    runner = OnnxRunner(onnx, threads=threads)
-    return Classifier(runner.meta, lambda images: torch.from_numpy(runner(images)), str(onnx))
+    runner = load_runner(file, runtime, threads)
+    return Classifier(runner.meta, lambda images: torch.from_numpy(runner(images)), str(file))
 
 
 def predict_images(

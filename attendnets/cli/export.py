@@ -1,4 +1,5 @@
-"""``attendnets export``: a checkpoint as a float ONNX file and, with --int8, a fully 8-bit one."""
+"""``attendnets export``: a checkpoint as a model file for a runtime (ONNX, TFLite, ExecuTorch), float and,
+with --int8, fully 8-bit."""
 
 from __future__ import annotations
 
@@ -14,45 +15,65 @@ import torch
 from attendnets.checkpoint import checkpoint_paths, describe, load_checkpoint, read_meta
 from attendnets.data import DATA_ENV
 from attendnets.errors import AttendNetsError
-from attendnets.evaluate import export_parity
+from attendnets.export import (
+    CalibrationImages,
+    MicroRunner,
+    export_executorch,
+    export_onnx,
+    export_parity,
+    export_tflite,
+    load_runner,
+    quantize_onnx,
+)
 
 PARITY_IMAGES = 32
+SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "executorch": ".pte"}
 
-HELP = "export a checkpoint to ONNX (float, and int8 calibrated on training images)"
+HELP = "export a checkpoint for ONNX Runtime, LiteRT, TFLite Micro or ExecuTorch (float, and all-integer int8)"
 DESCRIPTION = f"""\
-Write the model of a checkpoint as a float ONNX graph (dynamic batch axis, checked with the ONNX checker)
-that carries its class names and preprocessing, so the file is usable on its own (attendnets eval --onnx,
-attendnets predict --onnx, or any ONNX runtime). With --int8, also write a fully 8-bit version: ONNX
-Runtime static quantization, QDQ format, per-channel int8 weights, uint8 activations whose ranges are
-calibrated on --calib-images real training images. The conv that reads the image stays float unless
---int8-stem (quantizing it and the image cost most of the int8 graph's disagreement with float on
-Imagenette, for 1-2% of latency).
+Write the model of a checkpoint as a file that its runtime runs on its own, carrying its class names and
+preprocessing, with every block written the way that runtime is fast at (the same math):
 
-The output defaults to NAME.onnx next to checkpoint NAME (runs/b/best -> runs/b/best.onnx); the int8 file
-is FILE.int8.onnx beside FILE.onnx. Calibration images come from --calib-data DIR (searched recursively),
-else from the training folder DATA/train, DATA being the dataset the run was trained on (its config.json)
-or ${DATA_ENV}. Use training images, never the images you will report accuracy on.
+  --format onnx        NAME.onnx for ONNX Runtime (dynamic batch axis, checked with the ONNX checker)
+  --format tflite      NAME.tflite for LiteRT with XNNPACK (phones), channels-last input; --micro also
+                       writes NAME.micro.tflite for TFLite Micro (microcontrollers: buffers inline)
+  --format executorch  NAME.pte for ExecuTorch lowered to XNNPACK, with a side file NAME.pte.json
 
-Afterwards a parity check runs on {PARITY_IMAGES} of those images (random inputs if there are none): the
-largest logit difference of the float graph from PyTorch, and how often the int8 graph's top-1 class is
-the float graph's.
+With --int8, also NAME.int8.EXT: all-integer 8 bits, weights int8 per output channel, activations 8-bit per
+tensor with ranges calibrated on --calib-images real training images (ONNX Runtime static QDQ with uint8
+activations; ai-edge-quantizer for TFLite; XNNPACK's PT2E quantizer for ExecuTorch). --float-stem keeps
+the ONNX graph's image-reading conv in float (closer to float, but ONNX Runtime then moves activations
+between layouts). The optional runtimes install with pip install 'attendnets[litert]', '[micro]' and
+'[executorch]'.
+
+The output defaults to NAME.EXT next to checkpoint NAME (runs/b/best -> runs/b/best.onnx). Calibration
+images come from --calib-data DIR (searched recursively), else from the training folder DATA/train, DATA
+being the dataset the run was trained on (its config.json) or ${DATA_ENV}. Use training images, never the
+images you will report accuracy on.
+
+Afterwards a parity check runs on {PARITY_IMAGES} of those images (random inputs if there are none), each
+file in its runtime: the largest logit difference of the float file from PyTorch, and how often each 8-bit
+file's top-1 class is the float file's. With --micro, the TFLite Micro arena the model really used is
+reported beside the profiler's peak-activation estimate.
 
 examples:
   attendnets export --checkpoint runs/b
   attendnets export --checkpoint runs/b/best --int8 --calib-data ~/imagenette2-224/train
-  attendnets export --checkpoint runs/b --int8 --output deploy/b.onnx --json
+  attendnets export --checkpoint runs/b --format tflite --int8 --micro
+  attendnets export --checkpoint runs/b --format executorch --int8 --output deploy/b.pte --json
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", metavar="CKPT", required=True, help="checkpoint or run folder")
-    parser.add_argument("--output", metavar="FILE.onnx", help="float ONNX file (default: NAME.onnx beside the checkpoint)")
-    parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default onnx)")
-    parser.add_argument("--int8", action="store_true", help="also write FILE.int8.onnx, fully 8-bit")
+    parser.add_argument("--format", choices=list(SUFFIXES), default="onnx", help="file format (default onnx)")
+    parser.add_argument("--output", metavar="FILE", help="float model file (default: NAME.EXT beside the checkpoint)")
+    parser.add_argument("--int8", action="store_true", help="also write FILE.int8.EXT, all-integer 8 bits")
+    parser.add_argument("--micro", action="store_true", help="with --format tflite --int8: also FILE.micro.tflite for TFLite Micro")
+    parser.add_argument("--float-stem", action="store_true", help="with --format onnx --int8: keep the image-reading conv float")
     parser.add_argument("--calib-data", metavar="DIR", help="calibration and parity-check images (default: DATA/train of the run)")
-    parser.add_argument("--int8-stem", action="store_true", help="with --int8: quantize the first conv and the image too")
     parser.add_argument("--calib-images", metavar="N", type=int, default=64, help="images to calibrate on (default 64)")
-    parser.add_argument("--threads", type=int, help="ONNX Runtime threads for the parity check (default: all cores)")
+    parser.add_argument("--threads", type=int, help="runtime threads for the parity check (default: the runtime's own)")
     parser.add_argument("--json", action="store_true", help="print what was written as JSON")
 
 
@@ -85,28 +106,59 @@ def _training_folder_or_none(checkpoint: str | os.PathLike) -> Path | None:
         return None
 
 
-def _parity_images(folder: Path | None, meta: dict[str, Any]) -> tuple[torch.Tensor, str]:
-    """Up to :data:`PARITY_IMAGES` preprocessed images of ``folder``, or seeded random inputs without one."""
-    from attendnets.export import CalibrationImages
-
+def _images(folder: Path | None, meta: dict[str, Any], count: int) -> tuple[torch.Tensor, str]:
+    """Up to ``count`` preprocessed images of ``folder``, or 8 seeded random inputs without one."""
     if folder is None:
         generator = torch.Generator().manual_seed(0)
         size = meta["img_size"]
         return torch.randn(8, meta.get("in_chans", 3), size, size, generator=generator), "8 random inputs"
-    reader = CalibrationImages(folder, meta, PARITY_IMAGES)
+    reader = CalibrationImages(folder, meta, count)
     images = torch.from_numpy(np.concatenate(reader.batches))
     return images, f"{len(images)} images of {folder}"
 
 
-def run(args: argparse.Namespace) -> int:
-    from attendnets.export import export_onnx, quantize_onnx
-
+def _check_options(args: argparse.Namespace) -> None:
     if args.calib_images < 1:
         raise AttendNetsError(f"--calib-images must be at least 1, got {args.calib_images}")
+    if args.micro and (args.format != "tflite" or not args.int8):
+        raise AttendNetsError("--micro needs --format tflite --int8 (TFLite Micro runs all-integer models)")
+    if args.float_stem and (args.format != "onnx" or not args.int8):
+        raise AttendNetsError("--float-stem applies to --format onnx --int8 only")
+
+
+def _write(args: argparse.Namespace, model: torch.nn.Module, meta: dict[str, Any], output: Path,
+           calib: Path | None) -> dict[str, Path]:
+    """Write the requested files: ``{"float": path, "int8": path, "micro": path}`` (those asked for)."""
+    suffix = SUFFIXES[args.format]
+    int8_path = output.with_suffix(f".int8{suffix}")
+    calibration = _images(calib, meta, args.calib_images)[0] if args.int8 and args.format != "onnx" else None
+    if args.format == "onnx":
+        paths = {"float": export_onnx(model, output, meta)}
+        if args.int8:
+            paths["int8"] = quantize_onnx(paths["float"], int8_path, calib, args.calib_images, args.float_stem)
+    elif args.format == "tflite":
+        paths = {"float": export_tflite(model, output, meta)}
+        if args.int8:
+            paths["int8"] = export_tflite(model, int8_path, meta, int8=True, calibration=calibration)
+        if args.micro:
+            micro_path = output.with_suffix(".micro.tflite")
+            paths["micro"] = export_tflite(model, micro_path, meta, int8=True, calibration=calibration, micro=True)
+    else:
+        paths = {"float": export_executorch(model, output, meta)}
+        if args.int8:
+            paths["int8"] = export_executorch(model, int8_path, meta, int8=True, calibration=calibration)
+    return paths
+
+
+def run(args: argparse.Namespace) -> int:
+    from attendnets.complexity import profile_model
+
+    _check_options(args)
     weights, _ = checkpoint_paths(args.checkpoint)
-    output = Path(args.output) if args.output else weights.with_suffix(".onnx")
-    if output.suffix != ".onnx":
-        raise AttendNetsError(f"--output must be a .onnx file, got {output}")
+    suffix = SUFFIXES[args.format]
+    output = Path(args.output) if args.output else weights.with_suffix(suffix)
+    if output.suffix != suffix:
+        raise AttendNetsError(f"--output must be a {suffix} file for --format {args.format}, got {output}")
     if args.calib_data:
         calib = Path(args.calib_data).expanduser()
     elif args.int8:
@@ -114,30 +166,44 @@ def run(args: argparse.Namespace) -> int:
     else:
         calib = _training_folder_or_none(args.checkpoint)  # a float export needs no data
     model, meta = load_checkpoint(args.checkpoint)
-    images, source = _parity_images(calib, meta)  # before writing anything: a folder without images fails here
-    float_path = export_onnx(model, output, meta)
-    int8_path = None
-    if args.int8:
-        int8_path = quantize_onnx(float_path, output.with_suffix(".int8.onnx"), calib, args.calib_images, not args.int8_stem)
-    parity = export_parity(model, float_path, images, int8_path, args.threads)
-    record = {
+    images, source = _images(calib, meta, PARITY_IMAGES)  # before writing anything: a folder without images fails here
+    paths = _write(args, model, meta, output, calib)
+    runners = {label: load_runner(path, threads=args.threads) for label, path in paths.items()}
+    if "micro" in paths:
+        runners["micro_litert"] = runners["micro"]
+        runners["micro"] = MicroRunner(paths["micro"])
+    parity = export_parity(model, runners.pop("float"), images, runners)
+    record: dict[str, Any] = {
         "checkpoint": str(args.checkpoint),
         "model": describe(meta),
-        "float": {"path": str(float_path), "kb": float_path.stat().st_size / 1024},
-        "int8": {"path": str(int8_path), "kb": int8_path.stat().st_size / 1024, "calibration": str(calib),
-                 "calibration_images": args.calib_images} if int8_path else None,
+        "format": args.format,
+        "files": {label: {"path": str(path), "kb": path.stat().st_size / 1024} for label, path in paths.items()},
+        "calibration": {"folder": str(calib), "images": args.calib_images} if args.int8 else None,
         "parity": {**parity, "inputs": source},
     }
+    if "micro" in paths:
+        estimate = profile_model(model, meta["img_size"]).peak_activation_bytes_int8
+        record["micro"] = {"arena_bytes": runners["micro"].arena_bytes, "profiler_peak_activation_bytes": estimate}
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
-    print(f"{record['model']} from {args.checkpoint}")
-    print(f"  float ONNX  {float_path}  {record['float']['kb']:.1f} KB")
-    if int8_path:
-        print(f"  int8 ONNX   {int8_path}  {record['int8']['kb']:.1f} KB  (calibrated on up to {args.calib_images} "
-              f"images of {calib})")
-    line = f"parity on {source}: float ONNX vs PyTorch max |logit diff| {parity['float_max_abs_diff']:.2e}"
-    if int8_path:
-        line += f"; int8 vs float top-1 agreement {parity['int8_top1_agreement']:.1f}%"
-    print(line)
+    _print(record, args)
     return 0
+
+
+def _print(record: dict[str, Any], args: argparse.Namespace) -> None:
+    print(f"{record['model']} from {args.checkpoint}")
+    for label, file in record["files"].items():
+        print(f"  {label:<6} {file['path']}  {file['kb']:.1f} KB")
+    if record["calibration"]:
+        print(f"  8-bit ranges calibrated on up to {args.calib_images} images of {record['calibration']['folder']}")
+    parity = record["parity"]
+    line = f"parity on {parity['inputs']}: float vs PyTorch max |logit diff| {parity['float_max_abs_diff']:.2e}"
+    for label in ("int8", "micro", "micro_litert"):
+        if f"{label}_top1_agreement" in parity:
+            line += f"; {label.replace('_', ' in ')} vs float top-1 agreement {parity[f'{label}_top1_agreement']:.1f}%"
+    print(line)
+    if "micro" in record:
+        micro = record["micro"]
+        print(f"TFLite Micro arena used {micro['arena_bytes'] / 1024:.1f} KB; the profiler's peak activation estimate "
+              f"{micro['profiler_peak_activation_bytes'] / 1024:.1f} KB")
