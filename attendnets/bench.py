@@ -1,4 +1,5 @@
-"""CPU latency and throughput of models in PyTorch eager, ONNX Runtime float and ONNX Runtime int8, measured
+"""CPU latency and throughput of models in PyTorch eager and in the deployment runtimes (ONNX Runtime, LiteRT
+with XNNPACK, ExecuTorch with XNNPACK, each float and int8, and TFLite Micro's reference kernels), measured
 side by side in one process so that their ratios mean something on a noisy machine.
 
 How it measures (see ``shared/notes/performance.md`` for why):
@@ -6,10 +7,12 @@ How it measures (see ``shared/notes/performance.md`` for why):
 - every (model, runtime) pair is visited once per round, in a shuffled order, so drift hits all alike;
 - before each visit the process sleeps 60 ms (thread pools keep spinning ~10-30 ms after a call and would
   steal cores from the next model) and makes untimed calls (the first calls after idling are slow);
-- PyTorch runs in channels_last (its fastest CPU layout); ``torch`` threads and ONNX Runtime's intra-op
-  threads are both set to the requested count; glibc malloc is tuned (:func:`attendnets.runtime.tune_malloc`);
-- the int8 graph is :func:`attendnets.export.quantize_onnx`'s (static QDQ, per-channel int8 weights,
-  uint8 activations), exported through :func:`attendnets.export.for_runtime` like any deployment.
+- PyTorch runs in channels_last (its fastest CPU layout); ``torch`` threads and each runtime's threads are
+  set to the requested count (TFLite Micro has one); glibc malloc is tuned
+  (:func:`attendnets.runtime.tune_malloc`);
+- every file is what ``attendnets export`` writes for that runtime (:mod:`attendnets.export`: each block in
+  its runtime form; int8 all-integer), run by the runner ``eval`` and ``predict`` use, except ONNX Runtime,
+  whose session is built here so its operator profile can be taken.
 
 Models named by preset, baseline or spec get random weights and their int8 ranges are calibrated on
 generated images: latency does not depend on the weights' values (same graph, same kernels), so this is
@@ -40,7 +43,8 @@ from torch import nn
 from attendnets.checkpoint import atomic_write_text, checkpoint_paths, load_checkpoint
 from attendnets.errors import AttendNetsError
 
-RUNTIMES = ("eager", "ort", "ort-int8")
+RUNTIMES = ("eager", "ort", "ort-int8", "litert", "litert-int8", "executorch", "executorch-int8", "tflm")
+DEFAULT_RUNTIMES = ("eager", "ort", "ort-int8")
 BASELINES = ("mobilenet_v1", "mobilenet_v2")
 REFERENCE = "mobilenet_v1"
 SETTLE_S = 0.06  # longer than the thread pools keep spinning after a call
@@ -136,25 +140,47 @@ def _threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _export(model: BenchModel, runtime: str, index: int, work: Path, calibration: dict[str, Any]) -> Path:
+    """The model file that ``runtime`` runs (exporting it, or reusing the float file an int8 one derives from)."""
+    from attendnets.export import export_executorch, export_onnx, export_tflite, quantize_onnx
+
+    base, int8 = runtime.removesuffix("-int8"), runtime.endswith("-int8") or runtime == "tflm"
+    if base == "ort":
+        float_path = work / f"m{index}.onnx"
+        if not float_path.is_file():
+            export_onnx(model.module, float_path, model.meta)
+        return quantize_onnx(float_path, work / f"m{index}-int8.onnx", calibration["folder"], 16) if int8 else float_path
+    path = work / f"m{index}-{runtime}.{'pte' if base == 'executorch' else 'tflite'}"
+    images = calibration["images"] if int8 else None
+    if base == "executorch":
+        return export_executorch(model.module, path, model.meta, int8=int8, calibration=images)
+    return export_tflite(model.module, path, model.meta, int8=int8, calibration=images, micro=runtime == "tflm")
+
+
 def _prepare(models: list[BenchModel], runtimes: list[str], threads: int, img_size: int, work: Path) -> dict:
     """``{(label, runtime): callable(batch as numpy) }`` plus the ONNX paths, exporting and quantizing as needed."""
-    from attendnets.export import export_onnx, quantize_onnx
+    from attendnets.export import CalibrationImages, load_runner
 
     calls: dict[tuple[str, str], Callable[[np.ndarray], Any]] = {}
     onnx_paths: dict[tuple[str, str], Path] = {}
-    calibration = _synthetic_images(work / "calibration", img_size) if "ort-int8" in runtimes else None
+    calibration: dict[str, Any] = {}
+    if any(r.endswith("-int8") or r == "tflm" for r in runtimes):
+        calibration["folder"] = _synthetic_images(work / "calibration", img_size)
+        reader = CalibrationImages(calibration["folder"], models[0].meta, max_images=16)
+        calibration["images"] = torch.from_numpy(np.concatenate(reader.batches))
     for index, model in enumerate(models):
-        if "ort" in runtimes or "ort-int8" in runtimes:
-            float_path = export_onnx(model.module.eval(), work / f"m{index}.onnx", model.meta)
-            paths = {"ort": float_path}
-            if "ort-int8" in runtimes:
-                paths["ort-int8"] = quantize_onnx(float_path, work / f"m{index}-int8.onnx", calibration, max_images=16)
-            for runtime, path in paths.items():
-                if runtime in runtimes:
-                    calls[(model.label, runtime)] = _ort_call(_ort_session(path, threads))
-                    onnx_paths[(model.label, runtime)] = path
-        if "eager" in runtimes:  # after the export: channels_last converts the module in place
-            module = model.module.eval().to(memory_format=torch.channels_last)
+        model.module.eval()
+        for runtime in runtimes:
+            if runtime == "eager":
+                continue
+            path = _export(model, runtime, index, work, calibration)
+            if runtime.startswith("ort"):
+                calls[(model.label, runtime)] = _ort_call(_ort_session(path, threads))
+                onnx_paths[(model.label, runtime)] = path
+            else:
+                calls[(model.label, runtime)] = load_runner(path, "tflm" if runtime == "tflm" else None, threads)
+        if "eager" in runtimes:  # after the exports: channels_last converts the module in place
+            module = model.module.to(memory_format=torch.channels_last)
 
             def eager(x: np.ndarray, module: nn.Module = module) -> Any:
                 with torch.inference_mode():
@@ -250,7 +276,7 @@ def run_bench(
     """
     from attendnets.runtime import tune_malloc
 
-    runtimes = list(RUNTIMES if runtimes is None else runtimes)
+    runtimes = list(DEFAULT_RUNTIMES if runtimes is None else runtimes)
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown or not runtimes:
         raise AttendNetsError(f"unknown runtime {', '.join(unknown) or '(none)'}; choose from {', '.join(RUNTIMES)}")

@@ -9,13 +9,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from attendnets.bench import BASELINES, REFERENCE, RUNTIMES, run_bench
+from attendnets.bench import BASELINES, DEFAULT_RUNTIMES, REFERENCE, RUNTIMES, run_bench
 
-HELP = "batch-1 latency and batch-N throughput in PyTorch eager, ONNX Runtime float and int8, vs the MobileNets"
+HELP = "batch-1 latency and batch-N throughput in PyTorch and the deployment runtimes, vs the MobileNets"
 DESCRIPTION = f"""\
 Measure each MODEL (a preset, baseline, timm name or spec file, with random weights) or CKPT (a checkpoint
-or run folder, with its weights) in each runtime: PyTorch eager (channels_last), ONNX Runtime float and
-ONNX Runtime int8 (static QDQ, per-channel int8 weights, uint8 activations), on CPU with --threads threads.
+or run folder, with its weights) in each runtime, on CPU with --threads threads:
+
+  eager                        PyTorch, channels_last
+  ort, ort-int8                ONNX Runtime (int8: static QDQ, per-channel int8 weights, uint8 activations)
+  litert, litert-int8          LiteRT interpreter with XNNPACK (int8: all-integer, ai-edge-quantizer)
+  executorch, executorch-int8  ExecuTorch lowered to XNNPACK (int8: PT2E XNNPACK quantizer)
+  tflm                         TFLite Micro's reference kernels, int8 (what a microcontroller runs; 1 thread)
+
+Each model is exported as attendnets export writes it for that runtime (pip install 'attendnets[litert]',
+'[micro]', '[executorch]' for the last three kinds).
 The MobileNets ({', '.join(BASELINES)}) are measured in the same run, interleaved round by round with a
 pause and untimed calls before each turn, so the printed ratios (speed vs {REFERENCE} in the same runtime,
 and vs eager) hold even when absolute times drift. Latency does not depend on the weights' values: random
@@ -26,6 +34,7 @@ examples:
   attendnets bench attendnet_a attendnet_b --runtimes ort-int8 --rounds 20
   attendnets bench runs/b --img-size 128 --no-baselines --batch 0   # a checkpoint, batch 1 only
   attendnets bench attendnet_b --profile prof/ --json    # + time by ONNX operator type, as JSON
+  attendnets bench attendnet_b --runtimes ort-int8,litert-int8,executorch-int8 --threads 1 --batch 0
 """
 
 
@@ -39,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--baselines", type=_list, default=list(BASELINES), metavar="A,B",
                        help=f"baselines measured alongside (default {','.join(BASELINES)})")
     group.add_argument("--no-baselines", dest="baselines", action="store_const", const=[], help="measure no baselines")
-    parser.add_argument("--runtimes", type=_list, default=list(RUNTIMES), metavar="R,R",
-                        help=f"any of {','.join(RUNTIMES)} (default all)")
+    parser.add_argument("--runtimes", type=_list, default=list(DEFAULT_RUNTIMES), metavar="R,R",
+                        help=f"any of {','.join(RUNTIMES)} (default {','.join(DEFAULT_RUNTIMES)})")
     parser.add_argument("--img-size", type=int, default=224, help="input size in pixels (default 224)")
     parser.add_argument("--num-classes", type=int, default=50, help="classes of named models (default 50)")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch and ONNX Runtime threads (default 2)")
