@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from attendnets.bench import machine_info
 
@@ -46,3 +48,22 @@ def run_context() -> dict:
             "load_average_at_start": os.getloadavg(),
         },
     }
+
+
+def step(name: str, record: Path, command: list[str], resume_from: Path | None = None) -> dict[str, Any]:
+    """Run ``attendnets`` ``command`` (its ``--json`` output kept in ``record``) unless already recorded;
+    ``resume_from``: the command's training folder, continued with ``--resume`` if a killed run left it."""
+    if record.is_file():
+        print(f"{name}: done ({record})", flush=True)
+        return json.loads(record.read_text())
+    full = [sys.executable, "-m", "attendnets", *command, "--json"]
+    if resume_from is not None and (resume_from / "train_state.pt").is_file():
+        full.append("--resume")
+    print(f"{name}: {shlex.join(full[1:])}", flush=True)
+    out = subprocess.run(full, check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    result = json.loads(out)
+    result["command"] = shlex.join(["python", *full[1:]])
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(result, indent=2) + "
+")
+    return result

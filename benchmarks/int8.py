@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, reexec_with_tuned_malloc, run_context  # noqa: E402
+from common import RESULTS, ROOT, reexec_with_tuned_malloc, run_context, step  # noqa: E402
 
 from attendnets.data import resolve_data_dir  # noqa: E402
 
@@ -61,24 +59,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def step(name: str, record: Path, command: list[str], resume_from: Path | None = None) -> dict[str, Any]:
-    """Run ``attendnets`` ``command`` (its ``--json`` output kept in ``record``) unless already recorded;
-    ``resume_from``: the command's training folder, continued with ``--resume`` if a killed run left it."""
-    if record.is_file():
-        print(f"{name}: done ({record})", flush=True)
-        return json.loads(record.read_text())
-    full = [sys.executable, "-m", "attendnets", *command, "--json"]
-    if resume_from is not None and (resume_from / "train_state.pt").is_file():
-        full.append("--resume")
-    print(f"{name}: {shlex.join(full[1:])}", flush=True)
-    out = subprocess.run(full, check=True, cwd=ROOT, capture_output=True, text=True).stdout
-    result = json.loads(out)
-    result["command"] = shlex.join(["python", *full[1:]])
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(result, indent=2) + "\n")
-    return result
-
-
 def measure_model(model: str, args: argparse.Namespace, data: Path) -> dict[str, Any]:
     trained = args.trained / model / "best"
     if not trained.with_suffix(".json").is_file():
@@ -102,13 +82,13 @@ def measure_model(model: str, args: argparse.Namespace, data: Path) -> dict[str,
         path = run / "onnx" / f"{source}.onnx"
         measured[f"{source}_export"] = step(
             f"{model} export {source}", run / f"export-{source}.json",
-            ["export", "--checkpoint", str(checkpoint), "--output", str(path), "--int8", "--calib-data",
-             str(data / "train"), "--calib-images", str(args.calib_images)])
+            ["export", "--checkpoint", str(checkpoint), "--output", str(path), "--int8", "--float-stem",
+             "--calib-data", str(data / "train"), "--calib-images", str(args.calib_images)])
         measured[f"{source}_ort"] = step(f"{model} ort {source}", run / f"ort-{source}.json",
-                                     ["eval", "--onnx", str(path), *common])
+                                     ["eval", "--file", str(path), *common])
         measured[f"{source}_ort_int8"] = step(
             f"{model} ort-int8 {source}", run / f"ort-int8-{source}.json",
-            ["eval", "--onnx", str(path.with_suffix(".int8.onnx")), "--agreement-with", str(path), *common])
+            ["eval", "--file", str(path.with_suffix(".int8.onnx")), "--agreement-with", str(path), *common])
     return measured
 
 

@@ -15,22 +15,10 @@ import torch
 from torch import nn
 
 from attendnets.checkpoint import model_meta, save_checkpoint
-from attendnets.blocks import PEPE, VisualAttentionCondenser
 from attendnets.cli import main
 from attendnets.data import DATA_ENV
 from attendnets.errors import AttendNetsError
-from attendnets.export import (
-    OnnxRunner,
-    MAX_DENSE_GROUPS,
-    RepeatedDepthwise,
-    RuntimeVAC,
-    TiledPEPE,
-    export_checkpoint,
-    export_onnx,
-    for_runtime,
-    quantize_onnx,
-    read_onnx_meta,
-)
+from attendnets.export import OnnxRunner, export_checkpoint, export_onnx, quantize_onnx, read_onnx_meta
 from attendnets.model import build_model
 from attendnets.spec import ArchSpec
 from tests.conftest import TINY_SPEC
@@ -123,9 +111,11 @@ def test_int8_agrees_with_float(trained, float_onnx, tmp_path) -> None:
     assert np.array_equal(logits[easy].argmax(1), expected[easy].argmax(1))
 
 
-@pytest.mark.parametrize("float_stem", [True, False])
-def test_stem_stays_float_by_default(trained, float_onnx, tmp_path, float_stem: bool) -> None:
-    int8_path = quantize_onnx(float_onnx, tmp_path / "int8.onnx", trained.data / "train", 8, float_stem=float_stem)
+@pytest.mark.parametrize("float_stem", [True, False, None])
+def test_all_integer_by_default(trained, float_onnx, tmp_path, float_stem: bool | None) -> None:
+    options = {} if float_stem is None else {"float_stem": float_stem}
+    int8_path = quantize_onnx(float_onnx, tmp_path / "int8.onnx", trained.data / "train", 8, **options)
+    float_stem = bool(float_stem)
     graph = onnx.load(str(int8_path)).graph
     readers = {n.op_type for n in graph.node if graph.input[0].name in n.input} - {"Shape"}
     assert readers == ({"Conv"} if float_stem else {"QuantizeLinear"})
@@ -141,73 +131,6 @@ def test_calibration_needs_images(exported, tmp_path) -> None:
     with pytest.raises(AttendNetsError, match="has no images to calibrate on") as err:
         quantize_onnx(float_path, tmp_path / "int8.onnx", tmp_path / "empty")
     assert "\n" not in str(err.value) and not (tmp_path / "int8.onnx").exists()
-
-
-def _randomise(model: nn.Module) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters, attention scales and classifier weights (logits of
-    order 1), so that a rewrite that drops or misplaces any of them shows; eval mode."""
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 1.0)
-        if isinstance(m, nn.BatchNorm2d):
-            nn.init.uniform_(m.running_var, 0.5, 2.0)
-            for t in (m.running_mean, m.bias):
-                nn.init.normal_(t, 0, 0.3)
-            nn.init.normal_(m.weight, 1, 0.3)
-        if isinstance(m, VisualAttentionCondenser):
-            nn.init.normal_(m.scale, 1, 0.5)
-    return model.eval()
-
-
-@pytest.mark.parametrize("mult, kernel, stride", [(3, 3, 2), (2, 5, 1)])
-def test_pepe_for_runtime_same_math(mult, kernel, stride) -> None:
-    torch.manual_seed(0)
-    pepe = _randomise(PEPE(6, 4, mult, 4, 6, kernel_size=kernel, stride=stride))
-    rewritten = for_runtime(pepe)
-    conv = rewritten.expand_dw[0]
-    assert isinstance(rewritten, TiledPEPE) and conv.groups == conv.in_channels == 4 * mult
-    assert isinstance(pepe.expand_dw[0], nn.Conv2d) and pepe.expand_dw[0].groups == 4  # the original is untouched
-    x = torch.randn(2, 6, 9, 9)
-    with torch.no_grad():
-        torch.testing.assert_close(rewritten(x), pepe(x), rtol=0, atol=1e-4)
-
-
-def test_depthwise_multiplier_conv_for_runtime() -> None:
-    torch.manual_seed(0)
-    conv = nn.Conv2d(4, 12, 3, padding=1, groups=4)
-    rewritten = for_runtime(nn.Sequential(conv))[0]
-    assert isinstance(rewritten, RepeatedDepthwise) and rewritten.conv.groups == 12
-    assert torch.equal(rewritten.conv.weight, conv.weight)
-    x = torch.randn(2, 4, 7, 7)
-    with torch.no_grad():
-        torch.testing.assert_close(rewritten(x), conv(x), rtol=0, atol=1e-4)
-
-
-@pytest.mark.parametrize("scale, groups, size", [("channel", 2, 9), ("scalar", 4, 8), ("channel", 8, 7)])
-def test_vac_for_runtime_same_math(scale, groups, size) -> None:
-    torch.manual_seed(0)
-    vac = _randomise(VisualAttentionCondenser(6, 8, embed_groups=groups, scale=scale))
-    rewritten = for_runtime(vac)
-    assert isinstance(rewritten, RuntimeVAC) and not any("scale" in k for k in rewritten.state_dict())
-    embed = rewritten.embed[0][0]
-    assert embed.groups == (1 if groups <= MAX_DENSE_GROUPS else groups)
-    x = torch.randn(2, 6, size, size)
-    with torch.no_grad():
-        torch.testing.assert_close(rewritten(x), vac(x), rtol=0, atol=1e-4)
-
-
-def test_model_for_runtime_same_math() -> None:
-    torch.manual_seed(0)
-    spec = {**TINY_SPEC, "blocks": [*TINY_SPEC["blocks"], {"type": "conv", "out": 32, "kernel": 3, "groups": 16}]}
-    model = _randomise(build_model(ArchSpec.from_dict(spec)))
-    rewritten = for_runtime(model)
-    kinds = {type(m) for m in rewritten.modules()}
-    assert {RuntimeVAC, TiledPEPE, RepeatedDepthwise} <= kinds and not kinds & {VisualAttentionCondenser, PEPE}
-    x = torch.randn(3, 3, 20, 20)
-    with torch.no_grad():
-        expected = model(x)
-        assert expected.abs().max() > 0.1
-        torch.testing.assert_close(rewritten(x), expected, rtol=0, atol=1e-4)
 
 
 def test_exported_graph_has_no_depthwise_multiplier(exported) -> None:
@@ -237,9 +160,10 @@ def test_cli_export_int8_calibrated_on_the_run_data(trained, tmp_path, monkeypat
     assert main([*args, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     float_path, int8_path = checkpoint.with_suffix(".onnx"), checkpoint.with_suffix(".int8.onnx")
-    assert record["float"]["path"] == str(float_path) and record["int8"]["path"] == str(int8_path)
-    assert record["float"]["kb"] == pytest.approx(float_path.stat().st_size / 1024)
-    assert record["int8"]["calibration"] == str(trained.data / "train")
+    files = record["files"]
+    assert files["float"]["path"] == str(float_path) and files["int8"]["path"] == str(int8_path)
+    assert files["float"]["kb"] == pytest.approx(float_path.stat().st_size / 1024)
+    assert record["calibration"] == {"folder": str(trained.data / "train"), "images": 16}
     onnx.checker.check_model(onnx.load(str(float_path)), full_check=True)
     assert read_onnx_meta(int8_path)["class_names"] == trained.classes
     parity = record["parity"]
@@ -251,8 +175,8 @@ def test_cli_export_float_prints_sizes_and_parity(trained, tmp_path, monkeypatch
     monkeypatch.delenv(DATA_ENV, raising=False)
     assert main(["export", "--checkpoint", str(trained.checkpoint), "--output", str(tmp_path / "m.onnx")]) == 0
     out = capsys.readouterr().out
-    assert f"float ONNX  {tmp_path / 'm.onnx'}" in out and " KB" in out and "int8" not in out
-    assert "parity on 8 random inputs: float ONNX vs PyTorch max |logit diff|" in out  # no data known: random
+    assert f"float  {tmp_path / 'm.onnx'}" in out and " KB" in out and "int8" not in out
+    assert "parity on 8 random inputs: float vs PyTorch max |logit diff|" in out  # no data known: random
     monkeypatch.setenv(DATA_ENV, str(trained.data))
     assert main(["export", "--checkpoint", str(trained.checkpoint), "--output", str(tmp_path / "m.onnx")]) == 0
     assert f"parity on 32 images of {trained.data / 'train'}" in capsys.readouterr().out
@@ -290,8 +214,8 @@ def test_export_on_real_photos(tmp_path, capsys) -> None:
     assert main(["export", "--checkpoint", str(tmp_path / "best"), "--int8", "--calib-images", "16", "--threads", "1",
                  "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["int8"]["calibration"] == str(root / "train") and record["parity"]["images"] == 32
+    assert record["calibration"]["folder"] == str(root / "train") and record["parity"]["images"] == 32
     assert record["parity"]["float_max_abs_diff"] < 1e-4
     photos = [str(next((root / "val" / name).iterdir())) for name in classes[:2]]
-    assert main(["predict", *photos, "--onnx", record["int8"]["path"], "--threads", "1", "--json"]) == 0
+    assert main(["predict", *photos, "--onnx", record["files"]["int8"]["path"], "--threads", "1", "--json"]) == 0
     assert [r["image"] for r in json.loads(capsys.readouterr().out)] == photos

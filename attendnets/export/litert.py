@@ -56,9 +56,14 @@ def _convert(form: nn.Module, example: torch.Tensor) -> bytes:
 
 def _quantize(float_model: bytes, calibration: torch.Tensor) -> bytes:
     """All-integer int8 (static: weights per channel, activations per tensor, int8 input and output),
-    calibrated on ``calibration`` ``(N, C, H, W)`` fed one image at a time."""
+    calibrated on ``calibration`` ``(N, C, H, W)`` fed one image at a time.
+
+    Activation ranges are the minimum and maximum over all images, as ONNX Runtime's and ExecuTorch's
+    calibration take them: ai-edge-quantizer's default moving average of per-image ranges clipped the logits
+    of a trained model by a third (its calibrator takes the update rule; its ``Quantizer`` does not)."""
     from ai_edge_litert.interpreter import Interpreter
-    from ai_edge_quantizer import quantizer, recipe
+    from ai_edge_quantizer import calibrator, quantizer, recipe
+    from ai_edge_quantizer.utils import qsv_utils
 
     signatures = Interpreter(model_content=float_model).get_signature_list()
     key = next(iter(signatures))
@@ -67,8 +72,9 @@ def _quantize(float_model: bytes, calibration: torch.Tensor) -> bytes:
     with contextlib.redirect_stdout(sys.stderr):
         tool = quantizer.Quantizer(float_model)
         tool.load_quantization_recipe(recipe.static_wi8_ai8())
-        ranges = tool.calibrate({key: samples})
-        return bytes(tool.quantize(ranges, enable_progress_report=False).quantized_model)
+        observer = calibrator.Calibrator(float_model, qsv_update_func=qsv_utils.min_max_update)
+        observer.calibrate({key: samples}, tool._recipe_manager)
+        return bytes(tool.quantize(observer.get_model_qsvs(), enable_progress_report=False).quantized_model)
 
 
 def _finish(model_bytes: bytes, metadata: dict[str, Any]) -> bytes:

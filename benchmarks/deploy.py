@@ -1,0 +1,271 @@
+"""Deployment on the edge runtimes: latency against the MobileNets in every runtime, TFLite Micro's arena and
+file sizes, and top-1 of every exported Imagenette model in its runtime, with agreement with float.
+
+Stages (``--stages``, default all), each step's JSON kept in ``runs/deploy/`` so a killed run continues where
+it stopped (delete a step's JSON to redo it):
+
+- ``latency``: ``attendnets bench`` of attendnet_b, attendnet_a and the found design against MobileNet-V1/V2,
+  224 px, 50 classes, batch 1, random weights, interleaved, with 1 and with 2 threads, in PyTorch, ONNX Runtime,
+  LiteRT and ExecuTorch (float and int8), and TFLite Micro (1 thread, fewer rounds: reference kernels are slow);
+- ``micro``: each model's all-integer TFLite Micro file at 224 px / 50 classes and at 128 px / 10 classes: its
+  size, the arena TFLite Micro really used, and the profiler's peak-activation estimate;
+- ``accuracy``: the four models of ``benchmarks/imagenette.py`` (``runs/imagenette/<model>/best``, trained at
+  128 px) exported to ONNX, TFLite (with the micro file) and ExecuTorch, float and int8 calibrated on 64
+  train/ images, each evaluated on val/ in its runtime with the int8 file's agreement with its float file;
+  the micro file is evaluated in LiteRT, and TFLite Micro's top-1 is compared with LiteRT's on ``--tflm-images``
+  evenly spaced val images (TFLite Micro's reference kernels take ~0.1 s an image);
+- ``report``: docs/results/deploy.{md,json}.
+
+    python benchmarks/deploy.py --data ../shared/datasets/imagenette2-224   # or set ATTENDNETS_DATA
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, ROOT, reexec_with_tuned_malloc, run_context, step  # noqa: E402
+
+from attendnets.bench import _synthetic_images  # noqa: E402
+from attendnets.complexity import profile_model  # noqa: E402
+from attendnets.data import resolve_data_dir  # noqa: E402
+from attendnets.export import CalibrationImages, LiteRTRunner, MicroRunner, export_tflite  # noqa: E402
+from attendnets.registry import create_model  # noqa: E402
+
+MODELS = ("attendnet_b", "mobilenet_v1", "attendnet_a", "mobilenet_v2")
+FOUND = "docs/results/explore_found_tpe.json"
+OURS = ("attendnet_b", "attendnet_a", FOUND)
+BASELINES = ("mobilenet_v1", "mobilenet_v2")
+XNNPACK_RUNTIMES = "eager,ort,ort-int8,litert,litert-int8,executorch,executorch-int8"
+FORMATS = {"onnx": ".onnx", "tflite": ".tflite", "executorch": ".pte"}
+STAGES = ("latency", "micro", "accuracy", "report")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="Imagenette root with train/ and val/ (default: $ATTENDNETS_DATA)")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated (default {','.join(STAGES)})")
+    parser.add_argument("--models", default=",".join(MODELS), help="models of the accuracy stage")
+    parser.add_argument("--trained", type=Path, default=ROOT / "runs" / "imagenette", help="runs of imagenette.py")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "deploy", help="where the steps keep their files")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved latency rounds (default 10)")
+    parser.add_argument("--tflm-rounds", type=int, default=3, help="TFLite Micro latency rounds (default 3)")
+    parser.add_argument("--tflm-images", type=int, default=200, help="val images TFLite Micro is checked on")
+    parser.add_argument("--workers", type=int, default=2, help="data loader processes (default 2)")
+    return parser.parse_args()
+
+
+def latency(args: argparse.Namespace) -> dict[str, Any]:
+    common = ["bench", *OURS, "--baselines", ",".join(BASELINES), "--img-size", "224", "--num-classes", "50",
+              "--batch", "0"]
+    runs = {f"{t}t": step(f"bench {t} thread(s)", args.runs / f"bench-{t}t.json",
+                          [*common, "--runtimes", XNNPACK_RUNTIMES, "--threads", str(t), "--rounds", str(args.rounds)])
+            for t in (1, 2)}
+    runs["tflm"] = step("bench tflm", args.runs / "bench-tflm.json",
+                        [*common, "--runtimes", "tflm", "--threads", "1", "--rounds", str(args.tflm_rounds)])
+    return runs
+
+
+def micro(args: argparse.Namespace) -> dict[str, Any]:
+    """Arena, file size and the profiler's estimate of each model's TFLite Micro file (random weights, ranges
+    calibrated on generated images: neither changes the arena)."""
+    record = args.runs / "micro.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="attendnets-micro-") as tmp:
+        for size, classes in ((224, 50), (128, 10)):
+            folder = _synthetic_images(Path(tmp) / f"calib{size}", size)
+            for name in (*OURS, *BASELINES):
+                torch.manual_seed(0)
+                model = create_model(name, num_classes=classes).eval()
+                meta = {"class_names": [f"c{i}" for i in range(classes)], "img_size": size, "interpolation": "bilinear",
+                        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "crop_pct": 0.875}
+                images = torch.from_numpy(np.concatenate(CalibrationImages(folder, meta, 16).batches))
+                path = export_tflite(model, Path(tmp) / "m.tflite", meta, int8=True, calibration=images, micro=True)
+                rows.append({"model": name, "img_size": size, "num_classes": classes,
+                             "file_kb": path.stat().st_size / 1024, "arena_bytes": MicroRunner(path).arena_bytes,
+                             "profiler_peak_activation_bytes": profile_model(model, size).peak_activation_bytes_int8})
+                print(f"micro {name} {size} px: {rows[-1]}", flush=True)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+def accuracy_of(model: str, args: argparse.Namespace, data: Path) -> dict[str, Any]:
+    trained = args.trained / model / "best"
+    if not trained.with_suffix(".json").is_file():
+        raise SystemExit(f"{model}: no trained checkpoint {trained}: run benchmarks/imagenette.py first")
+    run = args.runs / model
+    common = ["--data", str(data), "--workers", str(args.workers)]
+    out: dict[str, Any] = {"model": model}
+    for fmt, suffix in FORMATS.items():
+        path = run / fmt / f"{model}{suffix}"
+        command = ["export", "--checkpoint", str(trained), "--format", fmt, "--output", str(path), "--int8",
+                   "--calib-data", str(data / "train"), "--calib-images", "64"]
+        out[f"{fmt}_export"] = step(f"{model} export {fmt}", run / f"export-{fmt}.json",
+                                    command + (["--micro"] if fmt == "tflite" else []))
+        files = out[f"{fmt}_export"]["files"]
+        out[f"{fmt}_float"] = step(f"{model} eval {fmt}", run / f"eval-{fmt}.json", ["eval", "--file", str(path), *common])
+        for label in ("int8", "micro"):
+            if label in files:
+                out[f"{fmt}_{label}"] = step(
+                    f"{model} eval {fmt} {label}", run / f"eval-{fmt}-{label}.json",
+                    ["eval", "--file", files[label]["path"], "--agreement-with", str(path), *common])
+    out["tflm_vs_litert"] = tflm_check(out["tflite_export"]["files"]["micro"]["path"], data, run, args.tflm_images)
+    return out
+
+
+def tflm_check(path: str, data: Path, run: Path, count: int) -> dict[str, Any]:
+    """Top-1 agreement of TFLite Micro with LiteRT running the same micro file on ``count`` val images."""
+    record = run / "tflm-vs-litert.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    micro, litert = MicroRunner(path), LiteRTRunner(path, threads=2)
+    images = torch.from_numpy(np.concatenate(CalibrationImages(data / "val", micro.meta, count).batches))
+    a, b = micro(images).argmax(1), litert(images).argmax(1)
+    result = {"images": len(images), "top1_agreement": 100.0 * float((a == b).mean()), "arena_bytes": micro.arena_bytes}
+    record.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _ratio_table(bench: dict[str, Any]) -> list[str]:
+    """Batch-1 median ms per model (rows) and runtime (columns), with the speed ratio to MobileNet-V1."""
+    runtimes = list(dict.fromkeys(r["runtime"] for r in bench["results"]))
+    models = list(dict.fromkeys(r["model"] for r in bench["results"]))
+    cell = {(r["model"], r["runtime"]): r for r in bench["results"]}
+    lines = ["| model | " + " | ".join(runtimes) + " |", "|---" * (len(runtimes) + 1) + "|"]
+    for model in models:
+        cells = []
+        for runtime in runtimes:
+            r = cell[(model, runtime)]
+            ratio = r.get("batch1_speedup_vs_mobilenet_v1")
+            cells.append(f"{r['batch1_median_ms']:.2f} ms" + ("" if ratio is None else f" ({ratio:.2f}x)"))
+        lines.append(f"| {Path(model).stem} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _accuracy_table(accuracy: dict[str, dict]) -> list[str]:
+    lines = ["| model | float (ORT) | ORT int8 | LiteRT float | LiteRT int8 | TFLite Micro file in LiteRT | "
+             "ExecuTorch float | ExecuTorch int8 | TFLite Micro vs LiteRT, same file | files int8 KB (onnx / tflite / "
+             "micro / pte) |", "|---" * 10 + "|"]
+    for m in accuracy.values():
+        def top(key: str) -> str:
+            r = m[key]
+            agree = r.get("agreement", {}).get("top1_agreement")
+            return f"{r['top1']:.2f}%" + ("" if agree is None else f" ({agree:.1f}%)")
+
+        sizes = [m[f"{f}_export"]["files"][k]["kb"] for f, k in
+                 (("onnx", "int8"), ("tflite", "int8"), ("tflite", "micro"), ("executorch", "int8"))]
+        check = m["tflm_vs_litert"]
+        lines.append(f"| {m['model']} | {top('onnx_float')} | {top('onnx_int8')} | {top('tflite_float')} | "
+                     f"{top('tflite_int8')} | {top('tflite_micro')} | {top('executorch_float')} | "
+                     f"{top('executorch_int8')} | {check['top1_agreement']:.1f}% of {check['images']} | "
+                     + " / ".join(f"{s:,.0f}" for s in sizes) + " |")
+    return lines
+
+
+def _micro_table(rows: list[dict]) -> list[str]:
+    lines = ["| model | input | file KB | TFLite Micro arena KB | profiler peak activation KB | arena / estimate |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        arena, estimate = r["arena_bytes"] / 1024, r["profiler_peak_activation_bytes"] / 1024
+        lines.append(f"| {Path(r['model']).stem} | {r['img_size']} px, {r['num_classes']} classes | {r['file_kb']:,.0f} | "
+                     f"{arena:,.0f} | {estimate:,.0f} | {arena / estimate:.2f} |")
+    return lines
+
+
+def verdicts(latency: dict[str, Any], accuracy: dict[str, dict]) -> list[str]:
+    lines = []
+    for key, bench in latency.items():
+        ms = {(r["model"], r["runtime"]): r["batch1_median_ms"] for r in bench["results"]}
+        threads = bench["settings"]["threads"]
+        for runtime in sorted({r for _, r in ms if r.endswith("-int8") or r == "tflm"}):
+            if ("attendnet_b", runtime) in ms and ("mobilenet_v1", runtime) in ms:
+                ratio = ms[("mobilenet_v1", runtime)] / ms[("attendnet_b", runtime)]
+                lines.append(f"{runtime}, {threads} thread(s): attendnet_b runs at {ratio:.2f}x MobileNet-V1's speed "
+                             f"({ms[('attendnet_b', runtime)]:.2f} vs {ms[('mobilenet_v1', runtime)]:.2f} ms).")
+        if ("attendnet_b", "ort") in ms and ("attendnet_b", "ort-int8") in ms:
+            a, b = ms[("attendnet_b", "ort-int8")], ms[("attendnet_b", "ort")]
+            lines.append(f"ORT, {threads} thread(s): attendnet_b int8 {a:.2f} ms vs float {b:.2f} ms: int8 is "
+                         f"{'faster' if a < b else 'NOT faster'}.")
+    for m in accuracy.values():
+        for fmt, label in (("onnx", "int8"), ("tflite", "int8"), ("tflite", "micro"), ("executorch", "int8")):
+            drop = m[f"{fmt}_float"]["top1"] - m[f"{fmt}_{label}"]["top1"]
+            lines.append(f"{m['model']} {fmt} {label}: top-1 {drop:+.2f} points below float "
+                         f"({'within' if drop <= 0.5 else 'NOT within'} 0.5).")
+    return lines
+
+
+def write_report(latency: dict, micro_rows: list, accuracy: dict, context: dict) -> None:
+    statements = verdicts(latency, accuracy)
+    report = {**context, "latency": latency, "micro": micro_rows, "accuracy": accuracy, "verdicts": statements}
+    (RESULTS / "deploy.json").write_text(json.dumps(report, indent=2) + "\n")
+    m = context["machine"]
+    lines = ["# Deployment: ONNX Runtime, LiteRT, ExecuTorch and TFLite Micro", "",
+             "Each model exported by `attendnets export` for each runtime, every block in that runtime's form (the "
+             "same math; see `attendnets/blocks.py`), int8 all-integer: weights int8 per output channel, "
+             "activations 8-bit per tensor. Latency: batch 1, median of interleaved rounds, random weights, 224 px, "
+             "50 classes; in brackets the speed relative to MobileNet-V1 in the same runtime and run (> 1 is "
+             "faster). Machine: " + f"{m['cpu']} with {', '.join(m['cpu_flags'])}, {m['cores']} cores: int8 "
+             "verdicts differ on CPUs without VNNI. KB = 1024 bytes.", ""]
+    for key, bench in latency.items():
+        s = bench["settings"]
+        lines += [f"## Latency, {s['threads']} thread(s), {s['rounds']} rounds" + (" (TFLite Micro)" if key == "tflm" else ""),
+                  "", *_ratio_table(bench), ""]
+    if micro_rows:
+        lines += ["## TFLite Micro: arena and file", "", "The arena TFLite Micro's recording allocator reports after "
+                  "a call (tensors planned by its memory planner plus its own bookkeeping) beside the profiler's "
+                  "peak-activation estimate at one byte per value.", "", *_micro_table(micro_rows), ""]
+    if accuracy:
+        lines += ["## Imagenette val top-1 in each runtime", "", "The checkpoints of `benchmarks/imagenette.py` "
+                  "(128 px); in brackets the share of val images on which the 8-bit file's top-1 is its float "
+                  "file's.", "", *_accuracy_table(accuracy), ""]
+    lines += ["## Verdicts", "", *[f"- {s}" for s in statements], "", "## How it was run", "",
+              f"- driver: `{context['command']}`",
+              f"- commit: `{context['commit']}`" + (" (with uncommitted changes)" if context["dirty"] else ""),
+              f"- machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['cores']} cores, torch {m['torch']}, "
+              f"onnxruntime {m['onnxruntime']}; load average at start "
+              f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}", f"- date: {context['date']}", "",
+              "Every step's exact command:", ""]
+    lines += [f"- `{b['command']}`" for b in latency.values()]
+    for model in accuracy.values():
+        lines += [f"- `{v['command']}`" for v in model.values() if isinstance(v, dict) and "command" in v]
+    (RESULTS / "deploy.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / 'deploy.md'} and {RESULTS / 'deploy.json'}")
+    for s in statements:
+        print(s)
+
+
+def main() -> int:
+    reexec_with_tuned_malloc()
+    args = parse_args()
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise SystemExit(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
+    context = run_context()
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    # The report also takes the stages finished earlier: their steps are recorded under --runs.
+    done = {"latency": (args.runs / "bench-tflm.json").is_file(), "micro": (args.runs / "micro.json").is_file()}
+    lat = latency(args) if "latency" in stages or done["latency"] else {}
+    micro_rows = micro(args) if "micro" in stages or done["micro"] else []
+    if "accuracy" not in stages:
+        models = [m for m in models if (args.runs / m / "tflm-vs-litert.json").is_file()]
+    data = resolve_data_dir(args.data).resolve() if models else None
+    acc = {m: accuracy_of(m, args, data) for m in models}
+    if "report" in stages:
+        write_report(lat, micro_rows, acc, context)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
