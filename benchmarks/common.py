@@ -64,6 +64,5 @@ def step(name: str, record: Path, command: list[str], resume_from: Path | None =
     result = json.loads(out)
     result["command"] = shlex.join(["python", *full[1:]])
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(result, indent=2) + "
-")
+    record.write_text(json.dumps(result, indent=2) + "\n")
     return result
