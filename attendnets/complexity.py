@@ -16,7 +16,9 @@ The model is traced once with :func:`torch.export.export` at batch 1 and its ATe
   graph runs in order, each tensor freed after its last use. Views and in-place ops share their input's
   buffer, and an element-wise op (normalisation, activation, add, multiply) writes over an input of its
   own shape that dies there, as deployment runtimes do when they fold BN and fuse activations. The input
-  image counts; weights do not (they live in flash).
+  image counts; weights do not (they live in flash). A second figure counts as TFLite Micro's arena holds a
+  converted model: only BN and fused activations write in place, and convs whose zero padding is not
+  TFLite's SAME padding read an explicit padded copy of their input.
 
 KB in this module means 1024 bytes, as microcontroller datasheets count flash and SRAM.
 """
@@ -62,6 +64,7 @@ class Complexity:
     weight_bytes_int8: int
     peak_activation_elements: int
     input_size: tuple[int, int, int]
+    micro_peak_activation_elements: int = 0
     per_block: dict[str, dict[str, int]] = field(default_factory=dict)
     unclassified: list[str] = field(default_factory=list)
 
@@ -73,11 +76,17 @@ class Complexity:
     def peak_activation_bytes_int8(self) -> int:
         return self.peak_activation_elements
 
+    @property
+    def micro_peak_activation_bytes(self) -> int:
+        """Peak activation bytes at int8 as TFLite Micro holds them (see :func:`_peak_activation`'s ``micro``)."""
+        return self.micro_peak_activation_elements
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["other_ops_total"] = sum(self.other_ops.values())
         out["peak_activation_bytes_fp32"] = self.peak_activation_bytes_fp32
         out["peak_activation_bytes_int8"] = self.peak_activation_bytes_int8
+        out["micro_peak_activation_bytes"] = self.micro_peak_activation_bytes
         return out
 
 
@@ -139,13 +148,41 @@ def _base_name(name: str) -> str:
     return name[:-1] if name.endswith("_") and not name.startswith("_") else name
 
 
-def _peak_activation(graph: torch.fx.Graph, user_inputs: set[str]) -> int:
-    """Largest number of activation elements alive at once; see the module docstring for the rules."""
+# Ops a converter folds or fuses into the conv before them (TFLite folds BN and fuses these activations).
+FUSED_INTO_CONV = NORMALIZATION | {"relu", "relu6", "hardtanh", "clamp", "clamp_min", "clamp_max"}
+
+
+def _same_padding_copy(node: torch.fx.Node) -> int:
+    """Elements of the padded copy of a conv's input that TFLite inserts as an explicit PAD: when the conv's
+    zero padding is not TFLite's SAME padding for its stride (stride 2 on an even size pads 0 before and 1
+    after; PyTorch pads 1 on both sides). 0 when no copy is needed."""
+    x, weight = _tensor_val(node.args[0]), _tensor_val(node.args[1])
+    stride, padding = node.args[3] if len(node.args) > 3 else 1, node.args[4] if len(node.args) > 4 else 0
+    if x is None or weight is None or x.dim() != 4 or isinstance(padding, str):
+        return 0
+    stride = list(stride) if isinstance(stride, (list, tuple)) else [stride] * 2
+    padding = list(padding) if isinstance(padding, (list, tuple)) else [padding] * 2
+    if not any(padding):
+        return 0
+    for size, k, s, p in zip(x.shape[-2:], weight.shape[-2:], stride, padding):
+        total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+        if (total // 2, total - total // 2) != (p, p):
+            return x.shape[1] * math.prod(n + 2 * q for n, q in zip(x.shape[-2:], padding))
+    return 0
+
+
+def _peak_activation(graph: torch.fx.Graph, user_inputs: set[str], micro: bool = False) -> int:
+    """Largest number of activation elements alive at once; see the module docstring for the rules.
+
+    ``micro``: count as TFLite Micro's arena holds a converted model: only normalisation and the activations
+    fused into convs share their input's buffer (every other element-wise op writes a tensor of its own), and a
+    conv whose padding differs from TFLite's SAME padding first copies its input padded (an explicit PAD)."""
     nodes = list(graph.nodes)
     index = {n: i for i, n in enumerate(nodes)}
     buffer_of: dict[torch.fx.Node, torch.fx.Node] = {}  # tensor node -> node that owns its buffer
     aliases: dict[torch.fx.Node, list[torch.fx.Node]] = defaultdict(list)  # buffer -> tensors sharing it
     size: dict[torch.fx.Node, int] = {}
+    pad_copy: dict[torch.fx.Node, int] = {}
 
     def assign(n: torch.fx.Node, buf: torch.fx.Node) -> None:
         buffer_of[n] = buf
@@ -166,10 +203,12 @@ def _peak_activation(graph: torch.fx.Graph, user_inputs: set[str]) -> int:
         srcs = [a for a in n.all_input_nodes if a in buffer_of]
         name = _op_name(n.target)
         base = _base_name(name)
-        if srcs and (name in VIEWS or base != name):  # a view or an in-place op: shares its input's buffer
-            assign(n, buffer_of[srcs[0]])
+        if micro and base in CONV and base != "conv_transpose2d":
+            pad_copy[n] = _same_padding_copy(n)
+        if srcs and (name in VIEWS or (base != name and (not micro or base in FUSED_INTO_CONV))):
+            assign(n, buffer_of[srcs[0]])  # a view or an in-place op: shares its input's buffer
             continue
-        if base in ELEMENTWISE or base in NORMALIZATION:  # may overwrite an input of its size dying here
+        if base in (FUSED_INTO_CONV if micro else ELEMENTWISE | NORMALIZATION):  # may overwrite an input dying here
             dying = [s for s in srcs if s.meta["val"].numel() == val.numel() and last_read(buffer_of[s]) == index[n]]
             if dying:
                 assign(n, buffer_of[dying[0]])
@@ -184,10 +223,13 @@ def _peak_activation(graph: torch.fx.Graph, user_inputs: set[str]) -> int:
             frees[last_read(buf)].append(buf)
     live = peak = 0
     for n in nodes:
+        freed = sum(size[b] for b in frees.get(index[n], []))  # buffers whose last reader is n: its inputs
+        if pad_copy.get(n):  # PAD (input and its copy), then the conv (copy and output; the input may be gone)
+            peak = max(peak, live + pad_copy[n], live - freed + pad_copy[n] + size.get(n, 0))
         if n in size:
             live += size[n]
         peak = max(peak, live)
-        live -= sum(size[b] for b in frees.get(index[n], []))
+        live -= freed
     return peak
 
 
@@ -247,6 +289,7 @@ def profile_model(
         weight_bytes_int8=params,
         peak_activation_elements=_peak_activation(graph, user_inputs),
         input_size=(chans, height, width),
+        micro_peak_activation_elements=_peak_activation(graph, user_inputs, micro=True),
         per_block=dict(per_block),
         unclassified=sorted(unclassified),
     )

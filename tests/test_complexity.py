@@ -92,3 +92,30 @@ def test_profiler_restores_training_mode(tiny_spec) -> None:
     model = build_model(tiny_spec).train()
     profile_model(model, img_size=16)
     assert model.training
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x)
+
+
+def test_micro_peak_counts_new_tensors_for_element_wise_ops() -> None:
+    """``x + conv(x)`` on 4x8x8: in place the add reuses a dying buffer (peak x + y); TFLite Micro's ADD writes a
+    tensor of its own (x + y + sum)."""
+    c = profile_model(_Residual(), 8, in_chans=4)
+    assert c.peak_activation_elements == 2 * 256 and c.micro_peak_activation_elements == 3 * 256
+
+
+@pytest.mark.parametrize("size, copy", [(8, 3 * 10 * 10), (7, 0)])
+def test_micro_peak_counts_explicit_padding(size: int, copy: int) -> None:
+    """A 3x3 stride-2 conv padded 1 on both sides: on an even size TFLite's SAME padding (0 before, 1 after)
+    differs, so the converter pads a copy of the input first (input and copy alive at the PAD); on an odd size
+    SAME is the same padding and there is no copy."""
+    c = profile_model(nn.Conv2d(3, 4, 3, stride=2, padding=1), size)
+    image, out = 3 * size * size, 4 * ((size + 1) // 2) ** 2
+    assert c.peak_activation_elements == image + out
+    assert c.micro_peak_activation_elements == max(image + out, image + copy, copy + out if copy else 0)

@@ -210,3 +210,44 @@ def test_micro_follows_litert_on_real_photos(tmp_path) -> None:
     micro, litert = MicroRunner(path, classes), LiteRTRunner(path, classes, threads=1)
     np.testing.assert_allclose(micro(val), litert(val), atol=3 * micro.io.out_scale)
     assert micro.arena_bytes > SIZE * SIZE * 32  # at least the stem's int8 output lives in the arena
+
+
+def _with_buffer_outside(model_bytes: bytes) -> bytes:
+    """``model_bytes`` with its largest weight buffer stored after the flatbuffer body (offset and size), the way
+    ai-edge-quantizer may write it."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    index = max(range(len(model.buffers)), key=lambda i: 0 if model.buffers[i].data is None else len(model.buffers[i].data))
+    data = np.asarray(model.buffers[index].data, np.uint8).tobytes()
+    model.buffers[index] = schema.BufferT(offset=1, size=len(data))
+
+    def pack() -> bytes:
+        builder = flatbuffers.Builder(0)
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+        return bytes(builder.Output())
+
+    body = pack()
+    model.buffers[index].offset = (len(body) + 15) // 16 * 16  # same field widths: the body keeps its length
+    body = pack()
+    return body + bytes(model.buffers[index].offset - len(body)) + data
+
+
+@needs_litert
+@needs_micro
+def test_buffers_after_the_body_are_inlined(trained: Trained, tmp_path) -> None:
+    """A file whose weights lie after the flatbuffer body runs in LiteRT; rewritten by the export, TFLite Micro
+    computes the same logits from it as from the file that had them inline."""
+    from attendnets.export.litert import _finish, read_tflite_meta
+
+    meta = {"class_names": trained.classes, **PREPROCESSING}
+    images, _ = load_images(trained.data / "train", trained.classes)
+    inline = export_tflite(trained.model, tmp_path / "inline.tflite", meta, int8=True, calibration=images, micro=True)
+    outside = _with_buffer_outside(inline.read_bytes())
+    (tmp_path / "outside.tflite").write_bytes(outside)
+    val, _ = load_images(trained.data / "val", trained.classes)
+    expected = MicroRunner(inline)(val)
+    np.testing.assert_array_equal(LiteRTRunner(tmp_path / "outside.tflite")(val), LiteRTRunner(inline)(val))
+    (tmp_path / "rewritten.tflite").write_bytes(_finish(outside, read_tflite_meta(inline)))
+    np.testing.assert_array_equal(MicroRunner(tmp_path / "rewritten.tflite")(val), expected)

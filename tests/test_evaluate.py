@@ -19,10 +19,10 @@ from attendnets.evaluate import (
     Tally,
     agreement_by_margin,
     evaluate_checkpoint,
-    evaluate_onnx,
+    evaluate_exported,
     top1_agreement,
 )
-from attendnets.export import export_checkpoint, quantize_onnx
+from attendnets.export import OnnxRunner, export_checkpoint, quantize_onnx
 from attendnets.registry import create_model
 from tests.deploy_fixtures import trained  # noqa: F401 (fixture)
 from tests.training_fixtures import small_spec_file  # noqa: F401 (fixture)
@@ -97,15 +97,15 @@ def exports(trained, tmp_path_factory) -> tuple[Path, Path]:
 def test_onnx_figures_equal_the_checkpoint(trained, exports, capsys) -> None:
     float_path, _ = exports
     expected = evaluate_checkpoint(trained.checkpoint, trained.data, workers=0)
-    result = evaluate_onnx(float_path, trained.data, workers=0, threads=1, batch_size=16)
-    assert result["weights"] == "onnx" and result["model"] == "tiny" and result["images"] == 40
+    result = evaluate_exported(OnnxRunner(float_path, threads=1), trained.data, workers=0, batch_size=16)
+    assert result["weights"] == "ort" and result["model"] == "tiny" and result["images"] == 40
     assert result["confusion"] == expected["confusion"] and result["top1"] == expected["top1"]
     assert result["top5"] == expected["top5"] and result["loss"] == pytest.approx(expected["loss"], abs=1e-4)
     assert main(["eval", "--onnx", str(float_path), "--data", str(trained.data), "--workers", "0", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert f"tiny (onnx, {float_path}) on val/" in out and f"top-1 {expected['top1']:.2f}%" in out
+    assert f"tiny (ort, {float_path}) on val/" in out and f"top-1 {expected['top1']:.2f}%" in out
     report = json.loads((float_path.parent / "eval-val-tiny" / "eval.json").read_text())
-    assert report["confusion"] == expected["confusion"] and report["onnx"] == str(float_path)
+    assert report["confusion"] == expected["confusion"] and report["file"] == str(float_path)
 
 
 def test_int8_agreement_with_float(trained, exports, tmp_path, capsys) -> None:
@@ -113,13 +113,13 @@ def test_int8_agreement_with_float(trained, exports, tmp_path, capsys) -> None:
     args = ["eval", "--onnx", str(int8_path), "--data", str(trained.data), "--workers", "0", "--threads", "1"]
     assert main([*args, "--agreement-with", str(float_path), "--output", str(tmp_path), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["weights"] == "onnx-int8" and "predictions" not in result
+    assert result["weights"] == "ort-int8" and "predictions" not in result
     agreement = result["agreement"]
-    assert agreement["with"] == str(float_path) and agreement["with_weights"] == "onnx"
+    assert agreement["with"] == str(float_path) and agreement["with_weights"] == "ort"
     assert agreement["top1_agreement"] >= 90.0
     # The same through the library: per-image predictions in the order of the files.
-    a = evaluate_onnx(int8_path, trained.data, workers=0, threads=1, predictions=True)
-    b = evaluate_onnx(float_path, trained.data, workers=0, threads=1, predictions=True)
+    a = evaluate_exported(OnnxRunner(int8_path, threads=1), trained.data, workers=0, predictions=True)
+    b = evaluate_exported(OnnxRunner(float_path, threads=1), trained.data, workers=0, predictions=True)
     assert a["files"] == b["files"] and len(a["predictions"]) == 40
     assert top1_agreement(a["predictions"], b["predictions"]) == agreement["top1_agreement"]
     assert agreement["by_margin_of_other"] == agreement_by_margin(a["predictions"], b["predictions"], b["margins"])

@@ -26,7 +26,7 @@ def _val_images(trained: Trained) -> list[Path]:
 def test_checkpoint_and_onnx_give_the_same_answers(trained, float_onnx) -> None:
     images = _val_images(trained)
     by_checkpoint, problems = predict_images(load_classifier(checkpoint=trained.checkpoint), images, top=3)
-    by_onnx, _ = predict_images(load_classifier(onnx=float_onnx, threads=1), images, top=3, batch_size=7)
+    by_onnx, _ = predict_images(load_classifier(file=float_onnx, threads=1), images, top=3, batch_size=7)
     assert not problems and len(by_checkpoint) == len(by_onnx) == 40
     for a, b in zip(by_checkpoint, by_onnx):
         assert a["image"] == b["image"] and [g["class"] for g in a["top"]] == [g["class"] for g in b["top"]]
@@ -70,4 +70,4 @@ def test_bad_inputs(trained, float_onnx, tmp_path, capsys) -> None:
     assert main(["predict", image, "--checkpoint", str(trained.checkpoint), "--top", "0"]) == 2
     assert "--top must be at least 1" in capsys.readouterr().err
     assert main(["predict", image, "--onnx", str(tmp_path / "missing.onnx")]) == 2
-    assert "no ONNX file" in capsys.readouterr().err
+    assert "no model file" in capsys.readouterr().err

@@ -247,7 +247,7 @@ class LiteRTRunner(Runner):
         return np.concatenate(rows) if rows else np.zeros((0, self.num_classes), np.float32)
 
 
-ARENA_LINE = re.compile(r"Arena allocation total (\d+) bytes")
+ARENA_LINE = re.compile(r"Arena allocation (total|head|tail) (\d+) bytes")
 
 
 @contextlib.contextmanager
@@ -276,8 +276,10 @@ class MicroRunner(Runner):
     """A ``.tflite`` file in the TFLite Micro interpreter (reference kernels, as on a microcontroller).
 
     ``arena_bytes``: the tensor arena the model really used, as TFLite Micro's recording allocator reports
-    it after a first call (activations planned by its memory planner, plus its per-tensor and per-operator
-    bookkeeping). ``arena_size``: the arena to give it (default: large enough, then measured)."""
+    it after a first call: ``arena_planned_bytes`` (the arena's head: the tensors its memory planner lays out,
+    activations and kernels' scratch) plus ``arena_persistent_bytes`` (its tail: per-tensor and per-operator
+    bookkeeping, per-channel quantization data). ``arena_size``: the arena to give it (default: large enough,
+    then measured)."""
 
     def __init__(self, path: str | os.PathLike, class_names: list[str] | None = None, arena_size: int | None = None) -> None:
         _need("tflite_micro", "micro")
@@ -295,20 +297,21 @@ class MicroRunner(Runner):
         self.io = _QuantizedIO(self.interpreter.get_input_details(0), self.interpreter.get_output_details(0))
         self.num_classes = int(self.interpreter.get_output_details(0)["shape"][-1])
         self.runtime, self.int8 = "tflm", True
-        self.arena_bytes = self._measure_arena()
+        arena = self._measure_arena()
+        self.arena_bytes, self.arena_planned_bytes, self.arena_persistent_bytes = arena["total"], arena["head"], arena["tail"]
         if class_names is not None:
             self.check_classes(class_names)
 
-    def _measure_arena(self) -> int:
+    def _measure_arena(self) -> dict[str, int]:
         shape = self.interpreter.get_input_details(0)["shape"]
         self.interpreter.set_input(np.zeros(shape, self.io.input_dtype), 0)
         self.interpreter.invoke()
         with _captured_output() as report:
             self.interpreter.print_allocations()
-        found = ARENA_LINE.search(report[0])
-        if found is None:
+        found = {part: int(size) for part, size in ARENA_LINE.findall(report[0])}
+        if set(found) != {"total", "head", "tail"}:
             raise AttendNetsError(f"TFLite Micro reported no arena size for {self.path}")
-        return int(found.group(1))
+        return found
 
     def __call__(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
         rows = []
