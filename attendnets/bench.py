@@ -42,6 +42,14 @@ from torch import nn
 
 from attendnets.checkpoint import atomic_write_text, checkpoint_paths, load_checkpoint
 from attendnets.errors import AttendNetsError
+from attendnets.export import (
+    CalibrationImages,
+    export_executorch,
+    export_onnx,
+    export_tflite,
+    load_runner,
+    quantize_onnx,
+)
 
 RUNTIMES = ("eager", "ort", "ort-int8", "litert", "litert-int8", "executorch", "executorch-int8", "tflm")
 DEFAULT_RUNTIMES = ("eager", "ort", "ort-int8")
@@ -142,8 +150,6 @@ def _threads(count: int) -> Iterator[None]:
 
 def _export(model: BenchModel, runtime: str, index: int, work: Path, calibration: dict[str, Any]) -> Path:
     """The model file that ``runtime`` runs (exporting it, or reusing the float file an int8 one derives from)."""
-    from attendnets.export import export_executorch, export_onnx, export_tflite, quantize_onnx
-
     base, int8 = runtime.removesuffix("-int8"), runtime.endswith("-int8") or runtime == "tflm"
     if base == "ort":
         float_path = work / f"m{index}.onnx"
@@ -159,8 +165,6 @@ def _export(model: BenchModel, runtime: str, index: int, work: Path, calibration
 
 def _prepare(models: list[BenchModel], runtimes: list[str], threads: int, img_size: int, work: Path) -> dict:
     """``{(label, runtime): callable(batch as numpy) }`` plus the ONNX paths, exporting and quantizing as needed."""
-    from attendnets.export import CalibrationImages, load_runner
-
     calls: dict[tuple[str, str], Callable[[np.ndarray], Any]] = {}
     onnx_paths: dict[tuple[str, str], Path] = {}
     calibration: dict[str, Any] = {}

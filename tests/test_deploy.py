@@ -219,7 +219,9 @@ def _with_buffer_outside(model_bytes: bytes) -> bytes:
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
-    index = max(range(len(model.buffers)), key=lambda i: 0 if model.buffers[i].data is None else len(model.buffers[i].data))
+    metadata = {m.buffer for m in model.metadata or []}
+    index = max((i for i in range(len(model.buffers)) if i not in metadata),
+                key=lambda i: 0 if model.buffers[i].data is None else len(model.buffers[i].data))
     data = np.asarray(model.buffers[index].data, np.uint8).tobytes()
     model.buffers[index] = schema.BufferT(offset=1, size=len(data))
 
@@ -249,5 +251,9 @@ def test_buffers_after_the_body_are_inlined(trained: Trained, tmp_path) -> None:
     val, _ = load_images(trained.data / "val", trained.classes)
     expected = MicroRunner(inline)(val)
     np.testing.assert_array_equal(LiteRTRunner(tmp_path / "outside.tflite")(val), LiteRTRunner(inline)(val))
+    from ai_edge_litert import schema_py_generated as schema
+
+    moved = schema.ModelT.InitFromPackedBuf(bytearray(outside), 0).buffers
+    assert any(b.offset > 1 and b.data is None for b in moved)  # the weights really lie behind the body
     (tmp_path / "rewritten.tflite").write_bytes(_finish(outside, read_tflite_meta(inline)))
     np.testing.assert_array_equal(MicroRunner(tmp_path / "rewritten.tflite")(val), expected)

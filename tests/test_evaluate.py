@@ -151,9 +151,9 @@ def test_onnx_eval_bad_inputs(trained, exports, tmp_path, capsys) -> None:
     assert main(["eval", "--onnx", str(foreign), "--data", str(trained.data)]) == 2
     assert "identity.onnx was not exported by attendnets" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(trained.checkpoint), "--data", str(trained.data), "--threads", "1"]) == 2
-    assert "--threads only applies with --onnx" in capsys.readouterr().err
+    assert "--threads only applies with --file" in capsys.readouterr().err
     for models in ([], ["--onnx", str(float_path), "--checkpoint", str(trained.checkpoint)]):
         with pytest.raises(SystemExit) as exit_:
             main(["eval", *models, "--data", str(trained.data)])
         assert exit_.value.code == 2
-    assert "one of the arguments --checkpoint --onnx is required" in capsys.readouterr().err
+    assert "one of the arguments --checkpoint --file/--onnx is required" in capsys.readouterr().err

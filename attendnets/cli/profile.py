@@ -112,7 +112,7 @@ def _print_table(records: list[dict], img_size: int, num_classes: int, paper_set
         columns += ["Table 1\nparams / MACs", "Δ vs\nTable 1", "Table 1\ntop-1"]
     columns += [f"vs {REFERENCE}:\nparams / MACs / w. mem"]
     for col in columns:
-        table.add_column(col, justify="left" if col == "model" else "right")
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
     for r in records:
         measured = r["source"] == "measured"
         cells = [
