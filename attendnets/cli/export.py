@@ -209,5 +209,5 @@ def _print(record: dict[str, Any], args: argparse.Namespace) -> None:
     if "micro" in record:
         micro = record["micro"]
         print(f"TFLite Micro arena used {micro['arena_bytes'] / 1024:.1f} KB ({micro['arena_planned_bytes'] / 1024:.1f} "
-              f"planned tensors + {micro['arena_persistent_bytes'] / 1024:.1f} bookkeeping); the profiler's peak "
-              f"activation estimate {micro['profiler_peak_activation_bytes'] / 1024:.1f} KB")
+              f"planned tensors + {micro['arena_persistent_bytes'] / 1024:.1f} bookkeeping); the profiler's estimate of its "
+              f"tensors {micro['profiler_peak_activation_bytes'] / 1024:.1f} KB")
