@@ -66,3 +66,18 @@ def step(name: str, record: Path, command: list[str], resume_from: Path | None =
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def provenance(context: dict) -> list[str]:
+    """A report's "How it was run" lines: driver command, commit, machine (with the CPU's instruction sets,
+    which int8 latency depends on) and date."""
+    m = context["machine"]
+    return [
+        f"- driver: `{context['command']}`",
+        f"- commit: `{context['commit']}`" + (" (with uncommitted changes)" if context["dirty"] else ""),
+        f"- machine: {m['cpu']} ({', '.join(m['cpu_flags']) or 'no AVX2'}; latency depends on these: int8 "
+        f"convs are much faster with VNNI), {m['cores']} cores, torch {m['torch']}, onnxruntime "
+        f"{m['onnxruntime']}, Python {m['python']}; load average at start "
+        f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}",
+        f"- date: {context['date']}",
+    ]

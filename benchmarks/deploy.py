@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, reexec_with_tuned_malloc, run_context, step  # noqa: E402
+from common import RESULTS, ROOT, provenance, reexec_with_tuned_malloc, run_context, step  # noqa: E402
 
 from attendnets.bench import _synthetic_images  # noqa: E402
 from attendnets.complexity import profile_model  # noqa: E402
@@ -235,11 +235,7 @@ def write_report(latency: dict, micro_rows: list, accuracy: dict, context: dict)
                   "(128 px); in brackets the share of val images on which the 8-bit file's top-1 is its float "
                   "file's.", "", *_accuracy_table(accuracy), ""]
     lines += ["## Verdicts", "", *[f"- {s}" for s in statements], "", "## How it was run", "",
-              f"- driver: `{context['command']}`",
-              f"- commit: `{context['commit']}`" + (" (with uncommitted changes)" if context["dirty"] else ""),
-              f"- machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['cores']} cores, torch {m['torch']}, "
-              f"onnxruntime {m['onnxruntime']}; load average at start "
-              f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}", f"- date: {context['date']}", "",
+              *provenance(context), "",
               "Every step's exact command:", ""]
     lines += [f"- `{b['command']}`" for b in latency.values()]
     for model in accuracy.values():

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, reexec_with_tuned_malloc, run_context, step  # noqa: E402
+from common import RESULTS, ROOT, provenance, reexec_with_tuned_malloc, run_context, step  # noqa: E402
 
 from attendnets.data import resolve_data_dir  # noqa: E402
 
@@ -216,7 +216,6 @@ def write_report(rows: dict[str, dict], raw: dict, latency: dict[tuple[int, int]
               "verdicts": statements, "steps": raw,
               "latency": {f"{size}px-{threads}t": v for (size, threads), v in latency.items()}}
     (RESULTS / "int8.json").write_text(json.dumps(report, indent=2) + "\n")
-    m = context["machine"]
     lines = [
         "# 8-bit AttendNets: accuracy at 8 bits, ONNX Runtime int8, weight memory, latency",
         "",
@@ -236,13 +235,8 @@ def write_report(rows: dict[str, dict], raw: dict, latency: dict[tuple[int, int]
         *_accuracy_table(rows),
         *_latency_tables(latency),
         "", "## Verdicts", "", *[f"- {s}" for s in statements], "", "## How it was run", "",
-        f"- driver: `{context['command']}`",
-        f"- commit: `{context['commit']}`" + (" (with uncommitted changes)" if context["dirty"] else ""),
-        f"- machine: {m['cpu']} ({', '.join(m['cpu_flags']) or 'no AVX2'}; latency depends on these: int8 "
-        f"convs are much faster with VNNI), {m['cores']} cores, torch {m['torch']}, onnxruntime "
-        f"{m['onnxruntime']}, Python {m['python']}; load average at start "
-        f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}",
-        f"- date: {context['date']}", "", "Every step's exact command:", "",
+        *provenance(context),
+        "", "Every step's exact command:", "",
     ]
     for model in raw.values():
         lines += [f"- `{value['command']}`" for value in model.values() if isinstance(value, dict)]
