@@ -236,7 +236,9 @@ def write_report(latency: dict, micro_rows: list, accuracy: dict, context: dict)
                   "file's.", "", *_accuracy_table(accuracy), ""]
     lines += ["## Verdicts", "", *[f"- {s}" for s in statements], "", "## How it was run", "",
               *provenance(context), "",
-              "Every step's exact command:", ""]
+              "Each step's result is kept under runs/deploy/ and reused by later invocations, so a step may have run "
+              "at an earlier commit than the report's. The micro stage runs inside the driver "
+              "(`python benchmarks/deploy.py --stages micro`); every other step's exact command:", ""]
     lines += [f"- `{b['command']}`" for b in latency.values()]
     for model in accuracy.values():
         lines += [f"- `{v['command']}`" for v in model.values() if isinstance(v, dict) and "command" in v]
