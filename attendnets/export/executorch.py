@@ -23,7 +23,7 @@ from torch import nn
 from attendnets.checkpoint import atomic_write, atomic_write_text
 from attendnets.errors import AttendNetsError
 from attendnets.export.forms import Target, for_runtime
-from attendnets.export.meta import Runner, as_numpy, deploy_meta
+from attendnets.export.meta import Runner, as_numpy, deploy_meta, require
 
 FORMAT = "attendnets-executorch"
 
@@ -103,6 +103,7 @@ def export_executorch(
     ExecuTorch program lowered to XNNPACK, ``images (1, C, H, W) -> logits (1, classes)``, and write the side
     file ``path.json`` with ``meta``'s class names and preprocessing. ``int8``: quantize weights and
     activations, calibrated on ``calibration`` ``(N, C, H, W)``, preprocessed training images."""
+    require("executorch", "executorch")
     side = deploy_meta(model, meta, FORMAT)
     if int8 and (calibration is None or len(calibration) == 0):
         raise AttendNetsError("int8 ExecuTorch export needs calibration images")
@@ -145,6 +146,7 @@ class ExecuTorchRunner(Runner):
     def __init__(
         self, path: str | os.PathLike, class_names: list[str] | None = None, threads: int | None = None
     ) -> None:
+        require("executorch", "executorch")
         from executorch.runtime import Runtime
 
         self.path = Path(path)

@@ -31,18 +31,11 @@ from torch import nn
 from attendnets.checkpoint import atomic_write
 from attendnets.errors import AttendNetsError
 from attendnets.export.forms import Target, for_runtime
-from attendnets.export.meta import Runner, as_numpy, deploy_meta, file_path
+from attendnets.export.meta import Runner, as_numpy, deploy_meta, file_path, require
 
 FORMAT = "attendnets-tflite"
 METADATA_NAME = "attendnets"
 BUFFER_ALIGNMENT = 16  # what TFLite's own converter aligns weight buffers to
-
-
-def _need(module: str, extra: str) -> None:
-    try:
-        __import__(module)
-    except ImportError:
-        raise AttendNetsError(f"{module} is not installed: pip install 'attendnets[{extra}]'") from None
 
 
 def _convert(form: nn.Module, example: torch.Tensor) -> bytes:
@@ -140,7 +133,7 @@ def export_tflite(
     ``meta``'s class names and preprocessing inside. ``int8``: all-integer, calibrated on ``calibration``
     ``(N, C, H, W)`` (preprocessed training images). ``micro``: the model in its microcontroller form for
     TFLite Micro (needs ``int8``); otherwise in its XNNPACK form for LiteRT."""
-    _need("litert_torch", "litert")
+    require("litert_torch", "litert")
     metadata = deploy_meta(model, meta, FORMAT)
     if micro and not int8:
         raise AttendNetsError("a TFLite Micro export is all-integer: add --int8")
@@ -220,7 +213,7 @@ class LiteRTRunner(Runner):
     ``threads``: the interpreter's threads (``None``: LiteRT's default)."""
 
     def __init__(self, path: str | os.PathLike, class_names: list[str] | None = None, threads: int | None = None) -> None:
-        _need("ai_edge_litert", "litert")
+        require("ai_edge_litert", "litert")
         from ai_edge_litert.interpreter import Interpreter
 
         self.meta = read_tflite_meta(path)
@@ -282,7 +275,7 @@ class MicroRunner(Runner):
     then measured)."""
 
     def __init__(self, path: str | os.PathLike, class_names: list[str] | None = None, arena_size: int | None = None) -> None:
-        _need("tflite_micro", "micro")
+        require("tflite_micro", "micro")
         from tflite_micro.python.tflite_micro import runtime
 
         self.meta = read_tflite_meta(path)

@@ -23,6 +23,14 @@ PREPROCESSING_KEYS = ("img_size", "mean", "std", "interpolation", "crop_pct")
 META_KEYS = ("class_names", *PREPROCESSING_KEYS)
 
 
+def require(module: str, extra: str) -> None:
+    """Refuse, in one line naming the extra to install, to use a runtime whose package is missing."""
+    try:
+        __import__(module)
+    except ImportError:
+        raise AttendNetsError(f"{module} is not installed: pip install 'attendnets[{extra}]'") from None
+
+
 def deploy_meta(model: nn.Module, meta: dict[str, Any], file_format: str) -> dict[str, Any]:
     """The metadata an exported file stores: ``format``, the attendnets version, :data:`META_KEYS` and the
     model's name. Refuses (one line) a ``meta`` that lacks a key or whose class names do not fit the model."""
