@@ -16,9 +16,11 @@ The model is traced once with :func:`torch.export.export` at batch 1 and its ATe
   graph runs in order, each tensor freed after its last use. Views and in-place ops share their input's
   buffer, and an element-wise op (normalisation, activation, add, multiply) writes over an input of its
   own shape that dies there, as deployment runtimes do when they fold BN and fuse activations. The input
-  image counts; weights do not (they live in flash). A second figure counts as TFLite Micro's arena holds a
-  converted model: only BN and fused activations write in place, and convs whose zero padding is not
-  TFLite's SAME padding read an explicit padded copy of their input.
+  image counts; weights do not (they live in flash).
+* **TFLite Micro arena** of the int8 model, as that runtime lays it out: its activations (only BN and
+  fused activations write in place; a conv whose zero padding is not TFLite's SAME padding reads an
+  explicit padded copy of its input) placed by TFLite Micro's greedy memory planner, which leaves gaps
+  that the peak above does not have, plus its persistent bookkeeping per tensor, op and output channel.
 
 KB in this module means 1024 bytes, as microcontroller datasheets count flash and SRAM.
 """
@@ -64,7 +66,8 @@ class Complexity:
     weight_bytes_int8: int
     peak_activation_elements: int
     input_size: tuple[int, int, int]
-    micro_peak_activation_elements: int = 0
+    micro_arena_planned_bytes: int = 0
+    micro_arena_persistent_bytes: int = 0
     per_block: dict[str, dict[str, int]] = field(default_factory=dict)
     unclassified: list[str] = field(default_factory=list)
 
@@ -77,16 +80,16 @@ class Complexity:
         return self.peak_activation_elements
 
     @property
-    def micro_peak_activation_bytes(self) -> int:
-        """Peak activation bytes at int8 as TFLite Micro holds them (see :func:`_peak_activation`'s ``micro``)."""
-        return self.micro_peak_activation_elements
+    def micro_arena_bytes(self) -> int:
+        """TFLite Micro's tensor arena for the int8 model: planned activations plus persistent bookkeeping."""
+        return self.micro_arena_planned_bytes + self.micro_arena_persistent_bytes
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["other_ops_total"] = sum(self.other_ops.values())
         out["peak_activation_bytes_fp32"] = self.peak_activation_bytes_fp32
         out["peak_activation_bytes_int8"] = self.peak_activation_bytes_int8
-        out["micro_peak_activation_bytes"] = self.micro_peak_activation_bytes
+        out["micro_arena_bytes"] = self.micro_arena_bytes
         return out
 
 
@@ -171,25 +174,54 @@ def _same_padding_copy(node: torch.fx.Node) -> int:
     return 0
 
 
-def _peak_activation(graph: torch.fx.Graph, user_inputs: set[str], micro: bool = False) -> int:
-    """Largest number of activation elements alive at once; see the module docstring for the rules.
+@dataclass
+class _Buffer:
+    """One activation tensor's memory: ``elements``, written at step ``first``, last read at step ``last``."""
 
-    ``micro``: count as TFLite Micro's arena holds a converted model: only normalisation and the activations
-    fused into convs share their input's buffer (every other element-wise op writes a tensor of its own), and a
-    conv whose padding differs from TFLite's SAME padding first copies its input padded (an explicit PAD)."""
+    elements: int
+    first: int
+    last: int
+
+
+@dataclass
+class _Timeline:
+    """The activation buffers of a graph run in order, and what TFLite Micro keeps per op and tensor."""
+
+    buffers: list[_Buffer]
+    ops: int  # steps that write a tensor of their own (TFLite ops, explicit PADs included)
+    constants: int  # weight, bias and parameter tensors of those ops
+    conv_channels: int  # output channels of convs and linear layers (per-channel requantization data)
+
+    def peak_live(self) -> int:
+        """Largest total of elements alive at one step."""
+        steps = sorted({b.first for b in self.buffers})
+        return max((sum(b.elements for b in self.buffers if b.first <= t <= b.last) for t in steps), default=0)
+
+
+def _timeline(graph: torch.fx.Graph, user_inputs: set[str], micro: bool = False) -> _Timeline:
+    """Walk ``graph`` in order; see the module docstring for which ops share a buffer.
+
+    ``micro``: as TFLite Micro runs a converted model: only normalisation and the activations fused into convs
+    share their input's buffer (every other element-wise op writes a tensor of its own), and a conv whose padding
+    differs from TFLite's SAME padding first copies its input padded (an explicit PAD, one step before the conv).
+    Node ``i`` runs at step ``2 i``, its PAD at ``2 i - 1``; graph outputs live to the end."""
     nodes = list(graph.nodes)
-    index = {n: i for i, n in enumerate(nodes)}
     buffer_of: dict[torch.fx.Node, torch.fx.Node] = {}  # tensor node -> node that owns its buffer
     aliases: dict[torch.fx.Node, list[torch.fx.Node]] = defaultdict(list)  # buffer -> tensors sharing it
     size: dict[torch.fx.Node, int] = {}
     pad_copy: dict[torch.fx.Node, int] = {}
+    step = {n: 2 * i for i, n in enumerate(nodes)}
+    constants = conv_channels = 0
 
     def assign(n: torch.fx.Node, buf: torch.fx.Node) -> None:
         buffer_of[n] = buf
         aliases[buf].append(n)
 
+    def read_at(reader: torch.fx.Node) -> int:
+        return step[reader] - 1 if pad_copy.get(reader) else step[reader]
+
     def last_read(buf: torch.fx.Node) -> int:
-        return max((index[u] for a in aliases[buf] for u in a.users), default=index[buf])
+        return max((read_at(u) for a in aliases[buf] for u in a.users), default=step[buf])
 
     for n in nodes:
         val = _tensor_val(n)
@@ -209,53 +241,93 @@ def _peak_activation(graph: torch.fx.Graph, user_inputs: set[str], micro: bool =
             assign(n, buffer_of[srcs[0]])  # a view or an in-place op: shares its input's buffer
             continue
         if base in (FUSED_INTO_CONV if micro else ELEMENTWISE | NORMALIZATION):  # may overwrite an input dying here
-            dying = [s for s in srcs if s.meta["val"].numel() == val.numel() and last_read(buffer_of[s]) == index[n]]
+            dying = [s for s in srcs if s.meta["val"].numel() == val.numel() and last_read(buffer_of[s]) == step[n]]
             if dying:
                 assign(n, buffer_of[dying[0]])
                 continue
         assign(n, n)
         size[n] = val.numel()
+        constants += len(n.all_input_nodes) - len(srcs) + bool(pad_copy.get(n))
+        if base in CONV or base in MATMUL:
+            conv_channels += val.shape[1] if base in CONV else val.shape[-1]
 
+    end = 2 * len(nodes)
     graph_outputs = {buffer_of[a] for n in nodes if n.op == "output" for a in n.all_input_nodes if a in buffer_of}
-    frees: dict[int, list[torch.fx.Node]] = defaultdict(list)
-    for buf in size:
-        if buf not in graph_outputs:
-            frees[last_read(buf)].append(buf)
-    live = peak = 0
-    for n in nodes:
-        freed = sum(size[b] for b in frees.get(index[n], []))  # buffers whose last reader is n: its inputs
-        if pad_copy.get(n):  # PAD (input and its copy), then the conv (copy and output; the input may be gone)
-            peak = max(peak, live + pad_copy[n], live - freed + pad_copy[n] + size.get(n, 0))
-        if n in size:
-            live += size[n]
-        peak = max(peak, live)
-        live -= freed
-    return peak
+    buffers = []
+    for buf, elements in size.items():  # in graph order, as a converter numbers tensors
+        if pad_copy.get(buf):
+            buffers.append(_Buffer(pad_copy[buf], step[buf] - 1, step[buf]))
+        buffers.append(_Buffer(elements, step[buf], end if buf in graph_outputs else last_read(buf)))
+    ops = len(size) - sum(n.op == "placeholder" for n in size) + sum(map(bool, pad_copy.values()))
+    return _Timeline(buffers, ops, constants, conv_channels)
+
+
+def _greedy_plan(buffers: list[_Buffer], align: int = 16) -> int:
+    """Arena bytes of TFLite Micro's default (greedy) memory planner for int8 ``buffers``: each size rounded up to
+    ``align``; largest first (equal sizes: the last added first); each at the lowest offset that no buffer alive at
+    an overlapping step holds. The result can exceed the peak of live bytes: the planner leaves gaps."""
+    sizes = [-(-b.elements // align) * align for b in buffers]
+    order = sorted(reversed(range(len(buffers))), key=lambda i: -sizes[i])
+    placed: list[tuple[int, int, _Buffer]] = []  # (offset, bytes, buffer)
+    for i in order:
+        buf, offset = buffers[i], 0
+        for other_offset, other_size, other in sorted(placed, key=lambda p: p[0]):
+            if other.first > buf.last or buf.first > other.last:
+                continue
+            if other_offset - offset >= sizes[i]:
+                break
+            offset = max(offset, other_offset + other_size)
+        placed.append((offset, sizes[i], buf))
+    return max((offset + size for offset, size, _ in placed), default=0)
+
+
+def _trace(model: nn.Module, chans: int, height: int, width: int) -> tuple[torch.fx.Graph, set[str]]:
+    """``model``'s ATen graph in eval mode at batch 1, and the names of its user inputs."""
+    was_training = model.training
+    model.eval()
+    try:
+        exported = torch.export.export(model, (torch.zeros(1, chans, height, width),))
+    except Exception as err:  # export raises many types; the user needs one line
+        raise RuntimeError(f"cannot trace {type(model).__name__} for profiling: {err}".splitlines()[0]) from err
+    finally:
+        model.train(was_training)
+    return exported.graph_module.graph, set(exported.graph_signature.user_inputs)
+
+
+# TFLite Micro's persistent arena (its tail), per item, as its recording allocator reports it for our exports:
+# an eval tensor per tensor; per op its node and registration (64 B), kernel data and bookkeeping; per output
+# channel of a conv or linear layer an int32 multiplier and shift; the input and output tensor structs.
+MICRO_BYTES_PER_TENSOR = 24
+MICRO_BYTES_PER_OP = 160
+MICRO_BYTES_PER_CONV_CHANNEL = 8
+MICRO_FIXED_BYTES = 192
+
+
+def _micro_persistent(timeline: _Timeline) -> int:
+    tensors = len(timeline.buffers) + timeline.constants
+    return (MICRO_BYTES_PER_TENSOR * tensors + MICRO_BYTES_PER_OP * timeline.ops
+            + MICRO_BYTES_PER_CONV_CHANNEL * timeline.conv_channels + MICRO_FIXED_BYTES)
 
 
 def profile_model(
-    model: nn.Module, img_size: int | tuple[int, int] = 224, in_chans: int | None = None, block_depth: int = 2
+    model: nn.Module,
+    img_size: int | tuple[int, int] = 224,
+    in_chans: int | None = None,
+    block_depth: int = 2,
+    micro_form: nn.Module | None = None,
 ) -> Complexity:
     """Count parameters, MACs, other ops, weight and peak activation memory of ``model`` at batch 1.
 
     ``in_chans`` defaults to the model's own ``in_chans`` attribute, else 3. ``block_depth`` sets how
-    many levels of the module path name a row of ``per_block`` (``blocks.3`` at depth 2).
+    many levels of the module path name a row of ``per_block`` (``blocks.3`` at depth 2). ``micro_form``: the
+    model as it is exported for TFLite Micro (for ours, ``attendnets.export.for_runtime(model, "tflite-micro")``,
+    which folds the condensers' scale), whose graph gives the arena figures; default ``model`` itself.
     """
     height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
     chans = in_chans or getattr(model, "in_chans", 3)
-    was_training = model.training
-    model.eval()
-    try:
-        example = torch.zeros(1, chans, height, width)
-        try:
-            exported = torch.export.export(model, (example,))
-        except Exception as err:  # export raises many types; the user needs one line
-            raise RuntimeError(f"cannot trace {type(model).__name__} for profiling: {err}".splitlines()[0]) from err
-    finally:
-        model.train(was_training)
-
-    graph = exported.graph_module.graph
-    user_inputs = set(exported.graph_signature.user_inputs)
+    graph, user_inputs = _trace(model, chans, height, width)
+    micro_graph, micro_inputs = (graph, user_inputs) if micro_form is None else _trace(micro_form, chans, height, width)
+    micro = _timeline(micro_graph, micro_inputs, micro=True)
     macs = 0
     other = dict.fromkeys(OTHER_KINDS, 0)
     per_block: dict[str, dict[str, int]] = defaultdict(lambda: {"macs": 0, "other_ops": 0})
@@ -287,9 +359,10 @@ def profile_model(
         other_ops=other,
         weight_bytes_fp32=4 * params,
         weight_bytes_int8=params,
-        peak_activation_elements=_peak_activation(graph, user_inputs),
+        peak_activation_elements=_timeline(graph, user_inputs).peak_live(),
         input_size=(chans, height, width),
-        micro_peak_activation_elements=_peak_activation(graph, user_inputs, micro=True),
+        micro_arena_planned_bytes=_greedy_plan(micro.buffers),
+        micro_arena_persistent_bytes=_micro_persistent(micro),
         per_block=dict(per_block),
         unclassified=sorted(unclassified),
     )

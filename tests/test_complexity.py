@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from attendnets.complexity import profile_model
+from attendnets.complexity import (
+    MICRO_BYTES_PER_CONV_CHANNEL,
+    MICRO_BYTES_PER_OP,
+    MICRO_BYTES_PER_TENSOR,
+    _Buffer,
+    _greedy_plan,
+    _Timeline,
+    profile_model,
+)
 from attendnets.model import build_model
 from attendnets.registry import TABLE1, create_model
 
@@ -103,19 +111,41 @@ class _Residual(nn.Module):
         return x + self.conv(x)
 
 
-def test_micro_peak_counts_new_tensors_for_element_wise_ops() -> None:
+def _aligned(n: int) -> int:
+    return -(-n // 16) * 16
+
+
+def test_micro_arena_counts_new_tensors_for_element_wise_ops() -> None:
     """``x + conv(x)`` on 4x8x8: in place the add reuses a dying buffer (peak x + y); TFLite Micro's ADD writes a
     tensor of its own (x + y + sum)."""
     c = profile_model(_Residual(), 8, in_chans=4)
-    assert c.peak_activation_elements == 2 * 256 and c.micro_peak_activation_elements == 3 * 256
+    assert c.peak_activation_elements == 2 * 256 and c.micro_arena_planned_bytes == 3 * 256
 
 
 @pytest.mark.parametrize("size, copy", [(8, 3 * 10 * 10), (7, 0)])
-def test_micro_peak_counts_explicit_padding(size: int, copy: int) -> None:
+def test_micro_arena_counts_explicit_padding(size: int, copy: int) -> None:
     """A 3x3 stride-2 conv padded 1 on both sides: on an even size TFLite's SAME padding (0 before, 1 after)
     differs, so the converter pads a copy of the input first (input and copy alive at the PAD); on an odd size
     SAME is the same padding and there is no copy."""
     c = profile_model(nn.Conv2d(3, 4, 3, stride=2, padding=1), size)
     image, out = 3 * size * size, 4 * ((size + 1) // 2) ** 2
     assert c.peak_activation_elements == image + out
-    assert c.micro_peak_activation_elements == max(image + out, image + copy, copy + out if copy else 0)
+    expected = _aligned(image) + _aligned(copy) if copy else _aligned(image) + _aligned(out)
+    assert c.micro_arena_planned_bytes == expected
+
+
+def test_greedy_plan_leaves_the_gaps_tflite_micro_leaves() -> None:
+    """Largest first, each at the lowest free offset: A and D share offset 0, B goes above A, and C, alive with
+    B and D, finds no gap below B: 144 bytes, though at most 112 are alive at once."""
+    buffers = [_Buffer(64, 0, 1), _Buffer(48, 1, 2), _Buffer(32, 2, 3), _Buffer(64, 3, 4)]
+    assert _Timeline(buffers, ops=4, constants=0, conv_channels=0).peak_live() == 112
+    assert _greedy_plan(buffers) == 144
+
+
+def test_micro_arena_persistent_part_grows_with_ops_tensors_and_channels() -> None:
+    small, wide = profile_model(nn.Conv2d(3, 8, 1), 8), profile_model(nn.Conv2d(3, 16, 1), 8)
+    deeper = profile_model(nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1)), 8)
+    assert wide.micro_arena_persistent_bytes - small.micro_arena_persistent_bytes == 8 * MICRO_BYTES_PER_CONV_CHANNEL
+    assert deeper.micro_arena_persistent_bytes - small.micro_arena_persistent_bytes == (
+        MICRO_BYTES_PER_OP + 3 * MICRO_BYTES_PER_TENSOR + 8 * MICRO_BYTES_PER_CONV_CHANNEL)
+    assert small.micro_arena_bytes == small.micro_arena_planned_bytes + small.micro_arena_persistent_bytes

@@ -18,10 +18,12 @@ from attendnets.errors import AttendNetsError
 from attendnets.export import (
     CalibrationImages,
     MicroRunner,
+    Target,
     export_executorch,
     export_onnx,
     export_parity,
     export_tflite,
+    for_runtime,
     load_runner,
     quantize_onnx,
 )
@@ -54,7 +56,7 @@ images you will report accuracy on.
 Afterwards a parity check runs on {PARITY_IMAGES} of those images (random inputs if there are none), each
 file in its runtime: the largest logit difference of the float file from PyTorch, and how often each 8-bit
 file's top-1 class is the float file's. With --micro, the TFLite Micro arena the model really used is
-reported beside the profiler's estimate of what it holds (attendnets profile: micro peak activation).
+reported beside the profiler's estimate of it (attendnets profile: TFLite Micro arena).
 
 examples:
   attendnets export --checkpoint runs/b
@@ -182,11 +184,13 @@ def run(args: argparse.Namespace) -> int:
         "parity": {**parity, "inputs": source},
     }
     if "micro" in paths:
-        estimate = profile_model(model, meta["img_size"]).micro_peak_activation_bytes
+        estimate = profile_model(model, meta["img_size"], micro_form=for_runtime(model, Target.MICRO))
         micro = runners["micro"]
         record["micro"] = {"arena_bytes": micro.arena_bytes, "arena_planned_bytes": micro.arena_planned_bytes,
                            "arena_persistent_bytes": micro.arena_persistent_bytes,
-                           "profiler_peak_activation_bytes": estimate}
+                           "profiler_arena_bytes": estimate.micro_arena_bytes,
+                           "profiler_arena_planned_bytes": estimate.micro_arena_planned_bytes,
+                           "profiler_arena_persistent_bytes": estimate.micro_arena_persistent_bytes}
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
@@ -209,5 +213,6 @@ def _print(record: dict[str, Any], args: argparse.Namespace) -> None:
     if "micro" in record:
         micro = record["micro"]
         print(f"TFLite Micro arena used {micro['arena_bytes'] / 1024:.1f} KB ({micro['arena_planned_bytes'] / 1024:.1f} "
-              f"planned tensors + {micro['arena_persistent_bytes'] / 1024:.1f} bookkeeping); the profiler's estimate of its "
-              f"tensors {micro['profiler_peak_activation_bytes'] / 1024:.1f} KB")
+              f"planned tensors + {micro['arena_persistent_bytes'] / 1024:.1f} bookkeeping); the profiler's estimate "
+              f"{micro['profiler_arena_bytes'] / 1024:.1f} KB ({micro['profiler_arena_planned_bytes'] / 1024:.1f} + "
+              f"{micro['profiler_arena_persistent_bytes'] / 1024:.1f})")
