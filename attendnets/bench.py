@@ -75,17 +75,21 @@ def load_bench_model(name: str, img_size: int, num_classes: int) -> BenchModel:
     random weights and ``num_classes`` classes. Either way measured at ``img_size``."""
     from attendnets.registry import create_model
 
-    preprocessing = dict(
-        img_size=img_size, mean=list(IMAGENET_DEFAULT_MEAN), std=list(IMAGENET_DEFAULT_STD),
-        interpolation="bilinear", crop_pct=0.875,
-    )
     if checkpoint_paths(name)[0].is_file():
         module, meta = load_checkpoint(name)
         label = meta.get("model") or (meta.get("spec") or {}).get("name") or Path(name).name
+        preprocessing = {k: v for k, v in random_weights_model(label, module, img_size).meta.items() if k != "class_names"}
         return BenchModel(f"{label} ({Path(name).name})", module, {**meta, **preprocessing})
     torch.manual_seed(0)
-    module = create_model(name, num_classes=num_classes).eval()
-    return BenchModel(name, module, {"class_names": [f"class{i}" for i in range(num_classes)], **preprocessing})
+    return random_weights_model(name, create_model(name, num_classes=num_classes), img_size)
+
+
+def random_weights_model(label: str, module: nn.Module, img_size: int) -> BenchModel:
+    """``module`` to measure at ``img_size`` as it is, with generic class names and ImageNet preprocessing."""
+    classes = [f"class{i}" for i in range(getattr(module, "num_classes", 1))]
+    meta = dict(class_names=classes, img_size=img_size, mean=list(IMAGENET_DEFAULT_MEAN), std=list(IMAGENET_DEFAULT_STD),
+                interpolation="bilinear", crop_pct=0.875)
+    return BenchModel(label, module.eval(), meta)
 
 
 def _synthetic_images(folder: Path, size: int) -> Path:
@@ -163,34 +167,45 @@ def _export(model: BenchModel, runtime: str, index: int, work: Path, calibration
     return export_tflite(model.module, path, model.meta, int8=int8, calibration=images, micro=runtime == "tflm")
 
 
+def _calibration(runtimes: list[str], img_size: int, meta: dict[str, Any], work: Path) -> dict[str, Any]:
+    """Generated calibration images (a folder, and the preprocessed tensor) when a runtime in ``runtimes`` is int8."""
+    if not any(r.endswith("-int8") or r == "tflm" for r in runtimes):
+        return {}
+    folder = _synthetic_images(work / "calibration", img_size)
+    reader = CalibrationImages(folder, meta, max_images=16)
+    return {"folder": folder, "images": torch.from_numpy(np.concatenate(reader.batches))}
+
+
+def _runtime_call(
+    model: BenchModel, runtime: str, index: int, work: Path, calibration: dict[str, Any], threads: int
+) -> tuple[Callable[[np.ndarray], Any], Path | None]:
+    """A batch callable of ``model`` in ``runtime`` and the file it runs (None for eager). Eager runs last of a
+    model's runtimes: channels_last converts its module in place."""
+    if runtime == "eager":
+        module = model.module.eval().to(memory_format=torch.channels_last)
+
+        def eager(x: np.ndarray) -> Any:
+            with torch.inference_mode():
+                return module(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
+
+        return eager, None
+    path = _export(model, runtime, index, work, calibration)
+    if runtime.startswith("ort"):
+        return _ort_call(_ort_session(path, threads)), path
+    return load_runner(path, "tflm" if runtime == "tflm" else None, threads), path
+
+
 def _prepare(models: list[BenchModel], runtimes: list[str], threads: int, img_size: int, work: Path) -> dict:
     """``{(label, runtime): callable(batch as numpy) }`` plus the ONNX paths, exporting and quantizing as needed."""
     calls: dict[tuple[str, str], Callable[[np.ndarray], Any]] = {}
     onnx_paths: dict[tuple[str, str], Path] = {}
-    calibration: dict[str, Any] = {}
-    if any(r.endswith("-int8") or r == "tflm" for r in runtimes):
-        calibration["folder"] = _synthetic_images(work / "calibration", img_size)
-        reader = CalibrationImages(calibration["folder"], models[0].meta, max_images=16)
-        calibration["images"] = torch.from_numpy(np.concatenate(reader.batches))
+    calibration = _calibration(runtimes, img_size, models[0].meta, work)
     for index, model in enumerate(models):
         model.module.eval()
-        for runtime in runtimes:
-            if runtime == "eager":
-                continue
-            path = _export(model, runtime, index, work, calibration)
+        for runtime in sorted(runtimes, key=lambda r: r == "eager"):
+            calls[(model.label, runtime)], path = _runtime_call(model, runtime, index, work, calibration, threads)
             if runtime.startswith("ort"):
-                calls[(model.label, runtime)] = _ort_call(_ort_session(path, threads))
                 onnx_paths[(model.label, runtime)] = path
-            else:
-                calls[(model.label, runtime)] = load_runner(path, "tflm" if runtime == "tflm" else None, threads)
-        if "eager" in runtimes:  # after the exports: channels_last converts the module in place
-            module = model.module.to(memory_format=torch.channels_last)
-
-            def eager(x: np.ndarray, module: nn.Module = module) -> Any:
-                with torch.inference_mode():
-                    return module(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
-
-            calls[(model.label, "eager")] = eager
     return {"calls": calls, "onnx": onnx_paths}
 
 
@@ -220,6 +235,44 @@ def _measure(
                 times[key].append(1e3 * (time.perf_counter() - start))
             advance()
     return times
+
+
+class LatencyMeter:
+    """Batch-1 latency of one model after another in one runtime, each timed interleaved with the same reference
+    (:data:`REFERENCE`, exported once), so that a search can keep a ratio that survives the machine's drift.
+    Each model takes an export (and for int8 a calibration on generated images) and ``rounds`` visits."""
+
+    def __init__(self, runtime: str, img_size: int, num_classes: int, threads: int = 2, rounds: int = 5,
+                 reference: str = REFERENCE) -> None:
+        from attendnets.runtime import tune_malloc
+
+        if runtime not in RUNTIMES:
+            raise AttendNetsError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+        tune_malloc()
+        self.runtime, self.img_size, self.threads, self.rounds = runtime, img_size, threads, rounds
+        self._tmp = tempfile.TemporaryDirectory(prefix="attendnets-latency-")
+        self.work = Path(self._tmp.name)
+        self.reference = load_bench_model(reference, img_size, num_classes)
+        self.calibration = _calibration([runtime], img_size, self.reference.meta, self.work)
+        with _threads(threads):
+            self.reference_call, _ = _runtime_call(self.reference, runtime, 0, self.work, self.calibration, threads)
+        self.measured = 0
+
+    def measure(self, module: nn.Module, label: str = "model") -> dict[str, float]:
+        """``latency_ms`` and ``reference_ms`` (medians of the interleaved batch-1 calls) and ``latency_ratio``."""
+        self.measured += 1
+        model = random_weights_model(label, module, self.img_size)
+        with _threads(self.threads):
+            call, _ = _runtime_call(model, self.runtime, self.measured, self.work, self.calibration, self.threads)
+            calls = {("candidate", self.runtime): call, ("reference", self.runtime): self.reference_call}
+            times = _measure(calls, 1, self.img_size, self.rounds, lambda: None)
+        for file in self.work.glob(f"m{self.measured}[.-]*"):
+            file.unlink()
+        ms, reference = (statistics.median(times[key]) for key in calls)
+        return {"latency_ms": ms, "reference_ms": reference, "latency_ratio": ms / reference}
+
+    def close(self) -> None:
+        self._tmp.cleanup()
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -17,8 +17,9 @@ from optuna.trial import TrialState
 
 from attendnets.errors import AttendNetsError
 from attendnets.model import build_model
+from attendnets.registry import create_model
 from attendnets.search.fidelity import Evaluation, Fidelity
-from attendnets.search.requirements import Deployment, Requirements, measure_costs, parse_count
+from attendnets.search.requirements import Deployment, Requirements, latency_meter, measure_costs, parse_count
 from attendnets.search.space import default_space
 from attendnets.search.storage import WORKER_ATTR, open_storage, rung_name
 from attendnets.search.study import ExploreConfig, Explorer, non_dominated_ranks, promote, select_promotions
@@ -224,3 +225,35 @@ def test_parse_count() -> None:
     assert parse_count("150M") == 150e6 and parse_count("200k") == 2e5 and parse_count("1500") == 1500
     with pytest.raises(AttendNetsError, match="not a count"):
         parse_count("lots")
+
+
+@pytest.mark.parametrize("runtime", ["eager", "ort-int8"])
+def test_latency_is_measured_in_the_runtime_against_mobilenet_v1(runtime: str) -> None:
+    """Latency costs come from the file the runtime runs, timed interleaved with MobileNet-V1 there: the ratio
+    is the two medians' quotient, and MobileNet-V1 measured against itself is near 1 (lenient: CI is noisy)."""
+    deployment = Deployment(32, 3, threads=1, runtime=runtime)
+    spec = create_model("attendnet_b", num_classes=3).spec
+    costs = measure_costs(spec, deployment, {"latency_ratio"}, {})
+    assert costs["latency_ms"] > 0 and costs["latency_ratio"] > 0
+    meter = latency_meter(deployment)
+    itself = meter.measure(create_model("mobilenet_v1", num_classes=3), "mobilenet_v1")
+    assert itself["latency_ratio"] == pytest.approx(itself["latency_ms"] / itself["reference_ms"])
+    assert 0.5 < itself["latency_ratio"] < 2.0
+    assert not list(meter.work.glob(f"m{meter.measured}*"))  # each design's files go once measured
+
+
+def test_latency_ratio_cap_skips_designs_before_training(tmp_path, space_file, data) -> None:
+    """No design is 1000x faster than MobileNet-V1: each but the reference (always trained) stops at the cap."""
+    cfg = config(tmp_path, space_file, data, requirements=Requirements(max_latency_ratio=1e-3), trials=2,
+                 give_up_after=2)
+    score = SizeScore()
+    with pytest.raises(AttendNetsError, match=r"no point meets .* 0.001x MobileNet-V1's latency"):
+        Explorer(cfg, score).run(progress=False)
+    done = [t for t in trials_of(cfg) if t.state == TrialState.COMPLETE]
+    assert sorted(t.user_attrs["status"] for t in done) == ["over_cap", "over_cap", "reference"]
+    assert all(t.constraints["max_latency_ratio"] > 0 for t in done) and len(score.seen) == 1
+
+
+def test_unknown_runtime_is_refused_before_any_work(tmp_path, space_file, data) -> None:
+    with pytest.raises(AttendNetsError, match="unknown --runtime 'tvm'"):
+        config(tmp_path, space_file, data, runtime="tvm")

@@ -6,6 +6,7 @@ import random
 
 import optuna
 import pytest
+import torch
 
 from attendnets.model import build_model
 from attendnets.registry import PRESETS, load_preset
@@ -91,6 +92,7 @@ def test_width_choice_scales_the_stage() -> None:
         ({"depth": [-5, 0]}, "depth value -5 is not valid"),
         ({"blocks": [0, 0], "depth": [0]}, "must start at block 1"),
         ({"width": [0.0, 1.0]}, "width value 0.0 is not valid"),
+        ({"stride": [4]}, "stride [4] must include the prototype's 2"),
     ],
 )
 def test_bad_spaces_are_refused(changes: dict, message: str) -> None:
@@ -110,3 +112,20 @@ def test_bad_prototype_and_fields() -> None:
     with pytest.raises(SpaceError, match="cannot read search space"):
         load_space("no/such/space.yaml")
     assert SPACE_DIR.is_dir()
+
+
+def test_fast_space_holds_attendnet_b_and_reaches_lower_resolutions() -> None:
+    """The latency space: attendnet_b is a point of it; a stride-4 stem (kernel 5) halves every later
+    resolution; samples build, some without any condenser."""
+    space = load_space("attendnet_b_fast")
+    assert space.sample(optuna.trial.FixedTrial(space.prototype_params())).blocks == load_preset("attendnet_b").blocks
+    spec = space.sample(optuna.trial.FixedTrial({**space.prototype_params(), "s0.stride": 4}))
+    assert (spec.blocks[0].stride, spec.blocks[0].kernel) == (4, 5) and spec.blocks[1:] == space.prototype.blocks[1:]
+    model = build_model(spec, num_classes=10)
+    assert model.forward_features(torch.zeros(1, 3, 128, 128)).shape[-1] == 2  # 128 / 64
+    without_condensers = 0
+    for seed in range(30):
+        sampled = space.sample(RandomChoices(seed))
+        build_model(sampled, num_classes=10)
+        without_condensers += not any(isinstance(b, VACSpec) for b in sampled.blocks)
+    assert without_condensers > 0

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from attendnets.data import DATA_ENV
+from attendnets.bench import RUNTIMES
 from attendnets.errors import AttendNetsError
 from attendnets.search.fidelity import Fidelity
 from attendnets.search.pilot import PilotConfig
@@ -47,6 +48,7 @@ examples:
       --max-weight-kb 600 --max-macs 150M --trials 40 --rungs 3
   attendnets explore run --data DATA --name b600k --resume  # continue an interrupted study
   attendnets explore run --data DATA --name lat --cost latency_ms --max-latency-ms 10 --threads 2
+  attendnets explore run --data DATA --name int8 --cost latency_ratio --runtime ort-int8 --max-latency-ratio 0.5
   attendnets explore run --data DATA --name shared --storage postgresql+psycopg://u:p@host/db --resume --seed 1
   attendnets explore report explore/b600k                  # re-draw pareto.png, trials.csv, pareto/*.json
   attendnets explore space attendnet_b > my_space.yaml      # edit, then --space my_space.yaml
@@ -151,8 +153,14 @@ def _add_caps(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--max-weight-kb", type=float, metavar="KB", help="weight memory with 8-bit conv/linear weights")
     group.add_argument("--max-peak-activation-kb", type=float, metavar="KB",
                        help="peak activation memory at 1 byte per element (8-bit activations)")
-    group.add_argument("--max-latency-ms", type=float, metavar="MS", help="batch-1 PyTorch eager latency, --threads threads")
+    group.add_argument("--max-latency-ms", type=float, metavar="MS", help="batch-1 latency in --runtime, --threads threads")
+    group.add_argument("--max-latency-ratio", type=float, metavar="R",
+                       help="batch-1 latency as a fraction of MobileNet-V1's in the same runtime, timed interleaved "
+                            "with it (0.5: twice as fast); survives machine load better than --max-latency-ms")
     group.add_argument("--img-size", type=int, help="deployment image size for the costs (default: the prototype's)")
+    group.add_argument("--runtime", default="eager", choices=RUNTIMES,
+                       help="where latency is measured (default eager): each design is exported as 'attendnets export' "
+                            "does (int8: all-integer, calibrated on generated images), a few seconds per design")
     group.add_argument("--threads", type=int, default=2, help="CPU threads for latency (default 2)")
 
 
@@ -179,7 +187,7 @@ def _defaults_and_fidelity(args: argparse.Namespace, epochs: int | None, eta: in
 
 def _requirements(args: argparse.Namespace, min_top1: float | None = None) -> Requirements:
     return Requirements(args.max_params, args.max_macs, args.max_weight_kb, args.max_peak_activation_kb,
-                        args.max_latency_ms, min_top1)
+                        args.max_latency_ms, args.max_latency_ratio, min_top1)
 
 
 def pilot_config_from_args(args: argparse.Namespace) -> PilotConfig:
@@ -188,7 +196,8 @@ def pilot_config_from_args(args: argparse.Namespace) -> PilotConfig:
         space=args.space or d["space"], data=args.data, synthetic=args.synthetic, output=args.output,
         designs=args.designs, low_epochs=fidelity.epochs, high_epochs=args.high_epochs or fidelity.epochs * Fidelity.eta,
         fidelity=fidelity, requirements=_requirements(args),
-        img_size=args.img_size, threads=args.threads, train_threads=args.train_threads, top_k=args.top_k, seed=args.seed,
+        img_size=args.img_size, threads=args.threads, runtime=args.runtime, train_threads=args.train_threads,
+        top_k=args.top_k, seed=args.seed,
     )
 
 
@@ -198,7 +207,7 @@ def config_from_args(args: argparse.Namespace) -> ExploreConfig:
         name=args.name, space=args.space or d["space"], data=args.data, synthetic=args.synthetic, output=args.output,
         requirements=_requirements(args, args.min_top1), cost=args.cost, fidelity=fidelity,
         trials=args.trials or d["trials"], rungs=args.rungs, img_size=args.img_size, threads=args.threads,
-        train_threads=args.train_threads,
+        runtime=args.runtime, train_threads=args.train_threads,
         sampler=args.sampler, seed=args.seed, storage=args.storage, resume=args.resume, give_up_after=args.give_up_after,
     )
 

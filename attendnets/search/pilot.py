@@ -36,7 +36,7 @@ from attendnets.search.fidelity import (
     source_data,
     train_and_evaluate,
 )
-from attendnets.search.requirements import COSTS, Deployment, Requirements, measure_costs
+from attendnets.search.requirements import COSTS, LATENCY, Deployment, Requirements, check_runtime, measure_costs
 from attendnets.search.space import SearchSpace, load_space
 from attendnets.search.study import Evaluator
 from attendnets.spec import ArchSpec, SpecError
@@ -60,6 +60,7 @@ class PilotConfig:
     requirements: Requirements = field(default_factory=Requirements)
     img_size: int | None = None  # deployment size for the costs; None: the prototype's
     threads: int = 2  # for latency, when capped
+    runtime: str = "eager"
     train_threads: int = 1
     top_k: int | None = None  # None: a third of the designs (at least 1)
     seed: int = 0  # which designs are drawn
@@ -75,6 +76,7 @@ class PilotConfig:
                 raise AttendNetsError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
         if self.synthetic and self.data:
             raise AttendNetsError("--synthetic generates its own data; drop --data")
+        check_runtime(self.runtime)
 
 
 class _RandomChoices:
@@ -120,7 +122,7 @@ def sample_designs(space: SearchSpace, count: int, deployment: Deployment, requi
         spec = replace(spec, name=f"pilot-d{len(designs):02d}", num_classes=deployment.num_classes,
                        img_size=deployment.img_size, description="")
         if reference:  # every cost but latency, whatever the caps (the prototype must build)
-            costs = measure_costs(spec, deployment, set(COSTS) - {"latency_ms"}, caps)
+            costs = measure_costs(spec, deployment, set(COSTS) - LATENCY, caps)
         else:  # every cost within the caps; a broken cheap cap spares the rest
             try:
                 costs = measure_costs(spec, deployment, set(), caps)
@@ -188,7 +190,7 @@ class Pilot:
         self.folder.mkdir(parents=True, exist_ok=True)
         source = source_data(self.folder, self.config.data, self.config.synthetic, cfg.fidelity)
         data = prepare_data(source, self.folder / "data", cfg.fidelity)
-        deployment = Deployment(cfg.img_size or self.space.prototype.img_size, len(data.classes), cfg.threads)
+        deployment = Deployment(cfg.img_size or self.space.prototype.img_size, len(data.classes), cfg.threads, cfg.runtime)
         designs = sample_designs(self.space, cfg.designs, deployment, cfg.requirements, cfg.seed)
         atomic_write_text(self.folder / "designs.json", json.dumps(designs, indent=1) + "\n")
         rungs = (("low", cfg.low_epochs), ("high", cfg.high_epochs))

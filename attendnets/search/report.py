@@ -22,12 +22,13 @@ from optuna.trial import FrozenTrial, TrialState
 from attendnets.checkpoint import atomic_write, atomic_write_text
 from attendnets.errors import AttendNetsError
 from attendnets.registry import BASELINES, PRESETS, create_model
-from attendnets.search.requirements import COST_LABELS, Deployment, Requirements, measure_costs, measure_latency
+from attendnets.search.requirements import COST_LABELS, LATENCY, Deployment, Requirements, latency_meter, measure_costs
 from attendnets.search.storage import open_storage, read_study_file, rung_name, study_names
 from attendnets.search.study import STATUS, is_feasible, pareto_front
 from attendnets.spec import ArchSpec
 
-COST_COLUMNS = ("params", "weight_kb", "macs", "peak_activation_kb", "peak_activation_kb_fp32", "latency_ms")
+COST_COLUMNS = ("params", "weight_kb", "macs", "peak_activation_kb", "peak_activation_kb_fp32", "latency_ms",
+                "latency_ratio")
 REFERENCE_MODELS = (*PRESETS, *BASELINES)
 REFERENCES_FILE = "references.json"
 
@@ -150,12 +151,15 @@ def reference_costs(study_dir: Path, cost: str, deployment: Deployment) -> dict[
     """``{model: cost}`` of the presets and MobileNets at the deployment size (cached in the study folder)."""
     path = study_dir / REFERENCES_FILE
     key = f"{cost}@{deployment.img_size}px/{deployment.num_classes}"
+    if cost in LATENCY:
+        key += f"/{deployment.runtime}/{deployment.threads}t"
     cache = json.loads(path.read_text()) if path.is_file() else {}
     if key not in cache:
         values = {}
         for name in REFERENCE_MODELS:
-            if cost == "latency_ms":
-                values[name] = measure_latency(name, deployment)
+            if cost in LATENCY:
+                model = create_model(name, num_classes=deployment.num_classes)
+                values[name] = latency_meter(deployment).measure(model, name)[cost]
             elif name in PRESETS:
                 spec = create_model(name, num_classes=deployment.num_classes).spec
                 values[name] = measure_costs(spec, deployment, {cost}, {})[cost]

@@ -2,8 +2,11 @@
 
 Every cost is measured at the *deployment* size (image size and class count of the target), before any
 training: parameters and 8-bit weight memory from the built model, MACs and peak activation memory from
-:func:`attendnets.complexity.profile_model` (batch 1), latency with :mod:`attendnets.bench` (PyTorch eager,
-batch 1, a given thread count). KB means 1024 bytes.
+:func:`attendnets.complexity.profile_model` (batch 1), latency with :class:`attendnets.bench.LatencyMeter`
+(batch 1, a given thread count, in the deployment's runtime: PyTorch eager, or the file ``attendnets export``
+writes for ONNX Runtime, LiteRT, ExecuTorch or TFLite Micro, int8 ones all-integer). Latency is timed
+interleaved with MobileNet-V1 in the same runtime and also kept as a ratio to it (``latency_ratio``), which
+survives the machine's drift and load where milliseconds do not. KB means 1024 bytes.
 
 Peak activation memory is capped at **1 byte per element** (``peak_activation_kb``): the deployment the
 search aims at runs 8-bit activations, as the int8 ONNX export does; the fp32 figure (4 bytes per element)
@@ -17,30 +20,30 @@ the sampler can add violations of different units: ``value / cap - 1`` for a cap
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import torch
-
+from attendnets.bench import RUNTIMES, LatencyMeter
 from attendnets.complexity import profile_model
 from attendnets.errors import AttendNetsError
 from attendnets.model import build_model
 from attendnets.quantize import weight_memory
 from attendnets.spec import ArchSpec
 
-COSTS = ("macs", "params", "weight_kb", "peak_activation_kb", "latency_ms")
+COSTS = ("macs", "params", "weight_kb", "peak_activation_kb", "latency_ms", "latency_ratio")
 COST_LABELS = {
     "macs": "MACs",
     "params": "parameters",
     "weight_kb": "8-bit weight KB",
     "peak_activation_kb": "peak activation KB (int8)",
     "latency_ms": "latency ms",
+    "latency_ratio": "latency / MobileNet-V1's",
 }
 # Cheapest first: a cap broken by a cheap cost spares measuring the expensive ones.
-TIERS = (("params", "weight_kb"), ("macs", "peak_activation_kb"), ("latency_ms",))
+TIERS = (("params", "weight_kb"), ("macs", "peak_activation_kb"), ("latency_ms", "latency_ratio"))
+LATENCY = {"latency_ms", "latency_ratio"}
 LATENCY_ROUNDS = 5
 _SUFFIXES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
 
@@ -62,6 +65,7 @@ class Requirements:
     max_weight_kb: float | None = None
     max_peak_activation_kb: float | None = None
     max_latency_ms: float | None = None
+    max_latency_ratio: float | None = None
     min_top1: float | None = None
 
     def __post_init__(self) -> None:
@@ -91,13 +95,15 @@ class Requirements:
         return ", ".join(parts) or "none"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Deployment:
-    """Where the costs are measured: image size, class count, and CPU threads for latency."""
+    """Where the costs are measured: image size, class count, and for latency the CPU threads and the runtime
+    (one of :data:`attendnets.bench.RUNTIMES`)."""
 
     img_size: int
     num_classes: int
     threads: int = 2
+    runtime: str = "eager"
 
 
 def measure_costs(spec: ArchSpec, deployment: Deployment, needed: set[str], caps: dict[str, float]) -> dict[str, float]:
@@ -108,7 +114,7 @@ def measure_costs(spec: ArchSpec, deployment: Deployment, needed: set[str], caps
     costs: dict[str, float] = {}
     for tier in TIERS:
         wanted = set(tier) & needed
-        if "latency_ms" in tier and not wanted and "latency_ms" not in caps:
+        if LATENCY & set(tier) and not wanted and not LATENCY & set(caps):
             continue
         if not wanted and any(costs[c] > caps[c] for c in costs if c in caps):
             continue
@@ -121,27 +127,22 @@ def measure_costs(spec: ArchSpec, deployment: Deployment, needed: set[str], caps
             costs["peak_activation_kb"] = profile.peak_activation_bytes_int8 / 1024
             costs["peak_activation_kb_fp32"] = profile.peak_activation_bytes_fp32 / 1024
         else:
-            costs["latency_ms"] = measure_latency(spec, deployment)
+            latency = latency_meter(deployment).measure(model, spec.name)
+            costs["latency_ms"], costs["latency_ratio"] = latency["latency_ms"], latency["latency_ratio"]
     return costs
 
 
-def measure_latency(spec: ArchSpec | str, deployment: Deployment) -> float:
-    """Median batch-1 latency in ms of a spec (or any model name) in PyTorch eager, random weights."""
-    from attendnets.bench import run_bench
+def check_runtime(runtime: str) -> None:
+    """Refuse a latency runtime that :mod:`attendnets.bench` does not know, before any work."""
+    if runtime not in RUNTIMES:
+        raise AttendNetsError(f"unknown --runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
 
-    with tempfile.TemporaryDirectory(prefix="attendnets-latency-") as tmp:
-        if isinstance(spec, ArchSpec):
-            path = Path(tmp) / "spec.json"
-            spec.save(path)
-            spec = str(path)
-        threads = torch.get_num_threads()
-        try:
-            report = run_bench([spec], baselines=[], runtimes=["eager"], img_size=deployment.img_size,
-                               num_classes=deployment.num_classes, threads=deployment.threads, batch=0,
-                               rounds=LATENCY_ROUNDS)
-        finally:
-            torch.set_num_threads(threads)
-    return float(report["results"][0]["batch1_median_ms"])
+
+@functools.cache
+def latency_meter(deployment: Deployment) -> LatencyMeter:
+    """One meter per deployment and process: the reference is exported and loaded once for every design."""
+    return LatencyMeter(deployment.runtime, deployment.img_size, deployment.num_classes, deployment.threads,
+                        rounds=LATENCY_ROUNDS)
 
 
 def cap_constraints(costs: dict[str, float], requirements: Requirements) -> dict[str, float]:
@@ -169,5 +170,7 @@ def format_cost(name: str, value: float) -> str:
     """A cost for people: ``45.3M MACs``, ``212K parameters``, ``180.5 KB``, ``12.3 ms``."""
     if name in ("macs", "params"):
         return f"{_fmt(value)} {COST_LABELS[name]}"
+    if name == "latency_ratio":
+        return f"{value:.3g}x MobileNet-V1's latency"
     unit = "ms" if name == "latency_ms" else "KB"
     return f"{value:.1f} {unit}"

@@ -21,6 +21,10 @@ How a choice changes the prototype:
 - A stage's *free positions* are its blocks that keep both channels and resolution (VACs, stride-1
   PEPEs and convs with as many outputs as inputs); the others (downsampling, widening) stay in place.
   ``depth`` drops free positions from the end of the stage or repeats the last one.
+- ``stride``: the stride of the stage's first block (which must have one); a larger stride than the
+  prototype's moves the rest of the network to a lower resolution (a stem at stride 4 is an early
+  downsampling stem), and the block's kernel grows to the smallest odd size above the stride, so that no
+  pixel is skipped.
 - ``kinds``: each free position may become a VAC, a PEPE or a conv. A block of the prototype's kind keeps
   its own inner widths; a new one gets half its width inside (``mid``, ``proj``) before scaling.
 - ``vac.mid_scale`` / ``pepe.proj_scale`` scale those inner widths; ``pool`` is the condensation size,
@@ -70,6 +74,7 @@ class StageSpace:
     width: list[float] = field(default_factory=lambda: [1.0])
     depth: list[int] = field(default_factory=lambda: [0])
     kinds: list[str] = field(default_factory=list)  # empty: free positions keep the prototype's kind
+    stride: list[int] = field(default_factory=list)  # empty: the first block keeps its stride
 
 
 @dataclass
@@ -169,6 +174,9 @@ class SearchSpace:
             for j in _free_positions(self.prototype, first, last):
                 _need(not stage.kinds or blocks[j].type in stage.kinds, where,
                       f"kinds {stage.kinds} must include {blocks[j].type!r}, the kind of block {j}")
+            if stage.stride:
+                _need(hasattr(blocks[first], "stride"), where, f"stride: block {first} (a {blocks[first].type}) has none")
+                _values(where, "stride", stage.stride, int, lambda v: v >= 1, blocks[first].stride)
         _need(expected == len(blocks), "stages", f"cover blocks 0..{expected - 1} of the prototype's {len(blocks)}")
         vacs = [b for b in blocks if isinstance(b, VACSpec)]
         pepes = [b for b in blocks if isinstance(b, PEPESpec)]
@@ -200,9 +208,12 @@ class SearchSpace:
             width = _choose(trial, f"s{s}.width", stage.width)
             depth = _choose(trial, f"s{s}.depth", stage.depth)
             position = 0
+            stride = _choose(trial, f"s{s}.stride", stage.stride) if stage.stride else None
             for j, template in _stage_layout(proto, *stage.blocks, depth):
                 if template is None:  # a block that stays in place, its widths scaled
                     block = self._scaled_block(trial, f"s{s}.b{j}", proto.blocks[j], _in_chs(proto, j), chs, width)
+                    if stride is not None and j == stage.blocks[0]:
+                        block = _with_stride(block, stride, proto.blocks[j].stride)
                 else:
                     base = proto.blocks[template]
                     name = f"s{s}.p{position}"
@@ -284,6 +295,8 @@ class _PrototypeChoices:
 
     def _value(self, name: str) -> Any:
         leaf = name.rsplit(".", 1)[-1]
+        if name.count(".") == 1 and leaf == "stride":
+            return self.space.prototype.blocks[self.space.stages[int(name[1:].split(".")[0])].blocks[0]].stride
         if leaf in ("width", "mid_scale", "proj_scale"):
             return 1.0
         if leaf == "depth":
@@ -376,6 +389,14 @@ def _stage_layout(spec: ArchSpec, first: int, last: int, depth: int) -> list[tup
         if depth > 0 and j == free[-1]:
             layout += [(None, j)] * depth
     return layout
+
+
+def _with_stride(block: BlockSpec, stride: int, proto_stride: int) -> BlockSpec:
+    """``block`` at ``stride``; above the prototype's stride its kernel grows to cover every pixel."""
+    if stride == proto_stride:
+        return block
+    kernel = max(block.kernel, stride + 1 + stride % 2) if stride > proto_stride else block.kernel
+    return dataclasses.replace(block, stride=stride, kernel=kernel)
 
 
 def _choose(trial: Suggester, name: str, choices: list[Any]) -> Any:

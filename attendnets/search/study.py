@@ -47,10 +47,12 @@ from attendnets.search.fidelity import (
 )
 from attendnets.search.requirements import (
     COSTS,
+    LATENCY,
     Deployment,
     Requirements,
     accuracy_constraint,
     cap_constraints,
+    check_runtime,
     format_cost,
     measure_costs,
 )
@@ -93,6 +95,7 @@ class ExploreConfig:
     rungs: int = 2
     img_size: int | None = None  # deployment image size; None: the prototype's
     threads: int = 2  # for latency
+    runtime: str = "eager"  # where latency is measured (attendnets.bench.RUNTIMES)
     train_threads: int = 1  # torch threads while training: small models at low resolution gain little from more
     sampler: str = "tpe"
     seed: int = 0  # the sampler's; give each worker its own
@@ -112,6 +115,7 @@ class ExploreConfig:
                 raise AttendNetsError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
         if self.synthetic and self.data:
             raise AttendNetsError("--synthetic generates its own data; drop --data")
+        check_runtime(self.runtime)
 
     @property
     def study_dir(self) -> Path:
@@ -155,7 +159,7 @@ class Explorer:
         source = source_data(self.study_dir, self.config.data, self.config.synthetic, self.config.fidelity)
         self.data = prepare_data(source, self.study_dir / "data", self.config.fidelity)
         self.deployment = Deployment(self.config.img_size or self.space.prototype.img_size, len(self.data.classes),
-                                     self.config.threads)
+                                     self.config.threads, self.config.runtime)
         write_study_file(self.study_dir, self.config.name, self.config.storage)
         attrs = self.study_attrs()
         studies = [self.open_rung(r, attrs) for r in range(self.config.rungs)]
@@ -353,7 +357,7 @@ class Explorer:
                 return parent.user_attrs["costs"]
         needed = {self.config.cost}
         if reference:
-            needed |= set(COSTS) - {"latency_ms"}
+            needed |= set(COSTS) - LATENCY
         return measure_costs(spec, self.deployment, needed, self.requirements.caps())
 
     def _constrain(self, trial: Trial, values: dict[str, float]) -> None:
