@@ -159,7 +159,8 @@ def _export(model: BenchModel, runtime: str, index: int, work: Path, calibration
         float_path = work / f"m{index}.onnx"
         if not float_path.is_file():
             export_onnx(model.module, float_path, model.meta)
-        return quantize_onnx(float_path, work / f"m{index}-int8.onnx", calibration["folder"], 16) if int8 else float_path
+        source = calibration["folder"] if "folder" in calibration else calibration["images"]
+        return quantize_onnx(float_path, work / f"m{index}-int8.onnx", source, 16) if int8 else float_path
     path = work / f"m{index}-{runtime}.{'pte' if base == 'executorch' else 'tflite'}"
     images = calibration["images"] if int8 else None
     if base == "executorch":

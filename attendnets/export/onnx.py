@@ -99,6 +99,14 @@ class CalibrationImages:
         self.batches = [torch.stack(images[i : i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
         self._next = iter(self.batches)
 
+    @classmethod
+    def from_inputs(cls, inputs: torch.Tensor, batch_size: int = 16) -> CalibrationImages:
+        """Calibration data that is already preprocessed: ``inputs (N, C, H, W)``."""
+        reader = cls.__new__(cls)
+        reader.batches = [inputs[i : i + batch_size].numpy() for i in range(0, len(inputs), batch_size)]
+        reader._next = iter(reader.batches)
+        return reader
+
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._next, None)
         return None if batch is None else {INPUT_NAME: batch}
@@ -110,13 +118,14 @@ class CalibrationImages:
 def quantize_onnx(
     float_path: str | os.PathLike,
     int8_path: str | os.PathLike,
-    calibration: str | os.PathLike,
+    calibration: str | os.PathLike | torch.Tensor,
     max_images: int = 64,
     float_stem: bool = False,
 ) -> Path:
     """Write the int8 (static, QDQ, per-channel int8 weights, uint8 activations) version of an exported
     float graph, its activation ranges calibrated on up to ``max_images`` images of the folder
-    ``calibration`` (training images, not the test set). The metadata is carried over.
+    ``calibration`` (training images, not the test set), or on a tensor of preprocessed inputs
+    ``(N, C, H, W)``. The metadata is carried over.
 
     The graph is all-integer by default. ``float_stem`` keeps the convs that read the image in float: on the
     Imagenette checkpoints that was most of the int8 graph's disagreement with float (AttendNet-B: top-1
@@ -128,7 +137,10 @@ def quantize_onnx(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     meta = read_onnx_meta(float_path)
-    reader = CalibrationImages(calibration, meta, max_images)
+    if isinstance(calibration, torch.Tensor):
+        reader = CalibrationImages.from_inputs(calibration[:max_images])
+    else:
+        reader = CalibrationImages(calibration, meta, max_images)
     int8_path = Path(int8_path)
     int8_path.parent.mkdir(parents=True, exist_ok=True)
     prepared = int8_path.with_name(f".{int8_path.name}.pre.onnx")
