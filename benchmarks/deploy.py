@@ -236,9 +236,11 @@ def write_report(latency: dict, micro_rows: list, accuracy: dict, context: dict)
                   "", *_ratio_table(bench), ""]
     if micro_rows:
         lines += ["## TFLite Micro: arena and file", "", "The arena TFLite Micro's recording allocator reports after "
-                  "a call (tensors planned by its memory planner plus its own bookkeeping) beside the profiler's "
-                  "estimate of the tensors TFLite Micro holds at its peak (one byte per value; element-wise ops "
-                  "write new tensors, explicit PAD copies counted: `attendnets profile`'s micro peak activation).", "", *_micro_table(micro_rows), ""]
+                  "a call (tensors planned by its memory planner plus its own bookkeeping) beside `attendnets "
+                  "profile`'s estimate of it, made without TFLite Micro: the int8 tensors of the micro form's graph "
+                  "(element-wise ops write new tensors, explicit PAD copies counted) laid out as TFLite Micro's "
+                  "greedy planner lays them out, plus bookkeeping per tensor, op and output channel.", "",
+                  *_micro_table(micro_rows), ""]
     if accuracy:
         lines += ["## Imagenette val top-1 in each runtime", "", "The checkpoints of `benchmarks/imagenette.py` "
                   "(128 px); in brackets the share of val images on which the 8-bit file's top-1 is its float "
