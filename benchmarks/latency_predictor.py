@@ -1,8 +1,9 @@
 """How well the per-layer lookup table predicts measured int8 latency: 50 random designs of a search space.
 
-For each runtime and thread count: 50 designs drawn at random from the space (seeds 0..49), each measured
-as the search measures it (:class:`attendnets.bench.LatencyMeter`: exported, quantized, timed interleaved
-with MobileNet-V1) and predicted by :class:`attendnets.search.predictor.LatencyTable` (the sum of its
+For each runtime and thread count: 50 designs drawn at random from the space (seeds from 0 on; one that
+cannot run at the input size is skipped, as the search skips it), each measured as the search measures it
+(:class:`attendnets.bench.LatencyMeter`: exported, quantized, timed interleaved with MobileNet-V1) and
+predicted by :class:`attendnets.search.predictor.LatencyTable` (the sum of its
 layers' probes). Reported: Spearman rank correlation of predicted and measured ms, and the relative error of
 the predicted ratio to MobileNet-V1 against the measured one. The machine should be otherwise idle.
 
@@ -16,12 +17,14 @@ stopped); the report goes to docs/results/latency_predictor.{md,json} (only with
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, provenance, reexec_with_tuned_malloc, run_context  # noqa: E402
@@ -70,9 +73,17 @@ def check(runtime: str, threads: int, args: argparse.Namespace) -> dict:
     table = LatencyTable(args.runs / f"table-{runtime}-{threads}t.json", runtime, threads)
     space = load_space(args.space)
     meter = None
-    for seed in range(len(rows), args.designs):
+    for seed in itertools.count(rows[-1]["seed"] + 1 if rows else 0):
+        if len(rows) >= args.designs:
+            break
         spec = space.sample(_Random(seed))
-        model = build_model(spec, num_classes=args.num_classes)
+        model = build_model(spec, num_classes=args.num_classes).eval()
+        try:  # a design whose late condensers pool a 2x2 map to nothing cannot run at this size: the search skips it too
+            with torch.no_grad():
+                model(torch.zeros(1, 3, args.img_size, args.img_size))
+        except RuntimeError:
+            print(f"design {seed} cannot run at {args.img_size} px: skipped", flush=True)
+            continue
         meter = meter or LatencyMeter(runtime, args.img_size, args.num_classes, threads)
         measured = meter.measure(model, f"design{seed}")
         predicted_ratio = table.predict_ratio(model, args.img_size, args.num_classes)

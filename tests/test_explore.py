@@ -257,3 +257,18 @@ def test_latency_ratio_cap_skips_designs_before_training(tmp_path, space_file, d
 def test_unknown_runtime_is_refused_before_any_work(tmp_path, space_file, data) -> None:
     with pytest.raises(AttendNetsError, match="unknown --runtime 'tvm'"):
         config(tmp_path, space_file, data, runtime="tvm")
+
+
+def test_latency_table_rejects_designs_predicted_far_over_the_cap_unmeasured(tmp_path) -> None:
+    """With a table and a tiny ratio cap the design is predicted, not exported; without the table it is measured."""
+    spec = create_model("attendnet_b", num_classes=3).spec
+    table = str(tmp_path / "table.json")
+    predicted = measure_costs(spec, Deployment(32, 3, threads=1, runtime="ort-int8", latency_table=table),
+                              {"latency_ratio"}, {"latency_ratio": 1e-3})
+    assert predicted["latency_predicted"] == 1.0 and "latency_ms" not in predicted
+    assert predicted["latency_ratio"] == predicted["predicted_latency_ratio"] > 0
+    loose = measure_costs(spec, Deployment(32, 3, threads=1, runtime="ort-int8", latency_table=table),
+                          {"latency_ratio"}, {"latency_ratio": 100.0})
+    assert "latency_predicted" not in loose and loose["latency_ms"] > 0 and loose["predicted_latency_ratio"] > 0
+    with pytest.raises(AttendNetsError, match="--latency-table filters on --max-latency-ratio"):
+        ExploreConfig(name="x", latency_table=table, runtime="ort-int8")

@@ -25,12 +25,14 @@ def test_runtime_layers_are_the_kernels_the_runtime_runs() -> None:
     assert set(ops) == {"conv", "max_pool", "sigmoid", "resize", "mul", "add", "mean", "linear"}
     stem = layers[0]
     assert stem == Layer("conv", 3, 16, 8, kernel=3, stride=2, padding=1, groups=1)
+    assert next(layer for layer in layers if layer.op == "max_pool").ceil_mode  # the condenser rounds up
     resize = next(layer for layer in layers if layer.op == "resize")
     assert (resize.in_chs, resize.size, resize.stride) == (4, 4, 2)  # 8x8 condensed by 2, expanded back
 
 
 @pytest.mark.parametrize("layer", [Layer("conv", 8, 8, 16, 3, 2, 1, 8), Layer("resize", 4, 4, 4, stride=2),
-                                   Layer("mul", 4, 8, 4), Layer("linear", 12, 1, 5), Layer("max_pool", 4, 8, 4, 2, 2)])
+                                   Layer("mul", 4, 8, 4), Layer("linear", 12, 1, 5), Layer("max_pool", 4, 8, 4, 2, 2),
+                                   Layer("max_pool", 4, 2, 4, 4, 4, ceil_mode=True)])
 def test_probes_take_the_layers_input(layer: Layer) -> None:
     import torch
 

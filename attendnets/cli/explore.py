@@ -16,7 +16,14 @@ from attendnets.bench import RUNTIMES
 from attendnets.errors import AttendNetsError
 from attendnets.search.fidelity import Fidelity
 from attendnets.search.pilot import PilotConfig
-from attendnets.search.requirements import COST_LABELS, COSTS, Requirements, format_cost, parse_count
+from attendnets.search.requirements import (
+    COST_LABELS,
+    COSTS,
+    PREDICTION_MARGIN,
+    Requirements,
+    format_cost,
+    parse_count,
+)
 from attendnets.search.space import SPACE_DIR
 from attendnets.search.study import SAMPLERS, ExploreConfig, Explorer
 
@@ -96,6 +103,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="hold-out top-1 at 8 bits, as measured at each rung's (short) fidelity")
     req.add_argument("--train-threads", type=int, default=1,
                      help="torch threads while training a design (default 1; run more workers to use more cores)")
+    req.add_argument("--latency-table", metavar="FILE",
+                     help="with --max-latency-ratio: predict each design's ratio from per-layer latencies kept in "
+                          f"FILE (measured on first use, for this runtime and machine) and reject designs predicted "
+                          f"over the cap x{PREDICTION_MARGIN} without exporting them")
     obj = run.add_argument_group("objectives and budget")
     obj.add_argument("--cost", choices=COSTS, default="macs", help="the cost to minimise (default macs)")
     obj.add_argument("--trials", type=int, help="designs trained at rung 0 (default 24; synthetic 12)")
@@ -207,7 +218,7 @@ def config_from_args(args: argparse.Namespace) -> ExploreConfig:
         name=args.name, space=args.space or d["space"], data=args.data, synthetic=args.synthetic, output=args.output,
         requirements=_requirements(args, args.min_top1), cost=args.cost, fidelity=fidelity,
         trials=args.trials or d["trials"], rungs=args.rungs, img_size=args.img_size, threads=args.threads,
-        runtime=args.runtime, train_threads=args.train_threads,
+        runtime=args.runtime, latency_table=args.latency_table, train_threads=args.train_threads,
         sampler=args.sampler, seed=args.seed, storage=args.storage, resume=args.resume, give_up_after=args.give_up_after,
     )
 

@@ -49,7 +49,7 @@ PROBE_CALLS = 10
 @dataclass(frozen=True)
 class Layer:
     """One kernel of a runtime graph at batch 1: ``op``, input channels and size, output channels, and for
-    convs and pools the kernel, stride, padding and groups (0 where they do not apply)."""
+    convs and pools the kernel, stride, padding, groups and rounding (0 where they do not apply)."""
 
     op: str
     in_chs: int
@@ -59,6 +59,7 @@ class Layer:
     stride: int = 0
     padding: int = 0
     groups: int = 0
+    ceil_mode: bool = False
 
     @property
     def key(self) -> str:
@@ -72,7 +73,7 @@ class Layer:
         elif self.op == "conv_transpose":
             layer = nn.ConvTranspose2d(self.in_chs, self.out_chs, self.kernel, self.stride, groups=self.groups)
         elif self.op == "max_pool":
-            layer = nn.MaxPool2d(self.kernel, self.stride, self.padding)
+            layer = nn.MaxPool2d(self.kernel, self.stride, self.padding, ceil_mode=self.ceil_mode)
         elif self.op == "resize":
             layer = nn.Upsample(scale_factor=self.stride, mode="nearest")
         elif self.op == "linear":
@@ -145,7 +146,8 @@ def _layer(node: torch.fx.Node) -> Layer | None:
     if name in ("max_pool2d", "max_pool2d_with_indices") and len(x) == 4:
         kernel = args[1][0]
         stride = (args[2] or args[1])[0] if len(args) > 2 else kernel
-        return Layer("max_pool", x[1], x[2], x[1], kernel, stride, args[3][0] if len(args) > 3 else 0)
+        padding = args[3][0] if len(args) > 3 else 0
+        return Layer("max_pool", x[1], x[2], x[1], kernel, stride, padding, ceil_mode=len(args) > 5 and bool(args[5]))
     if name.startswith("upsample_nearest") and len(x) == 4:
         return Layer("resize", x[1], x[2], x[1], stride=_shape(node)[2] // x[2])
     if name == "sigmoid" and len(x) == 4:

@@ -25,11 +25,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from torch import nn
+
 from attendnets.bench import RUNTIMES, LatencyMeter
 from attendnets.complexity import profile_model
 from attendnets.errors import AttendNetsError
 from attendnets.model import build_model
 from attendnets.quantize import weight_memory
+from attendnets.search.predictor import LatencyTable
 from attendnets.spec import ArchSpec
 
 COSTS = ("macs", "params", "weight_kb", "peak_activation_kb", "latency_ms", "latency_ratio")
@@ -45,6 +48,7 @@ COST_LABELS = {
 TIERS = (("params", "weight_kb"), ("macs", "peak_activation_kb"), ("latency_ms", "latency_ratio"))
 LATENCY = {"latency_ms", "latency_ratio"}
 LATENCY_ROUNDS = 5
+PREDICTION_MARGIN = 1.2  # a design predicted above the latency-ratio cap times this is not exported
 _SUFFIXES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
 
 
@@ -104,6 +108,7 @@ class Deployment:
     num_classes: int
     threads: int = 2
     runtime: str = "eager"
+    latency_table: str | None = None  # a LatencyTable file: reject designs predicted far over the ratio cap unmeasured
 
 
 def measure_costs(spec: ArchSpec, deployment: Deployment, needed: set[str], caps: dict[str, float]) -> dict[str, float]:
@@ -127,15 +132,35 @@ def measure_costs(spec: ArchSpec, deployment: Deployment, needed: set[str], caps
             costs["peak_activation_kb"] = profile.peak_activation_bytes_int8 / 1024
             costs["peak_activation_kb_fp32"] = profile.peak_activation_bytes_fp32 / 1024
         else:
-            latency = latency_meter(deployment).measure(model, spec.name)
-            costs["latency_ms"], costs["latency_ratio"] = latency["latency_ms"], latency["latency_ratio"]
+            costs.update(_latency(model, spec.name, deployment, needed, caps))
     return costs
+
+
+def _latency(model: nn.Module, name: str, deployment: Deployment, needed: set[str], caps: dict[str, float]) -> dict:
+    """Measured latency; with a latency table and a ratio cap, first the predicted ratio, and a design predicted
+    above the cap times :data:`PREDICTION_MARGIN` keeps that prediction instead (``latency_predicted`` 1), unless
+    its milliseconds are needed."""
+    out: dict[str, float] = {}
+    cap = caps.get("latency_ratio")
+    if deployment.latency_table and cap:
+        table = latency_table(deployment)
+        out["predicted_latency_ratio"] = table.predict_ratio(model, deployment.img_size, deployment.num_classes)
+        if out["predicted_latency_ratio"] > cap * PREDICTION_MARGIN and "latency_ms" not in needed:
+            return {**out, "latency_ratio": out["predicted_latency_ratio"], "latency_predicted": 1.0}
+    latency = latency_meter(deployment).measure(model, name)
+    return {**out, "latency_ms": latency["latency_ms"], "latency_ratio": latency["latency_ratio"]}
 
 
 def check_runtime(runtime: str) -> None:
     """Refuse a latency runtime that :mod:`attendnets.bench` does not know, before any work."""
     if runtime not in RUNTIMES:
         raise AttendNetsError(f"unknown --runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+
+
+@functools.cache
+def latency_table(deployment: Deployment) -> LatencyTable:
+    """The deployment's per-layer latency table, loaded once per process."""
+    return LatencyTable(deployment.latency_table, deployment.runtime, deployment.threads)
 
 
 @functools.cache

@@ -96,6 +96,7 @@ class ExploreConfig:
     img_size: int | None = None  # deployment image size; None: the prototype's
     threads: int = 2  # for latency
     runtime: str = "eager"  # where latency is measured (attendnets.bench.RUNTIMES)
+    latency_table: str | None = None  # a LatencyTable file that filters designs before export
     train_threads: int = 1  # torch threads while training: small models at low resolution gain little from more
     sampler: str = "tpe"
     seed: int = 0  # the sampler's; give each worker its own
@@ -116,6 +117,8 @@ class ExploreConfig:
         if self.synthetic and self.data:
             raise AttendNetsError("--synthetic generates its own data; drop --data")
         check_runtime(self.runtime)
+        if self.latency_table and (self.runtime == "eager" or self.requirements.max_latency_ratio is None):
+            raise AttendNetsError("--latency-table filters on --max-latency-ratio in an exported --runtime: set both")
 
     @property
     def study_dir(self) -> Path:
@@ -159,7 +162,7 @@ class Explorer:
         source = source_data(self.study_dir, self.config.data, self.config.synthetic, self.config.fidelity)
         self.data = prepare_data(source, self.study_dir / "data", self.config.fidelity)
         self.deployment = Deployment(self.config.img_size or self.space.prototype.img_size, len(self.data.classes),
-                                     self.config.threads, self.config.runtime)
+                                     self.config.threads, self.config.runtime, self.config.latency_table)
         write_study_file(self.study_dir, self.config.name, self.config.storage)
         attrs = self.study_attrs()
         studies = [self.open_rung(r, attrs) for r in range(self.config.rungs)]
