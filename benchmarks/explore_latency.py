@@ -1,0 +1,239 @@
+"""Accuracy per millisecond: search AttendNets on measured int8 latency, against MobileNet-V1 on Imagenette.
+
+The target (issue 13): a design whose Imagenette top-1 at 8 bits (comparison recipe, 2 seeds, the lower
+counts) is at least MobileNet-V1's + 7 points, at no more than 0.5x MobileNet-V1's int8 batch-1 latency in
+ONNX Runtime (1 and 2 threads) and in LiteRT + XNNPACK, measured interleaved on this machine.
+
+Stages, each resumable (``--stages``; a killed stage continues where it stopped when started again):
+
+1. ``search``: ``attendnets explore run`` with TPE on the ``attendnet_b_fast`` space. Objectives: hold-out
+   top-1 at 8 bits and the ORT int8 latency ratio to MobileNet-V1 (1 thread, 128 px, 10 classes, each
+   design exported and timed interleaved with MobileNet-V1), capped at 0.5; a per-layer latency table
+   rejects designs predicted over the cap x1.2 before they are exported. Same fidelity as
+   ``benchmarks/explore.py`` (64 px, 800 + 50 images per class of train/, 3 epochs at rung 0, x3 per rung).
+2. ``random``: the same search with ``--sampler random``: the control, with the same trained budget.
+3. ``retrain``: each search's pick (the highest hold-out top-1 among the non-prototype designs of its top
+   rung's Pareto front) trained with the comparison recipe of ``benchmarks/imagenette.py`` at seeds 0
+   and 1, quantized to 8-bit weights and evaluated on val/; attendnet_b, attendnet_a and the MobileNets
+   at seed 0 from ``runs/imagenette`` (trained there if missing).
+4. ``latency``: every retrained model and the MobileNets, int8, ORT and LiteRT, 1 and 2 threads
+   (``attendnets bench``, random weights: latency does not depend on the weights' values).
+5. ``report``: docs/results/explore_latency.{md,json} and explore_latency.png (top-1 against measured
+   latency, the MobileNets and the presets on the same plot).
+
+    python benchmarks/explore_latency.py --data ../shared/datasets/imagenette2-224
+    python benchmarks/explore_latency.py --stages search        # another terminal: --stages random
+    python benchmarks/explore_latency.py --smoke                # every stage on a tiny subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, ROOT, provenance, reexec_with_tuned_malloc, run_context  # noqa: E402
+from explore import FULL, SAMPLER_SEEDS, SMOKE, Steps, attendnets, flags, quantize, smoke_dataset, train_run  # noqa: E402
+from imagenette import IMG_SIZE, NUM_CLASSES  # noqa: E402
+
+from attendnets.checkpoint import atomic_write, atomic_write_text  # noqa: E402
+from attendnets.data import resolve_data_dir  # noqa: E402
+
+STAGES = ("search", "random", "retrain", "latency", "report")
+SEARCH_STAGES = {"tpe": "search", "random": "random"}
+SPACE = "attendnet_b_fast"
+MAX_RATIO = 0.5
+TARGET_POINTS = 7.0
+SEARCH_LATENCY = {"runtime": "ort-int8", "threads": 1}
+PRESETS = ("attendnet_b", "attendnet_a")
+BASELINES = ("mobilenet_v1", "mobilenet_v2")
+SEEDS = (0, 1)
+RUNTIMES = ("ort-int8", "litert-int8")
+THREADS = (1, 2)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="Imagenette root with train/ and val/ (default: $ATTENDNETS_DATA)")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated (default {','.join(STAGES)})")
+    parser.add_argument("--smoke", action="store_true", help="tiny budget on a tiny subset, into runs/explore-latency-smoke")
+    parser.add_argument("--runs", type=Path, help="working folder (default runs/explore-latency[-smoke])")
+    parser.add_argument("--trained", type=Path, default=ROOT / "runs" / "imagenette",
+                        help="runs of benchmarks/imagenette.py to reuse at seed 0 (default runs/imagenette)")
+    parser.add_argument("--workers", type=int, default=2, help="data loader processes for retraining (default 2)")
+    args = parser.parse_args()
+    unknown = set(args.stages.split(",")) - set(STAGES)
+    if unknown:
+        parser.error(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
+    return args
+
+
+def search(steps: Steps, sampler: str, data: Path, runs: Path, budget: dict) -> None:
+    folder = runs / "search"
+    resume = ["--resume"] if (folder / sampler / "study.json").is_file() else []
+    steps.run(SEARCH_STAGES[sampler], attendnets(
+        "explore", "run", "--data", str(data), "--space", SPACE, "--name", sampler, "--output", str(folder),
+        "--sampler", sampler, "--seed", str(SAMPLER_SEEDS[sampler]), "--cost", "latency_ratio",
+        "--max-latency-ratio", str(MAX_RATIO), *flags(SEARCH_LATENCY), "--latency-table", str(runs / "latency-table.json"),
+        "--img-size", str(IMG_SIZE), *flags(budget["search"]), *flags(budget["fidelity"]), "--train-threads", "1",
+        "--json", *resume), capture=True)
+
+
+def picks(runs: Path) -> dict[str, Path]:
+    """``{label: spec file}``: each search's non-prototype Pareto design with the highest hold-out top-1."""
+    out = {}
+    for sampler in SEARCH_STAGES:
+        path = runs / "search" / sampler / "summary.json"
+        found = [d for d in json.loads(path.read_text())["pareto"] if not d["reference"]] if path.is_file() else []
+        if found:
+            best = max(found, key=lambda d: (d["top1_int8"], -d["costs"]["latency_ratio"]))
+            spec = runs / "found" / f"fast_{sampler}.json"
+            spec.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(spec, Path(best["file"]).read_text())
+            out[f"fast_{sampler}"] = spec
+    return out
+
+
+def retrain(steps: Steps, data: Path, runs: Path, trained: Path, budget: dict, workers: int) -> dict[str, Any]:
+    """``{label: {model, seeds: [{seed, top1_int8, top1_float}]}}`` for the picks and the references."""
+    models = {label: (str(spec), SEEDS) for label, spec in picks(runs).items()}
+    models |= {m: (m, (0,)) for m in (*PRESETS, *BASELINES)}
+    rows = {}
+    for label, (model, seeds) in models.items():
+        out = []
+        for seed in seeds:
+            run = train_run(steps, model, seed, data, runs, trained, budget, workers)
+            q = quantize(steps, run, f"{label}-s{seed}", data, runs, workers)
+            out.append({"seed": seed, "run": str(run), "top1_int8": q["int8_top1"], "top1_float": q["float_top1"]})
+        rows[label] = {"model": model, "seeds": out}
+    return rows
+
+
+def latency(steps: Steps, rows: dict[str, Any], runs: Path, budget: dict) -> dict[str, dict[str, float]]:
+    """``{label: {"<runtime>/<threads>t": ratio to MobileNet-V1}}`` from ``attendnets bench`` (cached)."""
+    path = runs / "latency.json"
+    models = [row["model"] for label, row in rows.items() if label not in BASELINES]
+    cached = json.loads(path.read_text()) if path.is_file() else {}
+    if cached.get("models") != models:
+        cached = {"models": models, "ratios": {}, "ms": {}}
+    for threads in THREADS:
+        key = f"{threads}t"
+        if key in cached["ms"]:
+            continue
+        out = steps.run("latency", attendnets(
+            "bench", *models, "--img-size", str(IMG_SIZE), "--num-classes", str(NUM_CLASSES), "--runtimes",
+            ",".join(RUNTIMES), "--batch", "0", "--rounds", str(budget["bench_rounds"]), "--threads", str(threads),
+            "--json"), capture=True)
+        cached["ms"][key] = {f"{r['model']}|{r['runtime']}": r["batch1_median_ms"] for r in json.loads(out)["results"]}
+        atomic_write_text(path, json.dumps(cached, indent=2) + "\n")
+    ratios: dict[str, dict[str, float]] = {}
+    for label, row in rows.items():
+        for key, ms in cached["ms"].items():
+            for runtime in RUNTIMES:
+                ratio = ms[f"{row['model']}|{runtime}"] / ms[f"mobilenet_v1|{runtime}"]
+                ratios.setdefault(label, {})[f"{runtime}/{key}"] = ratio
+    return ratios
+
+
+def verdict(label: str, row: dict[str, Any], ratios: dict[str, float], reference: float) -> str:
+    low = min(s["top1_int8"] for s in row["seeds"])
+    worst = max(ratios.values())
+    met = low >= reference + TARGET_POINTS and worst <= MAX_RATIO
+    return (f"{label}: {'MEETS' if met else 'does NOT meet'} the target: lower-seed top-1 {low:.2f}% "
+            f"({low - reference:+.2f} points over MobileNet-V1's {reference:.2f}%, needed +{TARGET_POINTS:g}); "
+            f"slowest int8 ratio to MobileNet-V1 {worst:.2f}x (needed <= {MAX_RATIO}x)")
+
+
+def plot(rows: dict[str, Any], ratios: dict[str, dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for label, row in rows.items():
+        x = ratios[label]["ort-int8/1t"]
+        y = min(s["top1_int8"] for s in row["seeds"])
+        marker = "s" if label in BASELINES else "^" if label in PRESETS else "o"
+        ax.scatter([x], [y], marker=marker, s=50)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.axvline(MAX_RATIO, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("ONNX Runtime int8 latency / MobileNet-V1's (1 thread, 128 px, batch 1)")
+    ax.set_ylabel("Imagenette val top-1 at 8 bits (lower seed), %")
+    ax.set_title("Accuracy against measured int8 latency")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+
+
+def write_report(runs: Path, out_dir: Path, rows: dict[str, Any], ratios: dict[str, dict[str, float]], steps: Steps,
+                 context: dict[str, Any], smoke: bool) -> None:
+    reference = rows["mobilenet_v1"]["seeds"][0]["top1_int8"]
+    verdicts = [verdict(label, row, ratios[label], reference) for label, row in rows.items() if label.startswith("fast_")]
+    searches = {s: json.loads((runs / "search" / s / "summary.json").read_text())
+                for s in SEARCH_STAGES if (runs / "search" / s / "summary.json").is_file()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / "explore_latency.png", lambda tmp: plot(rows, ratios, Path(tmp)))
+    for label in rows:
+        if label.startswith("fast_"):
+            atomic_write(out_dir / f"explore_latency_{label}.json",
+                         lambda tmp, label=label: shutil.copyfile(rows[label]["model"], tmp))
+    columns = [f"{r}/{t}t" for r in RUNTIMES for t in THREADS]
+    lines = ["# Accuracy per millisecond: designs searched on measured int8 latency", "",
+             *(["**SMOKE RUN: a tiny budget on a tiny subset; not the comparison.**", ""] if smoke else []),
+             f"`attendnets explore run --space {SPACE} --cost latency_ratio --runtime {SEARCH_LATENCY['runtime']} "
+             f"--threads {SEARCH_LATENCY['threads']} --max-latency-ratio {MAX_RATIO} --latency-table ...` (TPE, and "
+             "random sampling as the control), each pick retrained with the comparison recipe at seeds "
+             f"{', '.join(map(str, SEEDS))} and scored on val/ at 8-bit weights. Plot: "
+             "[explore_latency.png](explore_latency.png).", "",
+             "| search | rung-0 proposals | trained | over a cap | CPU-hours |", "|---|---|---|---|---|"]
+    hours = {k: v / 3600 for k, v in steps.cpu.items()}
+    for s, summary in searches.items():
+        rung = summary["rungs"][0]
+        lines.append(f"| {s} | {rung['trials']} | {rung['by_status'].get('trained', 0)} | "
+                     f"{rung['by_status'].get('over_cap', 0)} | {hours.get(SEARCH_STAGES[s], 0.0):.2f} |")
+    lines += ["", "| model | top-1 8-bit (per seed) | " + " | ".join(f"{c} vs MobileNet-V1" for c in columns) + " |",
+              "|---|---|" + "---|" * len(columns)]
+    for label, row in rows.items():
+        per_seed = ", ".join(f"s{s['seed']} {s['top1_int8']:.2f}%" for s in row["seeds"])
+        lines.append(f"| {label} | {per_seed} | " + " | ".join(f"{ratios[label][c]:.2f}x" for c in columns) + " |")
+    lines += ["", "## Verdict", "", *(f"- {v}" for v in verdicts or ["no design besides the prototype was found"]),
+              "", "## How it was run", "", *provenance(context), ""]
+    atomic_write_text(out_dir / "explore_latency.md", "\n".join(lines))
+    atomic_write_text(out_dir / "explore_latency.json",
+                      json.dumps({**context, "smoke_run": smoke, "models": rows, "ratios": ratios, "verdicts": verdicts,
+                                  "searches": searches, "cpu_seconds": steps.cpu}, indent=2) + "\n")
+    print("\n".join(verdicts))
+
+
+def main() -> int:
+    reexec_with_tuned_malloc()
+    args = parse_args()
+    budget = SMOKE if args.smoke else FULL
+    runs = args.runs or ROOT / "runs" / ("explore-latency-smoke" if args.smoke else "explore-latency")
+    runs.mkdir(parents=True, exist_ok=True)
+    data = resolve_data_dir(args.data).resolve()
+    if args.smoke:
+        data = smoke_dataset(data, runs / "data", budget["smoke_data"])
+    stages = args.stages.split(",")
+    steps = Steps(runs)
+    context = run_context()
+    for sampler, stage in SEARCH_STAGES.items():
+        if stage in stages:
+            search(steps, sampler, data, runs, budget)
+    if not {"retrain", "latency", "report"} & set(stages):
+        return 0
+    rows = retrain(steps, data, runs, args.trained, budget, args.workers)
+    ratios = latency(steps, rows, runs, budget) if {"latency", "report"} & set(stages) else {}
+    if "report" in stages:
+        write_report(runs, runs if args.smoke else RESULTS, rows, ratios, steps, context, args.smoke)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
