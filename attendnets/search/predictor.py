@@ -193,13 +193,17 @@ class LatencyTable:
         reference = load_bench_model(REFERENCE, img_size, num_classes).module
         return self.predict(model, img_size) / self.predict(reference, img_size)
 
+    def save(self) -> None:
+        """Write the table to its file (atomically)."""
+        record = {"runtime": self.runtime, "threads": self.threads, "machine": self.machine, "ms": self.entries}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
     def _measure(self, layers: list[Layer]) -> None:
         with tempfile.TemporaryDirectory(prefix="attendnets-lut-") as tmp, _threads(self.threads):
             for index, layer in enumerate(layers):
                 self.entries[layer.key] = _time_probe(layer, self.runtime, Path(tmp), index, self.threads)
-        record = {"runtime": self.runtime, "threads": self.threads, "machine": self.machine, "ms": self.entries}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+        self.save()
 
 
 def _time_probe(layer: Layer, runtime: str, work: Path, index: int, threads: int) -> float:
