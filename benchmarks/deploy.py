@@ -213,8 +213,9 @@ def verdicts(latency: dict[str, Any], accuracy: dict[str, dict]) -> list[str]:
     for m in accuracy.values():
         for fmt, label in (("onnx", "int8"), ("tflite", "int8"), ("tflite", "micro"), ("executorch", "int8")):
             drop = m[f"{fmt}_float"]["top1"] - m[f"{fmt}_{label}"]["top1"]
-            lines.append(f"{m['model']} {fmt} {label}: top-1 {drop:+.2f} points below float "
-                         f"({'within' if drop <= 0.5 else 'NOT within'} 0.5).")
+            where = f"{drop:.2f} points below" if drop >= 0 else f"{-drop:.2f} points above"
+            lines.append(f"{m['model']} {fmt} {label}: top-1 {where} float "
+                         f"({'within' if abs(drop) <= 0.5 else 'NOT within'} 0.5).")
     return lines
 
 
