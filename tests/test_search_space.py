@@ -129,3 +129,10 @@ def test_fast_space_holds_attendnet_b_and_reaches_lower_resolutions() -> None:
         build_model(sampled, num_classes=10)
         without_condensers += not any(isinstance(b, VACSpec) for b in sampled.blocks)
     assert without_condensers > 0
+
+
+def test_stride_choice_needs_a_block_that_stays_in_place() -> None:
+    data = default_space(ArchSpec.from_dict(TINY_SPEC)).to_dict()
+    data["stages"] = [{"name": "a", "blocks": [0, 0]}, {"name": "b", "blocks": [1, 2], "stride": [1, 2]}]
+    with pytest.raises(SpaceError, match="stride: block 1 must downsample or widen"):
+        SearchSpace.from_dict(data)

@@ -175,7 +175,8 @@ class SearchSpace:
                 _need(not stage.kinds or blocks[j].type in stage.kinds, where,
                       f"kinds {stage.kinds} must include {blocks[j].type!r}, the kind of block {j}")
             if stage.stride:
-                _need(hasattr(blocks[first], "stride"), where, f"stride: block {first} (a {blocks[first].type}) has none")
+                _need(hasattr(blocks[first], "stride") and not _is_free(self.prototype, first), where,
+                      f"stride: block {first} must downsample or widen (a free block may be dropped or replaced)")
                 _values(where, "stride", stage.stride, int, lambda v: v >= 1, blocks[first].stride)
         _need(expected == len(blocks), "stages", f"cover blocks 0..{expected - 1} of the prototype's {len(blocks)}")
         vacs = [b for b in blocks if isinstance(b, VACSpec)]
