@@ -78,8 +78,7 @@ def load_bench_model(name: str, img_size: int, num_classes: int) -> BenchModel:
     if checkpoint_paths(name)[0].is_file():
         module, meta = load_checkpoint(name)
         label = meta.get("model") or (meta.get("spec") or {}).get("name") or Path(name).name
-        preprocessing = {k: v for k, v in random_weights_model(label, module, img_size).meta.items() if k != "class_names"}
-        return BenchModel(f"{label} ({Path(name).name})", module, {**meta, **preprocessing})
+        return BenchModel(f"{label} ({Path(name).name})", module, {**meta, **_preprocessing(img_size)})
     torch.manual_seed(0)
     return random_weights_model(name, create_model(name, num_classes=num_classes), img_size)
 
@@ -87,9 +86,13 @@ def load_bench_model(name: str, img_size: int, num_classes: int) -> BenchModel:
 def random_weights_model(label: str, module: nn.Module, img_size: int) -> BenchModel:
     """``module`` to measure at ``img_size`` as it is, with generic class names and ImageNet preprocessing."""
     classes = [f"class{i}" for i in range(getattr(module, "num_classes", 1))]
-    meta = dict(class_names=classes, img_size=img_size, mean=list(IMAGENET_DEFAULT_MEAN), std=list(IMAGENET_DEFAULT_STD),
+    return BenchModel(label, module.eval(), {"class_names": classes, **_preprocessing(img_size)})
+
+
+def _preprocessing(img_size: int) -> dict[str, Any]:
+    """ImageNet preprocessing at ``img_size``: what every measured model is exported with."""
+    return dict(img_size=img_size, mean=list(IMAGENET_DEFAULT_MEAN), std=list(IMAGENET_DEFAULT_STD),
                 interpolation="bilinear", crop_pct=0.875)
-    return BenchModel(label, module.eval(), meta)
 
 
 def _synthetic_images(folder: Path, size: int) -> Path:

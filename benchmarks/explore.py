@@ -93,19 +93,20 @@ SMOKE = {
 }
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(description: str = __doc__, stages: tuple[str, ...] = STAGES, folder: str = "explore") -> argparse.Namespace:
+    """The driver's options (shared with benchmarks/explore_latency.py): ``stages`` it knows, runs in ``runs/folder``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="Imagenette root with train/ and val/ (default: $ATTENDNETS_DATA)")
-    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated (default {','.join(STAGES)})")
-    parser.add_argument("--smoke", action="store_true", help="tiny budget on a tiny subset, into runs/explore-smoke")
-    parser.add_argument("--runs", type=Path, help="working folder (default runs/explore, or runs/explore-smoke)")
+    parser.add_argument("--stages", default=",".join(stages), help=f"comma-separated (default {','.join(stages)})")
+    parser.add_argument("--smoke", action="store_true", help=f"tiny budget on a tiny subset, into runs/{folder}-smoke")
+    parser.add_argument("--runs", type=Path, help=f"working folder (default runs/{folder}, or runs/{folder}-smoke)")
     parser.add_argument("--trained", type=Path, default=ROOT / "runs" / "imagenette",
                         help="runs of benchmarks/imagenette.py to reuse at seed 0 (default runs/imagenette)")
     parser.add_argument("--workers", type=int, default=2, help="data loader processes for retraining (default 2)")
     args = parser.parse_args()
-    unknown = set(args.stages.split(",")) - set(STAGES)
+    unknown = set(args.stages.split(",")) - set(stages)
     if unknown:
-        parser.error(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
+        parser.error(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(stages)}")
     return args
 
 
@@ -172,12 +173,14 @@ def pilot(steps: Steps, data: Path, runs: Path, budget: dict, caps: dict) -> Non
         "--img-size", str(IMG_SIZE), "--train-threads", "1", "--json"), capture=True)
 
 
-def search(steps: Steps, sampler: str, data: Path, runs: Path, budget: dict, caps: dict) -> None:
+def search(steps: Steps, sampler: str, data: Path, runs: Path, budget: dict, objective: list[str]) -> None:
+    """``attendnets explore run`` with ``sampler`` into ``runs/search/<sampler>`` (resumed if started);
+    ``objective``: the space, cost and caps options."""
     folder = runs / "search"
     resume = ["--resume"] if (folder / sampler / "study.json").is_file() else []
     steps.run(SEARCH_STAGES[sampler], attendnets(
-        "explore", "run", "--data", str(data), "--space", SPACE, "--name", sampler, "--output", str(folder),
-        "--sampler", sampler, "--seed", str(SAMPLER_SEEDS[sampler]), "--cost", "macs", *flags(caps), "--img-size", str(IMG_SIZE),
+        "explore", "run", "--data", str(data), *objective, "--name", sampler, "--output", str(folder),
+        "--sampler", sampler, "--seed", str(SAMPLER_SEEDS[sampler]), "--img-size", str(IMG_SIZE),
         *flags(budget["search"]), *flags(budget["fidelity"]), "--train-threads", "1", "--json", *resume), capture=True)
 
 
@@ -546,7 +549,7 @@ def main() -> int:
         pilot(steps, data, runs, budget, caps)
     for sampler, stage in SEARCH_STAGES.items():
         if stage in stages:
-            search(steps, sampler, data, runs, budget, caps)
+            search(steps, sampler, data, runs, budget, ["--space", SPACE, "--cost", "macs", *flags(caps)])
     rows = retrain(steps, data, runs, args.trained, budget, args.workers) if {"retrain", "report"} & set(stages) else {}
     if "report" in stages:
         write_report(runs, runs if args.smoke else RESULTS, budget, caps, rows, steps, context, args.smoke)

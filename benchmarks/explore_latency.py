@@ -28,7 +28,6 @@ Stages, each resumable (``--stages``; a killed stage continues where it stopped 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -37,50 +36,36 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, provenance, reexec_with_tuned_malloc, run_context  # noqa: E402
-from explore import FULL, SAMPLER_SEEDS, SMOKE, Steps, attendnets, flags, quantize, smoke_dataset, train_run  # noqa: E402
+from explore import (  # noqa: E402
+    FULL,
+    SEARCH_STAGES,
+    SMOKE,
+    Steps,
+    attendnets,
+    flags,
+    parse_args,
+    quantize,
+    search,
+    smoke_dataset,
+    train_run,
+)
 from imagenette import IMG_SIZE, NUM_CLASSES  # noqa: E402
 
 from attendnets.checkpoint import atomic_write, atomic_write_text  # noqa: E402
 from attendnets.data import resolve_data_dir  # noqa: E402
 
 STAGES = ("search", "random", "retrain", "latency", "report")
-SEARCH_STAGES = {"tpe": "search", "random": "random"}
 SPACE = "attendnet_b_fast"
 MAX_RATIO = 0.5
 TARGET_POINTS = 7.0
 SEARCH_LATENCY = {"runtime": "ort-int8", "threads": 1}
 PRESETS = ("attendnet_b", "attendnet_a")
 BASELINES = ("mobilenet_v1", "mobilenet_v2")
+OBJECTIVE = ["--space", SPACE, "--cost", "latency_ratio", "--max-latency-ratio", str(MAX_RATIO),
+             *flags(SEARCH_LATENCY)]
 SEEDS = (0, 1)
 RUNTIMES = ("ort-int8", "litert-int8")
 THREADS = (1, 2)
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", help="Imagenette root with train/ and val/ (default: $ATTENDNETS_DATA)")
-    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated (default {','.join(STAGES)})")
-    parser.add_argument("--smoke", action="store_true", help="tiny budget on a tiny subset, into runs/explore-latency-smoke")
-    parser.add_argument("--runs", type=Path, help="working folder (default runs/explore-latency[-smoke])")
-    parser.add_argument("--trained", type=Path, default=ROOT / "runs" / "imagenette",
-                        help="runs of benchmarks/imagenette.py to reuse at seed 0 (default runs/imagenette)")
-    parser.add_argument("--workers", type=int, default=2, help="data loader processes for retraining (default 2)")
-    args = parser.parse_args()
-    unknown = set(args.stages.split(",")) - set(STAGES)
-    if unknown:
-        parser.error(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
-    return args
-
-
-def search(steps: Steps, sampler: str, data: Path, runs: Path, budget: dict) -> None:
-    folder = runs / "search"
-    resume = ["--resume"] if (folder / sampler / "study.json").is_file() else []
-    steps.run(SEARCH_STAGES[sampler], attendnets(
-        "explore", "run", "--data", str(data), "--space", SPACE, "--name", sampler, "--output", str(folder),
-        "--sampler", sampler, "--seed", str(SAMPLER_SEEDS[sampler]), "--cost", "latency_ratio",
-        "--max-latency-ratio", str(MAX_RATIO), *flags(SEARCH_LATENCY), "--latency-table", str(runs / "latency-table.json"),
-        "--img-size", str(IMG_SIZE), *flags(budget["search"]), *flags(budget["fidelity"]), "--train-threads", "1",
-        "--json", *resume), capture=True)
 
 
 def picks(runs: Path) -> dict[str, Path]:
@@ -213,7 +198,7 @@ def write_report(runs: Path, out_dir: Path, rows: dict[str, Any], ratios: dict[s
 
 def main() -> int:
     reexec_with_tuned_malloc()
-    args = parse_args()
+    args = parse_args(__doc__, STAGES, "explore-latency")
     budget = SMOKE if args.smoke else FULL
     runs = args.runs or ROOT / "runs" / ("explore-latency-smoke" if args.smoke else "explore-latency")
     runs.mkdir(parents=True, exist_ok=True)
@@ -225,7 +210,7 @@ def main() -> int:
     context = run_context()
     for sampler, stage in SEARCH_STAGES.items():
         if stage in stages:
-            search(steps, sampler, data, runs, budget)
+            search(steps, sampler, data, runs, budget, OBJECTIVE + ["--latency-table", str(runs / "latency-table.json")])
     if not {"retrain", "latency", "report"} & set(stages):
         return 0
     rows = retrain(steps, data, runs, args.trained, budget, args.workers)

@@ -32,20 +32,11 @@ from common import RESULTS, ROOT, provenance, reexec_with_tuned_malloc, run_cont
 from attendnets.bench import LatencyMeter  # noqa: E402
 from attendnets.checkpoint import atomic_write_text  # noqa: E402
 from attendnets.model import build_model  # noqa: E402
+from attendnets.search.pilot import RandomChoices  # noqa: E402
 from attendnets.search.predictor import LatencyTable  # noqa: E402
 from attendnets.search.space import load_space  # noqa: E402
 
 DESIGNS = 50
-
-
-class _Random:
-    """A trial that answers every choice at random."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)
-
-    def suggest_categorical(self, name: str, choices: list) -> object:
-        return self.rng.choice(choices)
 
 
 def parse_args() -> argparse.Namespace:
@@ -76,7 +67,7 @@ def check(runtime: str, threads: int, args: argparse.Namespace) -> dict:
     for seed in itertools.count(rows[-1]["seed"] + 1 if rows else 0):
         if len(rows) >= args.designs:
             break
-        spec = space.sample(_Random(seed))
+        spec = space.sample(RandomChoices(random.Random(seed)))
         model = build_model(spec, num_classes=args.num_classes).eval()
         try:  # a design whose late condensers pool a 2x2 map to nothing cannot run at this size: the search skips it too
             with torch.no_grad():

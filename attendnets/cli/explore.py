@@ -11,8 +11,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from attendnets.data import DATA_ENV
 from attendnets.bench import RUNTIMES
+from attendnets.data import DATA_ENV
 from attendnets.errors import AttendNetsError
 from attendnets.search.fidelity import Fidelity
 from attendnets.search.pilot import PilotConfig

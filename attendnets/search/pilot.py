@@ -79,7 +79,7 @@ class PilotConfig:
         check_runtime(self.runtime)
 
 
-class _RandomChoices:
+class RandomChoices:
     """A stand-in trial that answers every question of :meth:`SearchSpace.sample` at random."""
 
     def __init__(self, rng: random.Random) -> None:
@@ -112,7 +112,7 @@ def sample_designs(space: SearchSpace, count: int, deployment: Deployment, requi
                     f"only {len(designs) - 1} designs of space {space.name!r} besides the prototype met the "
                     f"requirements ({requirements.describe()}) in {proposals - 1} random proposals; relax a cap or "
                     "ask for fewer --designs")
-            chooser = _RandomChoices(rng)
+            chooser = RandomChoices(rng)
             spec = space.sample(chooser)
             params = chooser.params
         key = json.dumps(params, sort_keys=True)
