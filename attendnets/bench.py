@@ -8,8 +8,8 @@ How it measures (see ``shared/notes/performance.md`` for why):
 - before each visit the process sleeps 60 ms (thread pools keep spinning ~10-30 ms after a call and would
   steal cores from the next model) and makes untimed calls (the first calls after idling are slow);
 - PyTorch runs in channels_last (its fastest CPU layout); ``torch`` threads and each runtime's threads are
-  set to the requested count (TFLite Micro has one); glibc malloc is tuned
-  (:func:`attendnets.runtime.tune_malloc`);
+  set to the requested count (TFLite Micro has one); glibc malloc should be tuned
+  (:func:`attendnets.runtime.tune_malloc`, as the command line and the benchmarks do);
 - every file is what ``attendnets export`` writes for that runtime (:mod:`attendnets.export`: each block in
   its runtime form; int8 all-integer), run by the runner ``eval`` and ``predict`` use, except ONNX Runtime,
   whose session is built here so its operator profile can be taken.
@@ -29,18 +29,17 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from attendnets.checkpoint import atomic_write_text, checkpoint_paths, load_checkpoint
+from attendnets.checkpoint import checkpoint_paths, load_checkpoint
+from attendnets.data import default_preprocessing
 from attendnets.errors import AttendNetsError
 from attendnets.export import (
     CalibrationImages,
@@ -48,12 +47,15 @@ from attendnets.export import (
     export_onnx,
     export_tflite,
     load_runner,
+    ort_session,
     quantize_onnx,
 )
+from attendnets.files import atomic_write_text
+from attendnets.registry import BASELINES
+from attendnets.runtime import torch_threads
 
 RUNTIMES = ("eager", "ort", "ort-int8", "litert", "litert-int8", "executorch", "executorch-int8", "tflm")
 DEFAULT_RUNTIMES = ("eager", "ort", "ort-int8")
-BASELINES = ("mobilenet_v1", "mobilenet_v2")
 REFERENCE = "mobilenet_v1"
 SETTLE_S = 0.06  # longer than the thread pools keep spinning after a call
 WARMUP_CALLS = 3
@@ -91,27 +93,13 @@ def random_weights_model(label: str, module: nn.Module, img_size: int) -> BenchM
 
 def _preprocessing(img_size: int) -> dict[str, Any]:
     """ImageNet preprocessing at ``img_size``: what every measured model is exported with."""
-    return dict(img_size=img_size, mean=list(IMAGENET_DEFAULT_MEAN), std=list(IMAGENET_DEFAULT_STD),
-                interpolation="bilinear", crop_pct=0.875)
+    return default_preprocessing(img_size)
 
 
 def _synthetic_images(folder: Path, size: int) -> Path:
     from attendnets.data import make_synthetic_dataset
 
     return make_synthetic_dataset(folder, classes=4, per_class=4, size=size) / "train"
-
-
-def _ort_session(path: Path, threads: int, profile_prefix: Path | None = None) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if profile_prefix is not None:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(profile_prefix)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _ort_call(session: Any) -> Callable[[np.ndarray], Any]:
@@ -123,7 +111,7 @@ def op_type_profile(path: Path, threads: int, img_size: int, work: Path) -> dict
     """Where an ONNX Runtime graph spends a batch-1 call, by operator type: each node's median kernel time over
     :data:`PROFILE_CALLS` calls (after :data:`WARMUP_CALLS`), summed by type. ``total_ms`` is the sum of node
     times (less than wall time: it leaves out scheduling between nodes)."""
-    session = _ort_session(path, threads, work / f"{path.stem}-trace")
+    session = ort_session(path, threads, work / f"{path.stem}-trace")
     run = _ort_call(session)
     x = np.random.default_rng(0).random((1, 3, img_size, img_size), dtype=np.float32)
     for _ in range(WARMUP_CALLS + PROFILE_CALLS):
@@ -143,16 +131,6 @@ def op_type_profile(path: Path, threads: int, img_size: int, work: Path) -> dict
     total = sum(v["ms"] for v in by_op.values())
     ops = {op: {**v, "share": v["ms"] / total} for op, v in sorted(by_op.items(), key=lambda kv: -kv[1]["ms"])}
     return {"total_ms": total, "ops": ops}
-
-
-@contextmanager
-def _threads(count: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _export(model: BenchModel, runtime: str, index: int, work: Path, calibration: dict[str, Any]) -> Path:
@@ -195,7 +173,7 @@ def _runtime_call(
         return eager, None
     path = _export(model, runtime, index, work, calibration)
     if runtime.startswith("ort"):
-        return _ort_call(_ort_session(path, threads)), path
+        return _ort_call(ort_session(path, threads)), path
     return load_runner(path, "tflm" if runtime == "tflm" else None, threads), path
 
 
@@ -248,17 +226,14 @@ class LatencyMeter:
 
     def __init__(self, runtime: str, img_size: int, num_classes: int, threads: int = 2, rounds: int = 5,
                  reference: str = REFERENCE) -> None:
-        from attendnets.runtime import tune_malloc
-
         if runtime not in RUNTIMES:
             raise AttendNetsError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
-        tune_malloc()
         self.runtime, self.img_size, self.threads, self.rounds = runtime, img_size, threads, rounds
         self._tmp = tempfile.TemporaryDirectory(prefix="attendnets-latency-")
         self.work = Path(self._tmp.name)
         self.reference = load_bench_model(reference, img_size, num_classes)
         self.calibration = _calibration([runtime], img_size, self.reference.meta, self.work)
-        with _threads(threads):
+        with torch_threads(threads):
             self.reference_call, _ = _runtime_call(self.reference, runtime, 0, self.work, self.calibration, threads)
         self.measured = 0
 
@@ -266,7 +241,7 @@ class LatencyMeter:
         """``latency_ms`` and ``reference_ms`` (medians of the interleaved batch-1 calls) and ``latency_ratio``."""
         self.measured += 1
         model = random_weights_model(label, module, self.img_size)
-        with _threads(self.threads):
+        with torch_threads(self.threads):
             call, _ = _runtime_call(model, self.runtime, self.measured, self.work, self.calibration, self.threads)
             calls = {("candidate", self.runtime): call, ("reference", self.runtime): self.reference_call}
             times = _measure(calls, 1, self.img_size, self.rounds, lambda: None)
@@ -335,8 +310,6 @@ def run_bench(
     eager for the same model, and raw times. ``progress(total)`` returns a function called once per visit.
     ``profile_dir`` gets each ORT model's time by operator type (``<label>-<runtime>.json``).
     """
-    from attendnets.runtime import tune_malloc
-
     runtimes = list(DEFAULT_RUNTIMES if runtimes is None else runtimes)
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown or not runtimes:
@@ -347,9 +320,8 @@ def run_bench(
     labels = list(dict.fromkeys([*names, *baselines]))
     if not labels:
         raise AttendNetsError("nothing to measure: name a model or checkpoint, or keep the baselines")
-    tune_malloc()
     machine = machine_info()
-    with _threads(threads), tempfile.TemporaryDirectory(prefix="attendnets-bench-") as tmp:
+    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="attendnets-bench-") as tmp:
         work = Path(tmp)
         models = [load_bench_model(name, img_size, num_classes) for name in labels]
         if len({m.label for m in models}) < len(models):
@@ -368,28 +340,30 @@ def run_bench(
                 profiles[f"{label}|{runtime}"] = summary
                 file = out / f"{label.replace('/', '_').replace(' ', '_')}-{runtime}.json"
                 atomic_write_text(file, json.dumps({"model": label, "runtime": runtime, **summary}, indent=1) + "\n")
-    return _report(models, runtimes, times, profiles, machine, threads, img_size, num_classes, batch, rounds)
+    return {
+        "machine": machine,
+        "settings": dict(threads=threads, img_size=img_size, num_classes=num_classes, batch=batch, rounds=rounds,
+                         batch1_calls_per_visit=TIMED_CALLS, settle_ms=1e3 * SETTLE_S),
+        "note": "random weights for named models (latency does not depend on the weights' values); int8 ranges "
+        "calibrated on generated images; ratios are measured interleaved in this run",
+        "results": speed_table([m.label for m in models], runtimes, times, batch),
+        "profiles": profiles,
+        "raw_ms": {f"{label}|{rt}|{b}": v for b, per in times.items() for (label, rt), v in per.items()},
+    }
 
 
-def _report(
-    models: list[BenchModel],
-    runtimes: list[str],
-    times: dict[int, dict[tuple[str, str], list[float]]],
-    profiles: dict[str, Any],
-    machine: dict[str, Any],
-    threads: int,
-    img_size: int,
-    num_classes: int,
-    batch: int,
-    rounds: int,
-) -> dict[str, Any]:
+def speed_table(labels: list[str], runtimes: list[str], times: dict[int, dict[tuple[str, str], list[float]]],
+                batch: int) -> list[dict[str, Any]]:
+    """One row per (model, runtime) from the timings ``times[batch size][(label, runtime)]`` (ms per call):
+    batch-1 median and p90 ms, batch-``batch`` median ms and images/s, and the speed relative to
+    :data:`REFERENCE` in the same runtime and to eager for the same model, where those were measured."""
     one = times[1]
     rows = []
-    for model in models:
+    for label in labels:
         for runtime in runtimes:
-            key = (model.label, runtime)
+            key = (label, runtime)
             row: dict[str, Any] = {
-                "model": model.label,
+                "model": label,
                 "runtime": runtime,
                 "batch1_median_ms": statistics.median(one[key]),
                 "batch1_p90_ms": _percentile(one[key], 0.9),
@@ -402,16 +376,7 @@ def _report(
                 row["batch1_speedup_vs_" + REFERENCE] = statistics.median(one[ref]) / row["batch1_median_ms"]
                 if batch in times:
                     row["batchN_speedup_vs_" + REFERENCE] = statistics.median(times[batch][ref]) / median
-            if (model.label, "eager") in one:
-                row["batch1_speedup_vs_eager"] = statistics.median(one[(model.label, "eager")]) / row["batch1_median_ms"]
+            if (label, "eager") in one:
+                row["batch1_speedup_vs_eager"] = statistics.median(one[(label, "eager")]) / row["batch1_median_ms"]
             rows.append(row)
-    return {
-        "machine": machine,
-        "settings": dict(threads=threads, img_size=img_size, num_classes=num_classes, batch=batch, rounds=rounds,
-                         batch1_calls_per_visit=TIMED_CALLS, settle_ms=1e3 * SETTLE_S),
-        "note": "random weights for named models (latency does not depend on the weights' values); int8 ranges "
-        "calibrated on generated images; ratios are measured interleaved in this run",
-        "results": rows,
-        "profiles": profiles,
-        "raw_ms": {f"{label}|{rt}|{b}": v for b, per in times.items() for (label, rt), v in per.items()},
-    }
+    return rows

@@ -88,9 +88,22 @@ class ConvNormAct(nn.Sequential):
         )
         super().__init__(conv, nn.BatchNorm2d(out_chs) if norm else nn.Identity(), make_activation(act))
 
+    # The layers keep their positions (state-dict keys ``0.weight``, ``1.running_mean``, ...); these names are
+    # the only code that knows them.
     @property
     def conv(self) -> nn.Conv2d:
+        """The conv layer."""
         return self[0]
+
+    @property
+    def norm(self) -> nn.Module:
+        """The ``BatchNorm2d`` after the conv (``nn.Identity`` when built with ``norm=False``)."""
+        return self[1]
+
+    def replace_conv(self, conv: nn.Conv2d) -> None:
+        """Put ``conv`` in place of the conv layer (same state-dict keys). A method, not a property setter:
+        ``nn.Module.__setattr__`` would register an assigned module as a new child ``conv``."""
+        self[0] = conv
 
     @property
     def multiplier(self) -> int:
@@ -100,7 +113,7 @@ class ConvNormAct(nn.Sequential):
 
     def permute_output(self, order: torch.Tensor) -> None:
         """Output channel ``k`` becomes the former channel ``order[k]`` (conv rows, bias and BN together)."""
-        conv, norm = self[0], self[1]
+        conv, norm = self.conv, self.norm
         with torch.no_grad():
             conv.weight.copy_(conv.weight[order])
             if conv.bias is not None:
@@ -115,7 +128,8 @@ class ConvNormAct(nn.Sequential):
         grouped conv is made dense first (exact, ``groups`` times its multiply-adds)."""
         conv = self.conv
         if 1 < conv.groups < conv.in_channels:
-            self[0] = conv = dense_conv(conv)
+            conv = dense_conv(conv)
+            self.replace_conv(conv)
         if conv.groups == 1:
             with torch.no_grad():
                 conv.weight.copy_(conv.weight[:, order])
@@ -146,11 +160,11 @@ class TiledDepthwise(nn.Module):
         channels, self.mult = conv.in_channels, layer.multiplier
         self.order = torch.arange(conv.out_channels).reshape(channels, self.mult).t().reshape(-1)
         self.layer = copy.deepcopy(layer)
-        self.layer[0] = nn.Conv2d(
+        self.layer.replace_conv(nn.Conv2d(
             conv.out_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
             groups=conv.out_channels, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-        )
-        self.layer[0].load_state_dict(conv.state_dict())
+        ))
+        self.layer.conv.load_state_dict(conv.state_dict())
         self.layer.permute_output(self.order)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -248,6 +262,11 @@ class VisualAttentionCondenser(nn.Module):
         self.scale: nn.Parameter | None = nn.Parameter(torch.ones(1, mid_chs if scale == "channel" else 1, 1, 1))
         self.up_mix = ConvNormAct(mid_chs, chs, 1, act=None)
 
+    @property
+    def embed_grouped(self) -> ConvNormAct:
+        """The embedding's ``k x k`` grouped conv layer (its first, state-dict key ``embed.0``)."""
+        return self.embed[0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = self.down_mix(x)
         selected = v * self.expand(torch.sigmoid(self.embed(self.condense(v))), v)
@@ -275,9 +294,9 @@ class VisualAttentionCondenser(nn.Module):
             with torch.no_grad():
                 form.up_mix.conv.weight.mul_(form.scale.reshape(1, -1, 1, 1))
             form.scale = None
-        grouped = form.embed[0].conv
+        grouped = form.embed_grouped.conv
         if target is Target.ORT and 1 < grouped.groups <= MAX_DENSE_GROUPS and grouped.groups < grouped.in_channels:
-            form.embed[0][0] = dense_conv(grouped)
+            form.embed_grouped.replace_conv(dense_conv(grouped))
         if target is Target.XNNPACK:
             form.expand = TransposedConvExpand(grouped.out_channels, self.pool_size)
         return form
@@ -294,6 +313,16 @@ class PEPE(nn.Module):
         1x1 conv -> out_chs, BN, act                                  pointwise expansion
 
     The input is added to the output when ``stride == 1`` and ``in_chs == out_chs``.
+
+    Args:
+        in_chs: input channels.
+        proj_chs: channels after the first pointwise projection.
+        mult: channel multiplier of the depthwise expansion (``proj_chs * mult`` channels after it).
+        proj2_chs: channels after the second, linear projection.
+        out_chs: output channels, after the pointwise expansion.
+        kernel_size: kernel of the depthwise conv (odd).
+        stride: stride of the depthwise conv; the output is ``(ceil(H/s), ceil(W/s))``.
+        act: activation after every layer but the second projection (``None`` or ``"none"``: identity).
     """
 
     def __init__(

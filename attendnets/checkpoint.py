@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,29 +22,13 @@ import torch
 from torch import nn
 
 from attendnets.errors import AttendNetsError
+from attendnets.files import atomic_write, atomic_write_text
 from attendnets.model import AttendNet
 from attendnets.registry import create_model, is_spec_path
 
 FORMAT = "attendnets-checkpoint"
 WEIGHTS_SUFFIX = ".safetensors"
 META_SUFFIX = ".json"
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(temp_path)`` on a temporary file next to ``path``, then move it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def model_meta(model: nn.Module, name: str) -> dict[str, Any]:

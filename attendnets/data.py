@@ -20,9 +20,11 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image, ImageDraw, ImageFilter
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torch.utils.data import Dataset
 
 from attendnets.errors import AttendNetsError
@@ -31,6 +33,24 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 DATA_ENV = "ATTENDNETS_DATA"
+# The preprocessing every model gets unless told otherwise, so that a comparison compares models, not pipelines.
+INTERPOLATION = "bilinear"
+CROP_PCT = 0.875  # evaluation: resize to img_size / CROP_PCT, then centre-crop img_size
+MEAN = IMAGENET_DEFAULT_MEAN
+STD = IMAGENET_DEFAULT_STD
+
+
+def default_preprocessing(img_size: int) -> dict[str, Any]:
+    """The default preprocessing at ``img_size``, as a checkpoint's sidecar records it."""
+    return {"img_size": img_size, "mean": list(MEAN), "std": list(STD), "interpolation": INTERPOLATION,
+            "crop_pct": CROP_PCT}
+
+
+def eval_transform(meta: dict[str, Any]):
+    """The deterministic preprocessing a checkpoint was validated with (``meta``: its sidecar or
+    :func:`default_preprocessing`): resize, centre crop, normalise."""
+    return create_transform(meta["img_size"], is_training=False, interpolation=meta["interpolation"],
+                            mean=tuple(meta["mean"]), std=tuple(meta["std"]), crop_pct=meta["crop_pct"])
 
 
 def resolve_data_dir(data: str | os.PathLike | None) -> Path:

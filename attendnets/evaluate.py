@@ -12,7 +12,6 @@ the result also holds each image's top-1 class, and :func:`top1_agreement` says 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +20,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from timm.data import create_transform
 from torch import nn
 from torch.utils.data import DataLoader
 
-from attendnets.checkpoint import atomic_write, atomic_write_text, load_checkpoint
-from attendnets.data import ImageList, open_split, short_list
+from attendnets.checkpoint import load_checkpoint
+from attendnets.data import ImageList, eval_transform, open_split, short_list
 from attendnets.errors import AttendNetsError
-from attendnets.runtime import tune_malloc
+from attendnets.files import atomic_write, atomic_write_json
+from attendnets.plots import plot_confusion
 
 
 @dataclass
@@ -104,18 +103,6 @@ def evaluate_model(
     return tally
 
 
-def eval_transform(meta: dict[str, Any]):
-    """The deterministic preprocessing a checkpoint was validated with: resize, centre crop, normalise."""
-    return create_transform(
-        meta["img_size"],
-        is_training=False,
-        interpolation=meta["interpolation"],
-        mean=tuple(meta["mean"]),
-        std=tuple(meta["std"]),
-        crop_pct=meta["crop_pct"],
-    )
-
-
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     data: str | os.PathLike | None,
@@ -125,7 +112,6 @@ def evaluate_checkpoint(
     strict: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on ``DATA/split``: the :meth:`Tally.summary` plus what was evaluated."""
-    tune_malloc()
     model, meta = load_checkpoint(checkpoint)
     classes, samples = open_split(data, split, strict)
     if classes != meta["class_names"]:
@@ -173,7 +159,6 @@ def evaluate_exported(
 
     ``predictions``: also return ``files`` (the images, in order), ``predictions`` (each one's top-1 class
     index) and ``margins`` (each one's top-1 minus top-2 softmax probability: how close the call was)."""
-    tune_malloc()
     classes, samples = open_split(data, split, strict)
     try:
         runner.check_classes(classes)
@@ -235,36 +220,6 @@ def save_report(result: dict[str, Any], out_dir: str | os.PathLike) -> list[Path
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / "eval.json", out_dir / "confusion.png"
-    atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
+    atomic_write_json(json_path, result)
     atomic_write(png_path, lambda tmp: plot_confusion(result, tmp))
     return [json_path, png_path]
-
-
-def plot_confusion(result: dict[str, Any], path: str) -> None:
-    """The confusion matrix as a heat map, rows normalised to the share of each true class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    confusion = torch.tensor(result["confusion"], dtype=torch.float64)
-    shares = (confusion / confusion.sum(1, keepdim=True).clamp(min=1)).numpy()
-    classes = result["classes"]
-    size = max(4.0, 0.5 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    im = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=90)
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"{result['model']} on {result['split']}: top-1 {result['top1']:.1f}%")
-    if len(classes) <= 20:
-        for t in range(len(classes)):
-            for p in range(len(classes)):
-                if confusion[t, p]:
-                    color = "white" if shares[t, p] > 0.5 else "black"
-                    ax.text(p, t, int(confusion[t, p]), ha="center", va="center", fontsize=7, color=color)
-    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)

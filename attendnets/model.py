@@ -13,7 +13,7 @@ from torch import nn
 
 from attendnets.blocks import ACTIVATIONS, PEPE, ConvNormAct, VisualAttentionCondenser, make_activation
 from attendnets.errors import AttendNetsError
-from attendnets.spec import ArchSpec, BlockSpec, ConvSpec, PEPESpec, SpecError, VACSpec
+from attendnets.spec import ArchSpec, BlockSpec, ConvSpec, PEPESpec, SpecError, VACSpec, block_out_chs
 
 
 def _check(condition: bool, where: str, message: str) -> None:
@@ -78,15 +78,19 @@ def _build_block(block: BlockSpec, in_chs: int, where: str) -> nn.Module:
     raise SpecError(f"{where}: unknown block spec {type(block).__name__}")
 
 
-def _out_chs(block: BlockSpec, in_chs: int) -> int:
-    return in_chs if isinstance(block, VACSpec) else block.out
-
-
 class AttendNet(nn.Module):
     """A network built from an :class:`ArchSpec`, with timm's model API.
 
     ``forward_features``: ``(N, in_chans, H, W) -> (N, num_features, H/32, W/32)`` (for the presets);
     ``forward_head``: global average pool, hidden fully-connected layers, classifier.
+    ``forward``: ``(N, in_chans, H, W) -> (N, num_classes)`` logits.
+
+    Args:
+        spec: the architecture; its blocks are checked and built in order (a bad one raises
+            :class:`~attendnets.spec.SpecError` naming it).
+        num_classes: classifier outputs; ``None`` keeps ``spec.num_classes``.
+        in_chans: input image channels; ``None`` keeps ``spec.in_chans``.
+        drop_rate: dropout after each hidden fully-connected layer; ``None`` keeps ``spec.head.dropout``.
     """
 
     def __init__(
@@ -110,7 +114,7 @@ class AttendNet(nn.Module):
             where = f"block {i} ({block.type})"
             blocks.append(_build_block(block, chs, where))
             stride = getattr(block, "stride", 1)
-            size, reduction, chs = math.ceil(size / stride), reduction * stride, _out_chs(block, chs)
+            size, reduction, chs = math.ceil(size / stride), reduction * stride, block_out_chs(block, chs)
             pool = getattr(block, "pool", 1)
             _check(size >= pool, where, f"spatial size {size} at {spec.img_size}px input is below its pool size {pool}")
             stages.append((chs, reduction))
@@ -180,8 +184,4 @@ def build_model(
     drop_rate: float | None = None,
 ) -> AttendNet:
     """Build an :class:`AttendNet` from a spec object, a spec dict, or a JSON/YAML file path."""
-    if isinstance(spec, dict):
-        spec = ArchSpec.from_dict(spec)
-    elif not isinstance(spec, ArchSpec):
-        spec = ArchSpec.load(spec)
-    return AttendNet(spec, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+    return AttendNet(ArchSpec.coerce(spec), num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)

@@ -16,9 +16,8 @@ import torch
 from PIL import Image
 
 from attendnets.checkpoint import load_checkpoint
-from attendnets.data import load_rgb
+from attendnets.data import eval_transform, load_rgb
 from attendnets.errors import AttendNetsError
-from attendnets.evaluate import eval_transform
 from attendnets.export import load_runner
 
 

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import safetensors.torch
 import torch
@@ -37,17 +35,8 @@ from torch import nn
 from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
 from torch.nn.utils import parametrize
 
-from attendnets.checkpoint import (
-    atomic_write,
-    atomic_write_text,
-    checkpoint_paths,
-    load_checkpoint,
-    read_meta,
-    save_checkpoint,
-)
-from attendnets.data import DATA_ENV
 from attendnets.errors import AttendNetsError
-from attendnets.evaluate import evaluate_checkpoint
+from attendnets.files import atomic_write
 
 QMAX = 127
 QUANTIZED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # weights with output channels on dim 0
@@ -299,87 +288,3 @@ def load_int8(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def memory_record(memory: WeightMemory) -> dict[str, float]:
     """A :class:`WeightMemory` as a JSON-ready dict, with the totals and the ratio."""
     return {**dataclasses.asdict(memory), "quantized_bytes": memory.quantized_bytes, "ratio": memory.ratio}
-
-
-def quantize_checkpoint(
-    checkpoint: str | os.PathLike,
-    output: str | os.PathLike,
-    data: str | os.PathLike | None = None,
-    qat_epochs: int | None = None,
-    lr: float | None = None,
-    batch_size: int = 64,
-    workers: int = 2,
-    qat_activations: bool = False,
-    resume: bool = False,
-) -> dict[str, Any]:
-    """8-bit weights for a trained checkpoint, written to ``output``: ``best.safetensors`` + sidecar (a
-    checkpoint like any other, with int8-representable weights), ``int8.safetensors`` (the storage form,
-    :func:`save_int8`) and ``quantize.json`` (the returned report).
-
-    Without ``qat_epochs``: post-training quantization. With it: a quantization-aware fine-tune from the
-    checkpoint through :func:`attendnets.training.train` (cosine schedule without warm-up, ``lr`` by default
-    a tenth of the recipe's, the checkpoint's preprocessing), whose run files also land in ``output``.
-    When ``data`` (or ``$ATTENDNETS_DATA``) is there, the float and the 8-bit checkpoint are evaluated on
-    its ``val/``."""
-    from attendnets.training import TrainConfig, train  # training builds on this module
-
-    if qat_epochs is None and (qat_activations or lr is not None or resume):
-        raise AttendNetsError("--qat-activations, --lr and --resume apply to a QAT fine-tune: add --qat-epochs N")
-    if qat_epochs is not None and qat_epochs < 1:
-        raise AttendNetsError(f"--qat-epochs must be at least 1, got {qat_epochs}")
-    out = Path(output)
-    best = out / "best"
-    source_weights, _ = checkpoint_paths(checkpoint)
-    if source_weights.resolve() == checkpoint_paths(best)[0].resolve():
-        raise AttendNetsError(f"--output {out} would overwrite the checkpoint {source_weights}; choose another folder")
-    meta = read_meta(checkpoint)
-    data = data or os.environ.get(DATA_ENV)
-
-    if qat_epochs is None:
-        model, _ = load_checkpoint(checkpoint)
-        quantized, _ = quantize_weights(model)
-        kept = {k: v for k, v in meta.items() if k not in ("format", "attendnets_version", "metrics")}
-        q_meta = {**kept, "weight_bits": 8, "ptq": {"source": str(checkpoint)}}
-        save_checkpoint(best, quantized, q_meta)
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        model_name = meta.get("model")
-        if model_name is None:  # an AttendNet from a spec: training rebuilds it from a spec file
-            model_name = str(out / "spec.json")
-            atomic_write_text(model_name, json.dumps(meta["spec"], indent=2) + "\n")
-        defaults = TrainConfig(model="", output="")
-        train(TrainConfig(
-            model=model_name, output=str(out), data=None if data is None else str(data), img_size=meta["img_size"],
-            epochs=qat_epochs, batch_size=batch_size, lr=defaults.lr / 10 if lr is None else lr, warmup_epochs=0,
-            workers=workers, resume=resume, init=str(checkpoint), qat=True, qat_activations=qat_activations,
-            interpolation=meta["interpolation"], crop_pct=meta["crop_pct"], mean=tuple(meta["mean"]),
-            std=tuple(meta["std"]),
-        ))
-        quantized, q_meta = load_checkpoint(best)
-    memory = save_int8(quantized, out / "int8.safetensors")
-
-    result: dict[str, Any] = {
-        "checkpoint": str(checkpoint),
-        "output": str(out),
-        "model": meta.get("model") or meta["spec"]["name"],
-        "method": "qat" if qat_epochs else "post-training",
-        "qat_epochs": qat_epochs,
-        "qat_activations": qat_activations,
-        "weight_memory": memory_record(memory),
-        "int8_file": str(out / "int8.safetensors"),
-        "int8_file_bytes": (out / "int8.safetensors").stat().st_size,
-        "checkpoint_8bit": str(best),
-    }
-    if qat_epochs:
-        result["qat_val_top1"] = q_meta["metrics"]["val_top1"]  # as trained: fake-quantized activations too
-    if data:
-        float_eval = evaluate_checkpoint(checkpoint, data, "val", batch_size, workers)
-        int8_eval = evaluate_checkpoint(best, data, "val", batch_size, workers)
-        result.update(images=int8_eval["images"], float_top1=float_eval["top1"], int8_top1=int8_eval["top1"],
-                      float_top5=float_eval["top5"], int8_top5=int8_eval["top5"])
-        if qat_epochs is None:
-            metrics = {"val_top1": int8_eval["top1"], "val_top5": int8_eval["top5"], "val_loss": int8_eval["loss"],
-                       "float_val_top1": float_eval["top1"]}
-            save_checkpoint(best, quantized, {**q_meta, "metrics": metrics})
-    atomic_write_text(out / "quantize.json", json.dumps(result, indent=2) + "\n")
-    return result

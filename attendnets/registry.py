@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import timm
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+from attendnets.data import CROP_PCT, INTERPOLATION, MEAN, STD
 from attendnets.errors import AttendNetsError
 from attendnets.model import AttendNet
 from attendnets.spec import ArchSpec
@@ -61,10 +61,10 @@ def _cfg(**kwargs) -> dict:
         "num_classes": 50,
         "input_size": (3, 224, 224),
         "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bilinear",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
+        "crop_pct": CROP_PCT,
+        "interpolation": INTERPOLATION,
+        "mean": MEAN,
+        "std": STD,
         "first_conv": "blocks.0.0",
         "classifier": "classifier",
         "license": "apache-2.0",
@@ -109,10 +109,7 @@ def attendnet(pretrained: bool = False, spec: ArchSpec | dict | str | Path | Non
     and ``in_chans`` are the defaults."""
     if spec is None:
         raise AttendNetsError("timm.create_model('attendnet', spec=...) needs a spec file, dict or ArchSpec")
-    if isinstance(spec, dict):
-        spec = ArchSpec.from_dict(spec)
-    elif not isinstance(spec, ArchSpec):
-        spec = ArchSpec.load(spec)
+    spec = ArchSpec.coerce(spec)
     kwargs.setdefault("num_classes", spec.num_classes)
     kwargs.setdefault("in_chans", spec.in_chans)
     return _create("attendnet", spec, pretrained, **kwargs)

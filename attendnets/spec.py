@@ -73,6 +73,11 @@ BlockSpec = Union[ConvSpec, VACSpec, PEPESpec]
 BLOCK_TYPES: dict[str, type] = {cls.type: cls for cls in (ConvSpec, VACSpec, PEPESpec)}
 
 
+def block_out_chs(block: BlockSpec, in_chs: int) -> int:
+    """The channels ``block`` outputs from ``in_chs`` input channels (a VAC keeps them)."""
+    return in_chs if isinstance(block, VACSpec) else block.out
+
+
 @dataclass
 class HeadSpec:
     """Global average pooling, then fully-connected layers of ``hidden`` widths (each followed by
@@ -140,6 +145,15 @@ class ArchSpec:
     def load(cls, path: str | Path) -> ArchSpec:
         """Read a JSON or YAML spec file."""
         return cls.from_dict(read_data_file(path, "spec file", SpecError))
+
+    @classmethod
+    def coerce(cls, spec: ArchSpec | dict[str, Any] | str | Path) -> ArchSpec:
+        """``spec`` itself if it is an :class:`ArchSpec`, parsed if it is a dict, else read as a spec file path."""
+        if isinstance(spec, dict):
+            return cls.from_dict(spec)
+        if isinstance(spec, ArchSpec):
+            return spec
+        return cls.load(spec)
 
 
 def read_data_file(path: str | Path, what: str, error: type[AttendNetsError]) -> Any:

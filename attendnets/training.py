@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import create_transform
 from timm.loss import LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -55,21 +55,14 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from attendnets.checkpoint import (
-    atomic_write,
-    atomic_write_text,
-    load_train_state,
-    load_weights,
-    model_meta,
-    save_checkpoint,
-    save_train_state,
-)
-from attendnets.data import ImageList, open_image_folders, short_list
+from attendnets.checkpoint import load_train_state, load_weights, model_meta, save_checkpoint, save_train_state
+from attendnets.data import CROP_PCT, INTERPOLATION, MEAN, STD, ImageList, open_image_folders, short_list
 from attendnets.errors import AttendNetsError
-from attendnets.evaluate import Tally, evaluate_model
+from attendnets.evaluate import evaluate_model
+from attendnets.files import as_json_data, atomic_write, atomic_write_json, atomic_write_text
+from attendnets.plots import plot_curves
 from attendnets.quantize import copy_activation_ranges, finish_qat, plain_copy, prepare_qat
 from attendnets.registry import create_model
-from attendnets.runtime import tune_malloc
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +96,10 @@ class TrainConfig:
     qat: bool = False  # quantization-aware training: int8 fake-quantized conv/linear weights
     qat_activations: bool = False  # and 8-bit fake-quantized conv/linear inputs (needs qat)
     # Preprocessing, identical for every model so that a comparison compares models, not pipelines.
-    interpolation: str = "bilinear"
-    crop_pct: float = 0.875
-    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
-    std: tuple[float, ...] = IMAGENET_DEFAULT_STD
+    interpolation: str = INTERPOLATION
+    crop_pct: float = CROP_PCT
+    mean: tuple[float, ...] = MEAN
+    std: tuple[float, ...] = STD
 
 
 # A resumed run must be the run that was started: these fields may not change.
@@ -159,7 +152,6 @@ def init_process() -> Process:
 
 def train(config: TrainConfig) -> TrainResult:
     """Run (or resume) a training run; see the module docstring."""
-    tune_malloc()
     proc = init_process()
     try:
         return _train(config, proc)
@@ -222,7 +214,7 @@ def _loaders(config: TrainConfig, proc: Process) -> tuple[DataLoader, DataLoader
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
-    now = _jsonable(dataclasses.asdict(config))
+    now = as_json_data(dataclasses.asdict(config))
     # Fields added since the run started take their defaults (the behaviour the run had).
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     changed = [f for f in RECIPE_FIELDS if saved.get(f, defaults[f]) != now[f]]
@@ -247,30 +239,186 @@ def _load_init(model: nn.Module, path: str, classes: list[str]) -> None:
         )
 
 
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj))
+class _Run:
+    """One training run as this process sees it: built (or restored for ``resume``) by the constructor, then
+    advanced an epoch at a time by :meth:`epoch`. Only the main process writes files."""
+
+    def __init__(self, config: TrainConfig, proc: Process) -> None:
+        self.config, self.proc = config, proc
+        self.out = Path(config.output)
+        self.state_path = self.out / STATE_FILE
+        resuming = _check_start(config, proc)
+        _seed_everything(config.seed)  # the same initial weights in every process
+        self.train_loader, self.val_loader, self.sampler, self.classes = _loaders(config, proc)
+        self.model = create_model(config.model, num_classes=len(self.classes))
+        if config.init and not resuming:
+            _load_init(self.model, config.init, self.classes)
+        self.meta = _checkpoint_meta(self.model, config, self.classes)
+        self.model = self.model.to(proc.device, memory_format=torch.channels_last)
+        if config.qat:
+            prepare_qat(self.model, activations=config.qat_activations)  # before the optimizer: it holds the originals
+        self.optimizer, self.scheduler = _optimizer_and_schedule(self.model, config, len(self.train_loader))
+        self.criterion = LabelSmoothingCrossEntropy(config.label_smoothing)
+        self.start_epoch, self.best_top1, self.best_epoch = 0, -1.0, 0
+        state = self._restore() if resuming else None
+        if state is None:
+            _seed_everything(config.seed + proc.rank)  # this process's augmentation stream; weights already agree
+        self.scheduler.step_update(self.start_epoch * len(self.train_loader))
+        self.net: nn.Module = self.model
+        if proc.world > 1:
+            self.net = DistributedDataParallel(self.model, device_ids=[proc.device.index] if proc.device.type == "cuda" else None)
+        self.ema = ModelEmaV3(self.model, decay=config.ema_decay, use_warmup=True) if config.ema else None
+        if state is not None:
+            if self.ema is not None:
+                self.ema.module.load_state_dict(state["ema"])
+            rng = state["rng"]
+            _set_rng_state(rng[proc.rank] if proc.rank < len(rng) else rng[0])
+        self.history: list[dict[str, Any]] = []
+        self.writer = None
+
+    def _restore(self) -> dict[str, Any]:
+        """Load the training state of the interrupted run into the model, optimizer and schedule."""
+        state = load_train_state(self.state_path)
+        _check_resumable(state["config"], self.config)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise AttendNetsError(
+                f"cannot resume: {self.state_path} holds another architecture than {self.config.model}"
+            ) from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.start_epoch, self.best_top1, self.best_epoch = state["epoch"], state["best_top1"], state["best_epoch"]
+        if self.proc.main:
+            log.info(f"resuming {self.out} after epoch {self.start_epoch} (best val top-1 so far {self.best_top1:.2f}%)")
+        return state
+
+    def open_records(self) -> None:
+        """Main process: the output folder, ``config.json``, the metrics of the epochs already run, tensorboard."""
+        config = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "config.json", as_json_data(dataclasses.asdict(config)))
+        self.history = _read_history(self.out, upto=self.start_epoch)
+        _write_history(self.out, self.history)
+        if config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+        log.info(
+            f"training {config.model} on {len(self.train_loader.dataset)} images ({len(self.classes)} classes) for "
+            f"{config.epochs} epochs at {config.img_size}px, batch {config.batch_size} x {self.proc.world} process(es), "
+            f"{sum(p.numel() for p in self.model.parameters()):,} parameters"
+            f"{' from ' + config.init if config.init else ''}{_qat_note(config)} -> {self.out}"
+        )
+
+    def close_records(self) -> None:
+        if self.history:
+            atomic_write(self.out / "curves.png", lambda tmp: plot_curves(self.history, tmp))
+        if self.writer:
+            self.writer.close()
+
+    def epoch(self, epoch: int) -> None:
+        """Train epoch ``epoch`` (0-based), evaluate the raw and EMA weights, and (main process) save."""
+        config, proc, ema = self.config, self.proc, self.ema
+        self.sampler.set_epoch(epoch)
+        epoch_start = time.perf_counter()
+        stats = _train_epoch(self.net, self.model, ema, self.train_loader, self.criterion, self.optimizer,
+                             self.scheduler, epoch, config, proc)
+        _sync_buffers(proc, self.model, ema.module if ema else None)
+        if ema is not None and config.qat_activations:
+            copy_activation_ranges(self.model, ema.module)
+        classes = self.classes
+        raw = evaluate_model(self.model, self.val_loader, len(classes), proc.device).summary(classes)
+        ema_eval = evaluate_model(ema.module, self.val_loader, len(classes), proc.device).summary(classes) if ema else None
+        pick, picked = ("ema", ema_eval) if ema_eval and ema_eval["top1"] > raw["top1"] else ("raw", raw)
+        record = {
+            "epoch": epoch + 1,
+            **stats,
+            "val_images": raw["images"],
+            "val_loss": raw["loss"],
+            "val_top1": raw["top1"],
+            "val_top5": raw["top5"],
+            **({"ema_val_loss": ema_eval["loss"], "ema_val_top1": ema_eval["top1"], "ema_val_top5": ema_eval["top5"]}
+               if ema_eval else {}),
+        }
+        improved = picked["top1"] > self.best_top1
+        if improved:
+            self.best_top1, self.best_epoch = picked["top1"], epoch + 1
+        record.update(best_top1=self.best_top1, best_epoch=self.best_epoch, epoch_seconds=time.perf_counter() - epoch_start)
+        rng = _gather(_rng_state(), proc)
+        if proc.main:
+            metrics = {"val_top1": picked["top1"], "val_top5": picked["top5"], "val_loss": picked["loss"],
+                       "raw_val_top1": raw["top1"], **({"ema_val_top1": ema_eval["top1"]} if ema_eval else {})}
+            self._save(epoch + 1, pick, metrics, improved, rng)
+            self.history.append(record)
+            _write_history(self.out, self.history)
+            if self.writer:
+                for key, value in record.items():
+                    if key != "epoch":
+                        self.writer.add_scalar(key, value, epoch + 1)
+                self.writer.flush()
+            log.info(_summary_line(record, config.epochs, pick))
+
+    def _save(self, epochs_done: int, pick: str, metrics: dict[str, float], improved: bool, rng: list[Any]) -> None:
+        """The ``last`` (and, when ``improved``, ``best``) checkpoint of the picked weights, then the state
+        that ``resume`` continues from."""
+        weights = self.ema.module if pick == "ema" else self.model
+        if self.config.qat:
+            weights = plain_copy(weights)  # int8-representable weights under the usual keys
+        ckpt_meta = {**self.meta, "epoch": epochs_done, "weights": pick, "metrics": metrics}
+        save_checkpoint(self.out / "last", weights, ckpt_meta)
+        if improved:
+            save_checkpoint(self.out / "best", weights, ckpt_meta)
+        save_train_state(self.state_path, {
+            "config": as_json_data(dataclasses.asdict(self.config)),
+            "epoch": epochs_done,  # also the sampler's next epoch
+            "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema else None,
+            "rng": rng,
+        })
 
 
 def _train(config: TrainConfig, proc: Process) -> TrainResult:
+    run = _Run(config, proc)
+    if proc.main:
+        run.open_records()
+    try:
+        with warnings.catch_warnings():
+            # (1, C, 1, 1) parameters (a VAC's scale) in channels_last have strides that DDP calls mismatched
+            # although the memory layout is the same; the warning would repeat every epoch.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            for epoch in range(run.start_epoch, config.epochs):
+                run.epoch(epoch)
+    finally:
+        if proc.main:
+            run.close_records()
+    if config.qat:
+        finish_qat(run.model)
+    return TrainResult(run.out, run.best_top1, run.best_epoch, config.epochs - run.start_epoch, run.model, run.history)
+
+
+def _check_start(config: TrainConfig, proc: Process) -> bool:
+    """Refuse what cannot run before any work; returns whether the run resumes."""
     if config.qat_activations and not config.qat:
         raise AttendNetsError("fake-quantized activations (qat_activations) need quantization-aware training (qat)")
-    out = Path(config.output)
-    state_path = out / STATE_FILE
-    resuming = config.resume and state_path.is_file()
+    state_path = Path(config.output) / STATE_FILE
     if state_path.is_file() and not config.resume:
-        raise AttendNetsError(f"{out} already holds a training run; pass --resume to continue it, or another --output")
+        raise AttendNetsError(f"{config.output} already holds a training run; pass --resume to continue it, or another --output")
     if config.tensorboard and proc.main:
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            import torch.utils.tensorboard  # noqa: F401
         except ImportError:
             raise AttendNetsError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return config.resume and state_path.is_file()
 
-    _seed_everything(config.seed)  # the same initial weights in every process
-    train_loader, val_loader, sampler, classes = _loaders(config, proc)
-    model = create_model(config.model, num_classes=len(classes))
-    if config.init and not resuming:
-        _load_init(model, config.init, classes)
-    meta = {
+
+def _checkpoint_meta(model: nn.Module, config: TrainConfig, classes: list[str]) -> dict[str, Any]:
+    """What every checkpoint of the run records besides its epoch and metrics."""
+    return {
         **model_meta(model, config.model),
         "class_names": classes,
         "img_size": config.img_size,
@@ -281,11 +429,11 @@ def _train(config: TrainConfig, proc: Process) -> TrainResult:
         **({"init": config.init} if config.init else {}),
         **({"weight_bits": 8, "qat": {"activations": config.qat_activations}} if config.qat else {}),
     }
-    model = model.to(proc.device, memory_format=torch.channels_last)
-    if config.qat:
-        prepare_qat(model, activations=config.qat_activations)  # before the optimizer: it holds the originals
+
+
+def _optimizer_and_schedule(model: nn.Module, config: TrainConfig, steps_per_epoch: int) -> tuple[Any, Any]:
+    """AdamW (timm's factory: no weight decay on biases and norms) and a cosine schedule stepped per batch."""
     optimizer = create_optimizer_v2(model, "adamw", lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = len(train_loader)
     scheduler, _ = create_scheduler_v2(
         optimizer,
         "cosine",
@@ -296,126 +444,7 @@ def _train(config: TrainConfig, proc: Process) -> TrainResult:
         step_on_epochs=False,
         updates_per_epoch=steps_per_epoch,
     )
-    criterion = LabelSmoothingCrossEntropy(config.label_smoothing)
-
-    start_epoch, best_top1, best_epoch, state = 0, -1.0, 0, None
-    if resuming:
-        state = load_train_state(state_path)
-        _check_resumable(state["config"], config)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError:
-            raise AttendNetsError(f"cannot resume: {state_path} holds another architecture than {config.model}") from None
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best_top1, best_epoch = state["epoch"], state["best_top1"], state["best_epoch"]
-        if proc.main:
-            log.info(f"resuming {out} after epoch {start_epoch} (best val top-1 so far {best_top1:.2f}%)")
-    else:
-        # Seed this process's augmentation stream (the weights above are already identical everywhere).
-        _seed_everything(config.seed + proc.rank)
-    scheduler.step_update(start_epoch * steps_per_epoch)
-
-    net: nn.Module = model
-    if proc.world > 1:
-        net = DistributedDataParallel(model, device_ids=[proc.device.index] if proc.device.type == "cuda" else None)
-        # (1, C, 1, 1) parameters (a VAC's scale) in channels_last have strides that DDP calls mismatched
-        # although the memory layout is the same; the warning would repeat every epoch.
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    ema = ModelEmaV3(model, decay=config.ema_decay, use_warmup=True) if config.ema else None
-    if state is not None:
-        if ema is not None:
-            ema.module.load_state_dict(state["ema"])
-        rng = state["rng"]
-        _set_rng_state(rng[proc.rank] if proc.rank < len(rng) else rng[0])
-
-    writer = None
-    if proc.main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(_jsonable(dataclasses.asdict(config)), indent=2) + "\n")
-        history = _read_history(out, upto=start_epoch)
-        _write_history(out, history)
-        if config.tensorboard:
-            writer = SummaryWriter(str(out / "tensorboard"))
-        log.info(
-            f"training {config.model} on {len(train_loader.dataset)} images ({len(classes)} classes) for "
-            f"{config.epochs} epochs at {config.img_size}px, batch {config.batch_size} x {proc.world} process(es), "
-            f"{sum(p.numel() for p in model.parameters()):,} parameters"
-            f"{' from ' + config.init if config.init else ''}{_qat_note(config)} -> {out}"
-        )
-    else:
-        history = []
-
-    try:
-        for epoch in range(start_epoch, config.epochs):
-            sampler.set_epoch(epoch)
-            epoch_start = time.perf_counter()
-            stats = _train_epoch(net, model, ema, train_loader, criterion, optimizer, scheduler, epoch, config, proc)
-            _sync_buffers(proc, model, ema.module if ema else None)
-            if ema is not None and config.qat_activations:
-                copy_activation_ranges(model, ema.module)
-            raw = evaluate_model(model, val_loader, len(classes), proc.device).summary(classes)
-            ema_eval = evaluate_model(ema.module, val_loader, len(classes), proc.device).summary(classes) if ema else None
-            pick, picked = ("ema", ema_eval) if ema_eval and ema_eval["top1"] > raw["top1"] else ("raw", raw)
-            record = {
-                "epoch": epoch + 1,
-                **stats,
-                "val_images": raw["images"],
-                "val_loss": raw["loss"],
-                "val_top1": raw["top1"],
-                "val_top5": raw["top5"],
-                **({"ema_val_loss": ema_eval["loss"], "ema_val_top1": ema_eval["top1"], "ema_val_top5": ema_eval["top5"]}
-                   if ema_eval else {}),
-            }
-            improved = picked["top1"] > best_top1
-            if improved:
-                best_top1, best_epoch = picked["top1"], epoch + 1
-            record.update(best_top1=best_top1, best_epoch=best_epoch, epoch_seconds=time.perf_counter() - epoch_start)
-            rng = _gather(_rng_state(), proc)
-            if proc.main:
-                weights = ema.module if pick == "ema" else model
-                if config.qat:
-                    weights = plain_copy(weights)  # int8-representable weights under the usual keys
-                ckpt_meta = {
-                    **meta,
-                    "epoch": epoch + 1,
-                    "weights": pick,
-                    "metrics": {"val_top1": picked["top1"], "val_top5": picked["top5"], "val_loss": picked["loss"],
-                                "raw_val_top1": raw["top1"], **({"ema_val_top1": ema_eval["top1"]} if ema_eval else {})},
-                }
-                save_checkpoint(out / "last", weights, ckpt_meta)
-                if improved:
-                    save_checkpoint(out / "best", weights, ckpt_meta)
-                history.append(record)
-                _write_history(out, history)
-                save_train_state(
-                    state_path,
-                    {
-                        "config": _jsonable(dataclasses.asdict(config)),
-                        "epoch": epoch + 1,  # also the sampler's next epoch
-                        "best_top1": best_top1,
-                        "best_epoch": best_epoch,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "ema": ema.module.state_dict() if ema else None,
-                        "rng": rng,
-                    },
-                )
-                if writer:
-                    for key, value in record.items():
-                        if key != "epoch":
-                            writer.add_scalar(key, value, epoch + 1)
-                    writer.flush()
-                log.info(_summary_line(record, config.epochs, pick))
-    finally:
-        if proc.main and history:
-            atomic_write(out / "curves.png", lambda tmp: plot_curves(history, tmp))
-        if writer:
-            writer.close()
-    if config.qat:
-        finish_qat(model)
-    return TrainResult(out, best_top1, best_epoch, config.epochs - start_epoch, model, history)
+    return optimizer, scheduler
 
 
 def _qat_note(config: TrainConfig) -> str:
@@ -515,27 +544,3 @@ def _read_history(out: Path, upto: int) -> list[dict[str, Any]]:
 
 def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
-
-
-def plot_curves(history: list[dict[str, Any]], path: str) -> None:
-    """Loss (train and val) and val top-1 (raw and EMA) against the epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_ax.plot(epochs, [r["train_loss"] for r in history], label="train (label-smoothed)")
-    loss_ax.plot(epochs, [r["val_loss"] for r in history], label="val")
-    loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    acc_ax.plot(epochs, [r["val_top1"] for r in history], label="val top-1")
-    if "ema_val_top1" in history[0]:
-        acc_ax.plot(epochs, [r["ema_val_top1"] for r in history], label="val top-1, EMA")
-    acc_ax.set(xlabel="epoch", ylabel="%", title="accuracy")
-    for ax in (loss_ax, acc_ax):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)

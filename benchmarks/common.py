@@ -1,4 +1,7 @@
-"""What every benchmark records beside its numbers: command, commit, machine, and a tuned allocator."""
+"""What every benchmark records beside its numbers: command, commit, machine, and a tuned allocator.
+
+Every benchmark calls :func:`attendnets.runtime.tune_malloc` first (as the command line does).
+"""
 
 from __future__ import annotations
 
@@ -12,20 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from attendnets.bench import machine_info
+from attendnets.runtime import tune_malloc
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
-
-# glibc malloc returning pages to the OS on every large free costs PyTorch 1.5-3x on this machine
-# (shared/notes/performance.md); the thresholds are read at process start, hence the re-exec.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "1000000000"}
-
-
-def reexec_with_tuned_malloc() -> None:
-    """Restart this process once with the malloc thresholds set, unless they already are."""
-    if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
-        return
-    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
 
 
 def _git(*args: str) -> str:
@@ -44,7 +37,7 @@ def run_context() -> dict:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             **machine_info(),
-            "malloc_env": {k: os.environ.get(k) for k in MALLOC_ENV},
+            "malloc_tuned": tune_malloc(),  # idempotent: records whether glibc took the thresholds
             "load_average_at_start": os.getloadavg(),
         },
     }

@@ -51,15 +51,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, reexec_with_tuned_malloc, run_context  # noqa: E402
+from common import RESULTS, ROOT, run_context  # noqa: E402
 from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, RECIPE, completed_epochs  # noqa: E402
 
-from attendnets.checkpoint import atomic_write, atomic_write_text  # noqa: E402
 from attendnets.complexity import profile_model  # noqa: E402
 from attendnets.data import image_files, list_classes, resolve_data_dir  # noqa: E402
+from attendnets.files import atomic_write, atomic_write_json, atomic_write_text  # noqa: E402
 from attendnets.registry import create_model, load_preset  # noqa: E402
+from attendnets.runtime import tune_malloc  # noqa: E402
 from attendnets.search.pilot import rank_agreement, verdict as pilot_verdict  # noqa: E402
 from attendnets.search.requirements import Deployment, measure_costs  # noqa: E402
+from attendnets.search.trials import PROTOTYPE as PROTOTYPE_TAG, SCORED  # noqa: E402
 
 # attendnet_b at rung 0 on Imagenette (hold-out top-1 at 8 bits, 1 thread, the machine shared with another
 # benchmark): (img px, train images/class, hold-out/class, epochs, lr) -> (top-1 %, seconds)
@@ -70,7 +72,7 @@ FIDELITY_PROBE = {
 STAGES = ("pilot", "search", "random", "retrain", "report")
 SPACE = "attendnet_b"
 PROTOTYPE = "attendnet_b"
-BASELINES = ("attendnet_a", "mobilenet_v1", "mobilenet_v2")  # seed 0 only, as in benchmarks/imagenette.py
+ONE_SEED = ("attendnet_a", "mobilenet_v1", "mobilenet_v2")  # trained with seed 0 only, as in benchmarks/imagenette.py
 SEEDS = (0, 1)
 # TPE's first 10 proposals are random: with one seed for both, the control would repeat them exactly
 SAMPLER_SEEDS = {"tpe": 0, "random": 1}
@@ -127,7 +129,7 @@ class Steps:
         out = subprocess.run(command, check=True, cwd=ROOT, text=True, stdout=subprocess.PIPE if capture else None).stdout
         cpu = self.cpu
         cpu[stage] = cpu.get(stage, 0.0) + _children_cpu() - before
-        atomic_write_text(self.path, json.dumps(cpu, indent=2) + "\n")
+        atomic_write_json(self.path, cpu)
         return out or ""
 
 
@@ -265,7 +267,7 @@ def bench(steps: Steps, models: list[str], runs: Path, rounds: int) -> dict[str,
     latency: dict[str, dict[str, float]] = {}
     for row in json.loads(out)["results"]:
         latency.setdefault(row["model"], {})[row["runtime"]] = row["batch1_median_ms"]
-    atomic_write_text(path, json.dumps({"models": models, "latency_ms": latency}, indent=2) + "\n")
+    atomic_write_json(path, {"models": models, "latency_ms": latency})
     return latency
 
 
@@ -278,7 +280,7 @@ def retrain(steps: Steps, data: Path, runs: Path, trained: Path, budget: dict, w
         spec.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(spec, Path(design["file"]).read_text())
         models[label] = (str(spec), SEEDS)
-    models.update({m: (m, (0,)) for m in BASELINES})
+    models.update({m: (m, (0,)) for m in ONE_SEED})
     rows: dict[str, Any] = {}
     for label, (model, seeds) in models.items():
         seeds_out = []
@@ -331,11 +333,11 @@ def top_rung(study_dir: Path) -> list[dict[str, Any]]:
     with (study_dir / "trials.csv").open(newline="") as f:
         trials = list(csv.DictReader(f))
     rung0 = {t["trial"]: t for t in trials if t["rung"] == "0"}
-    prototype = json.loads(next(t for t in trials if t["reference"] == "prototype")["choices"])
+    prototype = json.loads(next(t for t in trials if t["reference"] == PROTOTYPE_TAG)["choices"])
     last = max(int(t["rung"]) for t in trials)
     rows = []
     for t in trials:
-        if int(t["rung"]) != last or t["status"] not in ("trained", "reference"):
+        if int(t["rung"]) != last or t["status"] not in SCORED:
             continue
         choices = json.loads(t["choices"])
         rows.append({"trial": int(t["trial"]), "prototype": t["reference"] == "prototype",
@@ -450,11 +452,22 @@ def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict
         copies["explore_pilot.png"] = Path(pilot_summary["files"]["plot"])
     for name, source in copies.items():
         atomic_write(out_dir / name, lambda tmp, source=source: shutil.copyfile(source, tmp))
-    atomic_write_text(out_dir / "explore.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out_dir / "explore.json", report)
     hours = {k: v / 3600 for k, v in steps.cpu.items()}
     search_hours = {s: hours.get(SEARCH_STAGES[s], 0.0) for s in searches}
+    lines = [*_intro_lines(runs, budget, caps, smoke, pilot_summary),
+             *_search_lines(searches, designs, rows, search_hours, plots),
+             *_retrained_lines(budget, rows, verdicts), *_cost_lines(hours, pilot_summary, context)]
+    atomic_write_text(out_dir / "explore.md", "\n".join(lines) + "\n")
+    print(f"wrote {out_dir / 'explore.md'} and {out_dir / 'explore.json'}")
+    for label, v in verdicts.items():
+        print(f"{label} {v}")
+
+
+def _intro_lines(runs: Path, budget: dict, caps: dict, smoke: bool, pilot_summary: dict | None) -> list[str]:
+    """The report's head: what was searched, at which fidelity and why, and the pilot's verdict."""
     fid = budget["fidelity"]
-    lines = [
+    return [
         "# Design search on Imagenette: found designs against their prototype (attendnet_b)",
         "",
         *(["**SMOKE RUN: a tiny budget on a tiny subset; not the comparison.**", ""] if smoke else []),
@@ -475,6 +488,13 @@ def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict
         "## Does the cheap rung rank designs? (pilot)",
         "",
         *(pilot_section(pilot_summary) if pilot_summary else [pilot_unfinished(runs / "pilot", budget), ""]),
+    ]
+
+
+def _search_lines(searches: dict[str, dict], designs: dict[str, list], rows: dict[str, Any],
+                  search_hours: dict[str, float], plots: dict[str, str]) -> list[str]:
+    """Both searches side by side, then each in detail, then what the found designs change."""
+    lines = [
         "## The searches",
         "",
         "| sampler | designs trained at rung 0 | prototype hold-out top-1 per rung | picked design: rung top-1, MACs | CPU |",
@@ -490,12 +510,19 @@ def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict
               promoted_agreement(designs, searches["tpe"]["rungs"]), ""]
     for s, summary in searches.items():
         lines += search_section(s, summary, designs[s], search_hours[s], plots[s])
-    for label, row in found.items():
+    for label, row in rows.items():
+        if not label.startswith("found_"):
+            continue
         changed = next(d["changes"] for d in designs[label.removeprefix("found_")] if d["trial"] == row["found"]["trial"])
         lines += [f"{label} ([explore_{label}.json](explore_{label}.json), a spec for `attendnets train --spec`) "
                   f"changes {len(changed)} choices of the prototype: "
                   + ", ".join(f"`{k}`={v}" for k, v in sorted(changed.items())) + ".", ""]
-    lines += ["", f"## Retrained with the comparison recipe ({budget['epochs']} epochs, {IMG_SIZE} px), 8-bit weights, val/", "",
+    return lines
+
+
+def _retrained_lines(budget: dict, rows: dict[str, Any], verdicts: dict[str, str]) -> list[str]:
+    """The retrained models' table and the verdicts with their rule."""
+    lines = ["", f"## Retrained with the comparison recipe ({budget['epochs']} epochs, {IMG_SIZE} px), 8-bit weights, val/", "",
               "| model | top-1 8-bit (per seed) | mean | float top-1 mean | params | MACs | 8-bit weight KB | peak act. KB | eager ms | ORT int8 ms |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in rows.items():
@@ -509,8 +536,13 @@ def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict
     lines += ["", "Rule: a found design beats the prototype when its mean top-1 at 8 bits is higher by more than the "
               "larger seed spread of the two at no more MACs or 8-bit weight memory, or the same within that spread at "
               f"<= {CLEARLY_LOWER:.0%} of the prototype's MACs. The picked design of each search: the highest hold-out "
-              "top-1 among the non-prototype Pareto designs of its top rung.",
-              "", "## Cost", "",
+              "top-1 among the non-prototype Pareto designs of its top rung."]
+    return lines
+
+
+def _cost_lines(hours: dict[str, float], pilot_summary: dict | None, context: dict[str, Any]) -> list[str]:
+    """CPU time per stage, and how the report was made."""
+    lines = ["", "## Cost", "",
               "Process CPU time of each stage's invocations that ran to their end (cpu_seconds.json, summed over "
               "invocations); an invocation stopped part-way (a session ending) is not counted, although the "
               "trainings it finished are kept and reused.", ""]
@@ -526,14 +558,11 @@ def write_report(runs: Path, out_dir: Path, budget: dict, caps: dict, rows: dict
               f"- date: {context['date']}",
               "- latency: `attendnets bench`, batch 1, 2 threads, random weights, interleaved with the MobileNets; "
               "the machine may have been shared, so compare within this table only."]
-    atomic_write_text(out_dir / "explore.md", "\n".join(lines) + "\n")
-    print(f"wrote {out_dir / 'explore.md'} and {out_dir / 'explore.json'}")
-    for label, v in verdicts.items():
-        print(f"{label} {v}")
+    return lines
 
 
 def main() -> int:
-    reexec_with_tuned_malloc()
+    tune_malloc()
     args = parse_args()
     budget = SMOKE if args.smoke else FULL
     runs = args.runs or ROOT / "runs" / ("explore-smoke" if args.smoke else "explore")

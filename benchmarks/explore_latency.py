@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, provenance, reexec_with_tuned_malloc, run_context  # noqa: E402
+from common import RESULTS, ROOT, provenance, run_context  # noqa: E402
 from explore import (  # noqa: E402
     FULL,
     SEARCH_STAGES,
@@ -51,8 +51,10 @@ from explore import (  # noqa: E402
 )
 from imagenette import IMG_SIZE, NUM_CLASSES  # noqa: E402
 
-from attendnets.checkpoint import atomic_write, atomic_write_text  # noqa: E402
 from attendnets.data import resolve_data_dir  # noqa: E402
+from attendnets.files import atomic_write, atomic_write_json, atomic_write_text  # noqa: E402
+from attendnets.registry import BASELINES  # noqa: E402
+from attendnets.runtime import tune_malloc  # noqa: E402
 
 STAGES = ("search", "random", "retrain", "latency", "report")
 SPACE = "attendnet_b_fast"
@@ -60,7 +62,6 @@ MAX_RATIO = 0.5
 TARGET_POINTS = 7.0
 SEARCH_LATENCY = {"runtime": "ort-int8", "threads": 1}
 PRESETS = ("attendnet_b", "attendnet_a")
-BASELINES = ("mobilenet_v1", "mobilenet_v2")
 OBJECTIVE = ["--space", SPACE, "--cost", "latency_ratio", "--max-latency-ratio", str(MAX_RATIO),
              *flags(SEARCH_LATENCY)]
 SEEDS = (0, 1)
@@ -114,7 +115,7 @@ def latency(steps: Steps, rows: dict[str, Any], runs: Path, budget: dict) -> dic
             ",".join(RUNTIMES), "--batch", "0", "--rounds", str(budget["bench_rounds"]), "--threads", str(threads),
             "--json"), capture=True)
         cached["ms"][key] = {f"{r['model']}|{r['runtime']}": r["batch1_median_ms"] for r in json.loads(out)["results"]}
-        atomic_write_text(path, json.dumps(cached, indent=2) + "\n")
+        atomic_write_json(path, cached)
     ratios: dict[str, dict[str, float]] = {}
     for label, row in rows.items():
         for key, ms in cached["ms"].items():
@@ -197,7 +198,7 @@ def write_report(runs: Path, out_dir: Path, rows: dict[str, Any], ratios: dict[s
 
 
 def main() -> int:
-    reexec_with_tuned_malloc()
+    tune_malloc()
     args = parse_args(__doc__, STAGES, "explore-latency")
     budget = SMOKE if args.smoke else FULL
     runs = args.runs or ROOT / "runs" / ("explore-latency-smoke" if args.smoke else "explore-latency")

@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, provenance, reexec_with_tuned_malloc, run_context, step  # noqa: E402
+from common import RESULTS, ROOT, provenance, run_context, step  # noqa: E402
 
 from attendnets.data import resolve_data_dir  # noqa: E402
+from attendnets.runtime import tune_malloc  # noqa: E402
 
 MODELS = ("attendnet_b", "mobilenet_v1", "attendnet_a", "mobilenet_v2")
 PAIRS = (("attendnet_b", "mobilenet_v1"), ("attendnet_a", "mobilenet_v2"))
@@ -248,7 +249,7 @@ def write_report(rows: dict[str, dict], raw: dict, latency: dict[tuple[int, int]
 
 
 def main() -> int:
-    reexec_with_tuned_malloc()
+    tune_malloc()
     args = parse_args()
     data = resolve_data_dir(args.data).resolve()
     models = [m.strip() for m in args.models.split(",") if m.strip()]

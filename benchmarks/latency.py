@@ -23,12 +23,13 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, reexec_with_tuned_malloc, run_context  # noqa: E402
+from common import RESULTS, run_context  # noqa: E402
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from attendnets.registry import create_model  # noqa: E402
+from attendnets.runtime import tune_malloc  # noqa: E402
 
 MODELS = ("attendnet_a", "attendnet_b", "mobilenet_v1", "mobilenet_v2")
 REFERENCE = "mobilenet_v1"
@@ -221,7 +222,7 @@ def findings(summary: dict, profiles: dict) -> list[str]:
 
 
 def main() -> None:
-    reexec_with_tuned_malloc()
+    tune_malloc()
     args = parse_args()
     torch.set_num_threads(args.threads)
     context = run_context()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -27,11 +28,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, provenance, reexec_with_tuned_malloc, run_context  # noqa: E402
+from common import RESULTS, ROOT, provenance, run_context  # noqa: E402
 
 from attendnets.bench import LatencyMeter  # noqa: E402
-from attendnets.checkpoint import atomic_write_text  # noqa: E402
+from attendnets.files import atomic_write_text  # noqa: E402
 from attendnets.model import build_model  # noqa: E402
+from attendnets.runtime import tune_malloc  # noqa: E402
 from attendnets.search.pilot import RandomChoices  # noqa: E402
 from attendnets.search.predictor import LatencyTable  # noqa: E402
 from attendnets.search.space import load_space  # noqa: E402
@@ -80,7 +82,7 @@ def check(runtime: str, threads: int, args: argparse.Namespace) -> dict:
         predicted_ratio = table.predict_ratio(model, args.img_size, args.num_classes)
         rows.append({"seed": seed, "measured_ms": measured["latency_ms"], "reference_ms": measured["reference_ms"],
                      "measured_ratio": measured["latency_ratio"], "predicted_ms": table.predict(model, args.img_size),
-                     "predicted_ratio": predicted_ratio, "spec": spec.to_dict()})
+                     "predicted_ratio": predicted_ratio, "load_average_1min": os.getloadavg()[0], "spec": spec.to_dict()})
         atomic_write_text(record, json.dumps(rows, indent=1) + "\n")
         print(f"{runtime} {threads}t design {seed}: measured {measured['latency_ratio']:.2f}x, "
               f"predicted {predicted_ratio:.2f}x MobileNet-V1", flush=True)
@@ -93,7 +95,8 @@ def check(runtime: str, threads: int, args: argparse.Namespace) -> dict:
             "spearman_ms": spearman([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]),
             "spearman_ratio": spearman([r["predicted_ratio"] for r in rows], [r["measured_ratio"] for r in rows]),
             "ratio_rel_error_median": float(np.median(ratio_error)), "ratio_rel_error_max": float(max(ratio_error)),
-            "ms_rel_error_median": float(np.median(ms_error)), "rows": rows}
+            "ms_rel_error_median": float(np.median(ms_error)),
+            "load_average_median": float(np.median([r.get("load_average_1min", np.nan) for r in rows])), "rows": rows}
 
 
 def write_report(results: list[dict], context: dict, args: argparse.Namespace) -> None:
@@ -103,18 +106,18 @@ def write_report(results: list[dict], context: dict, args: argparse.Namespace) -
              "interleaved with MobileNet-V1 (`LatencyMeter`, the search's latency cost). *Predicted*: the sum of its "
              "layers' probe latencies (`LatencyTable`), and its ratio to MobileNet-V1 predicted with the same table.", "",
              "| runtime | threads | rank correlation (ms) | rank correlation (ratio) | ratio error median / max "
-             "| ms error median | layers in table |", "|---|---|---|---|---|---|---|"]
+             "| ms error median | layers in table | load average (1 min, median) |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['runtime']} | {r['threads']} | {r['spearman_ms']:.3f} | {r['spearman_ratio']:.3f} | "
                      f"{100 * r['ratio_rel_error_median']:.0f}% / {100 * r['ratio_rel_error_max']:.0f}% | "
-                     f"{100 * r['ms_rel_error_median']:.0f}% | {r['table_layers']} |")
+                     f"{100 * r['ms_rel_error_median']:.0f}% | {r['table_layers']} | {r['load_average_median']:.2f} |")
     lines += ["", "## How it was run", "", *provenance(context), ""]
     atomic_write_text(RESULTS / "latency_predictor.md", "\n".join(lines))
     atomic_write_text(RESULTS / "latency_predictor.json", json.dumps({**context, "results": results}, indent=1) + "\n")
 
 
 def main() -> None:
-    reexec_with_tuned_malloc()
+    tune_malloc()
     args = parse_args()
     context = run_context()
     results = [check(runtime, int(threads), args) for runtime in args.runtimes.split(",")

@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL server for the test session, and a fresh database in it for each test.
+"""A throwaway PostgreSQL server for the test session (:func:`running_server`); the fixtures built on it,
+``postgres_server`` and ``postgres_url`` (a fresh database in it for each test), are in ``tests/conftest.py``.
 
 The server runs from a temporary folder on a free loopback port with ``fsync`` off, and is stopped and
 removed at the end. PostgreSQL refuses to run as root, so under root it runs as the ``postgres`` user
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,9 +93,10 @@ def _run_as(user: pwd.struct_passwd, cmd: list[str], folder: Path) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}{done.stderr}{tail}")
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """Start a PostgreSQL server for the session; skip with the reason when it cannot run here."""
+@contextmanager
+def running_server() -> Iterator[PostgresServer]:
+    """Start a PostgreSQL server, yield it, stop and remove it; skip with the reason when it cannot run here
+    (the ``postgres_server`` fixture of ``tests/conftest.py``)."""
     pytest.importorskip("psycopg", reason="the PostgreSQL driver is not installed: pip install 'attendnets[distributed]'")
     bin_dir = find_server_bin()
     if bin_dir is None:
@@ -119,10 +122,3 @@ def postgres_server() -> Iterator[PostgresServer]:
         if (data / "postmaster.pid").exists():
             _run_as(user, [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], folder)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
-def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> str:
-    """URL of a new, empty database for this test on the session's server."""
-    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:60]
-    return postgres_server.create_database(name)

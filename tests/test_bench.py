@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from attendnets.bench import BenchModel, _report
+from attendnets.bench import speed_table
 from attendnets.cli import main
 from tests.conftest import TINY_SPEC
 
@@ -40,15 +40,14 @@ def test_bench_tiny_model_all_runtimes(tiny_file, tmp_path, capsys) -> None:
 
 
 def test_ratios_are_against_the_reference_in_the_same_runtime() -> None:
-    models = [BenchModel(name, None, {}) for name in ("ours", "mobilenet_v1")]
     times = {
         1: {("ours", "eager"): [4.0, 4.0], ("ours", "ort"): [1.0, 3.0], ("mobilenet_v1", "eager"): [8.0],
             ("mobilenet_v1", "ort"): [4.0]},
         8: {("ours", "eager"): [40.0], ("ours", "ort"): [20.0], ("mobilenet_v1", "eager"): [80.0],
             ("mobilenet_v1", "ort"): [10.0]},
     }
-    report = _report(models, ["eager", "ort"], times, {}, {}, 2, 224, 50, 8, 1)
-    ours = {row["runtime"]: row for row in report["results"] if row["model"] == "ours"}
+    rows = speed_table(["ours", "mobilenet_v1"], ["eager", "ort"], times, 8)
+    ours = {row["runtime"]: row for row in rows if row["model"] == "ours"}
     assert ours["eager"]["batch1_speedup_vs_mobilenet_v1"] == 2.0 and ours["ort"]["batch1_speedup_vs_mobilenet_v1"] == 2.0
     assert ours["ort"]["batchN_speedup_vs_mobilenet_v1"] == 0.5 and ours["ort"]["batchN_images_per_s"] == 400.0
     assert ours["ort"]["batch1_speedup_vs_eager"] == 2.0

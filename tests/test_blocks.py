@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from attendnets.blocks import PEPE, ConvNormAct, VisualAttentionCondenser
 
@@ -52,7 +53,7 @@ def test_pepe_shapes_and_residual() -> None:
     down = PEPE(16, 8, 3, 8, 24, stride=2)
     assert not down.residual
     assert down(torch.randn(2, 16, 9, 9)).shape == (2, 24, 5, 5)
-    assert down.expand_dw[0].out_channels == 24 and down.expand_dw[0].groups == 8
+    assert down.expand_dw.conv.out_channels == 24 and down.expand_dw.conv.groups == 8
 
 
 def test_conv_norm_act_layers() -> None:
@@ -63,4 +64,15 @@ def test_conv_norm_act_layers() -> None:
     assert pointwise(x).shape == (1, 16, 7, 7)
     assert spatial(x).shape == (1, 16, 4, 4)
     assert depthwise(x).shape == (1, 16, 7, 7)
-    assert depthwise[0].weight.shape == (16, 1, 3, 3)
+    assert depthwise.conv.weight.shape == (16, 1, 3, 3)
+
+
+def test_conv_norm_act_names_keep_the_state_dict_keys() -> None:
+    layer = ConvNormAct(8, 16, 3)
+    assert layer.conv is layer[0] and layer.norm is layer[1]
+    keys = set(layer.state_dict())
+    assert {"0.weight", "1.running_mean"} <= keys
+    dense = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+    layer.replace_conv(dense)
+    assert layer.conv is dense and set(layer.state_dict()) == keys
+    assert isinstance(ConvNormAct(8, 16, norm=False).norm, nn.Identity)

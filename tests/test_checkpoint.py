@@ -9,18 +9,11 @@ import pytest
 import torch
 
 from attendnets import __version__
-from attendnets.checkpoint import (
-    atomic_write,
-    atomic_write_text,
-    checkpoint_paths,
-    load_checkpoint,
-    load_weights,
-    model_meta,
-    save_checkpoint,
-)
+from attendnets.checkpoint import checkpoint_paths, load_checkpoint, load_weights, model_meta, save_checkpoint
 from attendnets.errors import AttendNetsError
+from attendnets.files import atomic_write, atomic_write_text
 from attendnets.registry import create_model
-from tests.training_fixtures import SMALL_SPEC, small_spec_file  # noqa: F401 (fixture)
+from tests.training_fixtures import SMALL_SPEC
 
 PREPROCESSING = dict(img_size=32, mean=[0.5] * 3, std=[0.25] * 3, interpolation="bilinear", crop_pct=0.875)
 

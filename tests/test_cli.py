@@ -58,5 +58,10 @@ def test_demo_trains_on_generated_data(tmp_path, tiny_spec, capsys, monkeypatch)
     assert main(args) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["chance"] == 12.5 and record["epochs"] == 1
-    assert 0.0 <= record["val_top1"] <= 100.0
-    assert (tmp_path / "run" / "tiny" / "best.safetensors").is_file()
+    # The top-1 reported is the run's own record: the best checkpoint's sidecar and the epoch's metrics line.
+    run = tmp_path / "run" / "tiny"
+    assert record["checkpoint"] == str(run / "best") and (run / "best.safetensors").is_file()
+    best = json.loads((run / "best.json").read_text())
+    (epoch,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert record["val_top1"] == best["metrics"]["val_top1"] == epoch["best_top1"]
+    assert best["epoch"] == epoch["best_epoch"] == 1

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from attendnets.checkpoint import model_meta, save_checkpoint
 from attendnets.cli import main
 from attendnets.data import DATA_ENV, make_synthetic_dataset
 from attendnets.errors import AttendNetsError
@@ -32,7 +31,7 @@ from attendnets.model import build_model
 from attendnets.registry import create_model
 from attendnets.spec import ArchSpec
 from tests.conftest import TINY_SPEC
-from tests.deploy_fixtures import PREPROCESSING, Trained, load_images, trained  # noqa: F401 (fixture)
+from tests.deploy_fixtures import PREPROCESSING, Trained, load_images
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_litert = pytest.mark.skipif(importlib.util.find_spec("litert_torch") is None,

@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 from attendnets.training import train
-from tests.training_fixtures import small_config, small_spec_file, synthetic_data  # noqa: F401 (fixtures)
+from tests.training_fixtures import small_config
 
 WORLD = 2
 

@@ -24,8 +24,6 @@ from attendnets.evaluate import (
 )
 from attendnets.export import OnnxRunner, export_checkpoint, quantize_onnx
 from attendnets.registry import create_model
-from tests.deploy_fixtures import trained  # noqa: F401 (fixture)
-from tests.training_fixtures import small_spec_file  # noqa: F401 (fixture)
 
 
 def test_tally_by_hand() -> None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
-import torch
 
 from attendnets.cli import main
 from attendnets.data import make_synthetic_dataset
@@ -18,9 +16,8 @@ from attendnets.search.fidelity import Evaluation, Fidelity
 from attendnets.search.pilot import Pilot, PilotConfig, rank_agreement, sample_designs, verdict
 from attendnets.search.requirements import Deployment, Requirements
 from attendnets.spec import ArchSpec
-from tests.explore_fixtures import data, space_file  # noqa: F401 (fixtures)
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ParamScore:
@@ -72,8 +69,8 @@ def test_designs_are_distinct_within_caps_and_fixed_by_the_seed(space_file) -> N
         sample_designs(space, 4, deployment, Requirements(max_params=10), seed=1)
 
 
-def test_pilot_resumes_without_retraining(tmp_path, space_file, data) -> None:
-    cfg = PilotConfig(space=str(space_file), data=str(data), output=str(tmp_path / "p"), designs=4, low_epochs=1,
+def test_pilot_resumes_without_retraining(tmp_path, space_file, explore_data) -> None:
+    cfg = PilotConfig(space=str(space_file), data=str(explore_data), output=str(tmp_path / "p"), designs=4, low_epochs=1,
                       high_epochs=3, img_size=16, fidelity=Fidelity(img_size=16, images_per_class=3, holdout_per_class=2))
     score = ParamScore()
     summary = Pilot(cfg, score).run(progress=False)
@@ -100,12 +97,28 @@ def test_pilot_verb_trains_tiny_designs_and_rejects_bad_input(tmp_path, space_fi
     assert main([*base, "--output", str(tmp_path / "p"), "--designs", "3", "--low-epochs", "1", "--high-epochs", "2"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("tau ") and "on 3 designs" in line  # tau may be undefined: tiny data, all at chance
-    summary = json.loads((tmp_path / "p" / "pilot.json").read_text())
+    folder = tmp_path / "p"
+    summary = json.loads((folder / "pilot.json").read_text())
+    assert line == summary["verdict"]
+    holdout = summary["fidelity"]["holdout_images"]
+    assert holdout == 3 * 3
     for design in summary["designs"]:
-        for rung in ("low", "high"):
-            assert 0 <= design[rung]["top1"] <= 100 and design[rung]["seconds"] > 0
+        for rung, epochs in (("low", 1), ("high", 2)):
+            scores = design[rung]
+            # The scores are the training's own records: its result file, and (float top-1) the last epoch
+            # of its run's metrics.jsonl; the 8-bit top-1 counts whole hold-out images.
+            result = json.loads((folder / "results" / f"e{epochs}" / f"{design['name']}.json").read_text())
+            assert result["scores"] == scores and result["spec"] == design["spec"] and result["epochs"] == epochs
+            metrics = (folder / "runs" / f"e{epochs}" / design["name"] / "metrics.jsonl").read_text().splitlines()
+            assert len(metrics) == epochs and scores["float_top1"] == json.loads(metrics[-1])["val_top1"]
+            assert scores["top1"] * holdout / 100 == pytest.approx(round(scores["top1"] * holdout / 100), abs=1e-6)
+            assert scores["seconds"] > 0
         build_model(ArchSpec.from_dict(design["spec"]))
-    assert len(list((tmp_path / "p" / "results").rglob("*.json"))) == 6
+    top_k = summary["agreement"]["top_k"]
+    again = rank_agreement([d["low"]["top1"] for d in summary["designs"]],
+                           [d["high"]["top1"] for d in summary["designs"]], top_k)
+    assert json.dumps(again, sort_keys=True) == json.dumps(summary["agreement"], sort_keys=True)  # NaN == NaN
+    assert len(list((folder / "results").rglob("*.json"))) == 6
 
     for argv, message in (([*base, "--designs", "2"], "--designs must be at least 3"),
                           ([*base, "--low-epochs", "3", "--high-epochs", "3"], "must be at least 1 and below --high-epochs"),

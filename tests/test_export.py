@@ -22,7 +22,7 @@ from attendnets.export import OnnxRunner, export_checkpoint, export_onnx, quanti
 from attendnets.model import build_model
 from attendnets.spec import ArchSpec
 from tests.conftest import TINY_SPEC
-from tests.deploy_fixtures import PREPROCESSING, Trained, load_images, trained  # noqa: F401 (fixture)
+from tests.deploy_fixtures import PREPROCESSING, Trained, load_images
 
 CLASSES = [f"class{i}" for i in range(5)]
 

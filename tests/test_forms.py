@@ -55,7 +55,7 @@ def test_vac_forms(target, scale, groups, size) -> None:
     assert form.scale is None and not any("scale" in k for k in form.state_dict())  # folded into M'
     assert vac.scale is not None  # the original is untouched
     dense = target is Target.ORT and groups <= MAX_DENSE_GROUPS
-    assert form.embed[0].conv.groups == (1 if dense else groups)
+    assert form.embed_grouped.conv.groups == (1 if dense else groups)
     assert isinstance(form.expand, TransposedConvExpand if target is Target.XNNPACK else NearestExpand)
     assert_same(form, vac, torch.randn(2, 6, size, size))
 

@@ -7,8 +7,10 @@ import json
 import pytest
 import timm
 import torch
+from torch import nn
 
 import attendnets  # noqa: F401  (registers the models with timm)
+from attendnets.blocks import PEPE, VisualAttentionCondenser
 from attendnets.model import build_model
 from attendnets.registry import PRESETS, load_preset
 from attendnets.spec import ArchSpec, SpecError
@@ -76,10 +78,33 @@ def test_spec_round_trip_builds_identical_model(tmp_path, spec: ArchSpec, suffix
     assert {k: v.shape for k, v in build_model(again).state_dict().items()} == shapes
 
 
+def test_spec_coerce_takes_a_spec_dict_or_path(tmp_path, tiny_spec: ArchSpec) -> None:
+    path = tmp_path / "tiny.json"
+    tiny_spec.save(path)
+    assert ArchSpec.coerce(tiny_spec) is tiny_spec
+    assert ArchSpec.coerce(TINY_SPEC) == ArchSpec.coerce(path) == ArchSpec.coerce(str(path)) == tiny_spec
+
+
 @pytest.mark.parametrize("name", PRESETS)
-def test_presets_say_they_are_reconstructions(name: str) -> None:
-    assert "reconstruction" in load_preset(name).description
-    assert "not copied from the figure" in load_preset(name).description
+def test_presets_have_the_layout_their_description_promises(name: str) -> None:
+    """A preset's description says its channels follow the paper's layout: VACs early, PEPE modules later,
+    spatial and pointwise convs, fully-connected layers, at Table 1's setting (224x224, 50 classes; its
+    complexity there is test_complexity's test_presets_match_table1_within_3_percent). The built model has it."""
+    spec = load_preset(name)
+    assert (spec.img_size, spec.num_classes) == (224, 50)
+    model = build_model(spec)
+    kinds = ["vac" if isinstance(b, VisualAttentionCondenser) else "pepe" if isinstance(b, PEPE) else "conv"
+             for b in model.blocks]
+    half = len(kinds) // 2
+    assert kinds.index("vac") < kinds.index("pepe") and kinds[::-1].index("pepe") < kinds[::-1].index("vac")
+    assert kinds[:half].count("vac") > kinds[:half].count("pepe") and kinds[half:].count("pepe") > kinds[half:].count("vac")
+    conv_kernels = {m.kernel_size for b, kind in zip(model.blocks, kinds) if kind == "conv"
+                    for m in b.modules() if isinstance(m, nn.Conv2d)}
+    assert {(3, 3), (1, 1)} <= conv_kernels  # spatial and pointwise
+    in_blocks = set(model.blocks.modules())
+    fully_connected = [m for m in model.modules() if isinstance(m, nn.Linear) and m not in in_blocks]
+    assert len(fully_connected) >= 2 and fully_connected[-1] is model.classifier  # hidden layer(s), then classifier
+    assert model.classifier.out_features == 50
 
 
 @pytest.mark.parametrize("name", [*PRESETS, "attendnet"])

@@ -11,7 +11,7 @@ from attendnets.cli import main
 from attendnets.errors import AttendNetsError
 from attendnets.export import export_checkpoint
 from attendnets.predict import load_classifier, predict_images
-from tests.deploy_fixtures import Trained, trained  # noqa: F401 (fixture)
+from tests.deploy_fixtures import Trained
 
 
 @pytest.fixture(scope="module")

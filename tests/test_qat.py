@@ -11,27 +11,19 @@ import safetensors.torch
 import torch
 from torch import nn
 
-import attendnets.training
 from attendnets.checkpoint import load_checkpoint, model_meta, save_checkpoint
 from attendnets.cli import main
+from attendnets.data import eval_transform, load_rgb
 from attendnets.errors import AttendNetsError
 from attendnets.model import build_model
 from attendnets.quantize import dequantize_per_channel, load_int8, quantize_per_channel
 from attendnets.spec import ArchSpec
 from attendnets.training import train
-from tests.training_fixtures import interrupt_at_evaluation, SMALL_SPEC, small_config, small_spec_file, synthetic_data  # noqa: F401
+from tests.training_fixtures import SMALL_SPEC, interrupt_at_evaluation, small_config
 
 CLASSES = ["checks", "disc", "dots", "stripes"]  # the classes of synthetic_data
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny models run several times faster than with threads competing for
-    the cores of a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _checkpoint(path: Path, classes: list[str] = CLASSES) -> Path:
@@ -42,6 +34,25 @@ def _checkpoint(path: Path, classes: list[str] = CLASSES) -> Path:
             "std": [0.229, 0.224, 0.225], "interpolation": "bilinear", "crop_pct": 0.875, "epoch": 1, "weights": "raw"}
     save_checkpoint(path, model, meta)
     return path
+
+
+def _top1(checkpoint: Path, data: Path) -> float:
+    """Top-1 (%) of a checkpoint on ``data/val``, computed here: every image preprocessed as its sidecar says,
+    through the model in one batch."""
+    model, meta = load_checkpoint(checkpoint)
+    transform = eval_transform(meta)
+    paths = sorted((data / "val").rglob("*.png"))
+    images = torch.stack([transform(load_rgb(p)) for p in paths])
+    targets = torch.tensor([meta["class_names"].index(p.parent.name) for p in paths])
+    with torch.no_grad():
+        return 100.0 * (model.eval()(images).argmax(1) == targets).float().mean().item()
+
+
+def _eval_top1(checkpoint: Path, data: Path, capsys) -> float:
+    """The top-1 ``attendnets eval --json`` prints for ``checkpoint`` on ``data/val``."""
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--json", "--workers", "0",
+                 "--output", str(checkpoint.parent / "eval-check")]) == 0
+    return json.loads(capsys.readouterr().out)["top1"]
 
 
 def _int8_representable(model: nn.Module) -> bool:
@@ -65,8 +76,14 @@ def test_cli_qat_run_from_init_saves_int8_weights_that_load(tmp_path, synthetic_
         model, meta = load_checkpoint(out / name)  # the plain layout: no parametrizations, no quantizers
         assert meta["weight_bits"] == 8 and meta["qat"] == {"activations": True} and meta["init"] == str(init)
         assert _int8_representable(model)
+    capsys.readouterr()  # what train printed
     assert main(["eval", "--checkpoint", str(out), "--data", str(synthetic_data), "--json", "--workers", "0"]) == 0
-    assert "best val top-1" in capsys.readouterr().out
+    result = json.loads(capsys.readouterr().out)
+    assert result == json.loads((out / "eval-val" / "eval.json").read_text())  # printed = recorded
+    _, best = load_checkpoint(out / "best")
+    assert (result["epoch"], result["weights"], result["model"]) == (best["epoch"], best["weights"], "small")
+    assert result["classes"] == CLASSES and result["images"] == 4 * 24
+    assert result["top1"] == pytest.approx(_top1(out / "best", synthetic_data))
 
 
 def test_qat_run_resumes_exactly(tmp_path, synthetic_data, small_spec_file, monkeypatch) -> None:
@@ -121,11 +138,15 @@ def test_cli_quantize_post_training(tmp_path, synthetic_data, capsys, monkeypatc
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["method"] == "post-training" and result["images"] == 4 * 24
-    assert 0 <= result["int8_top1"] <= 100 and 0 <= result["float_top1"] <= 100
     assert json.loads((out / "quantize.json").read_text()) == result
+    # The two top-1s are the evaluations of the two checkpoints, as eval reports them and as computed here.
+    assert result["float_top1"] == _eval_top1(source, synthetic_data, capsys) == pytest.approx(_top1(source, synthetic_data))
+    assert result["int8_top1"] == _eval_top1(out / "best", synthetic_data, capsys) == pytest.approx(
+        _top1(out / "best", synthetic_data))
 
     model, meta = load_checkpoint(out / "best")
     assert meta["weight_bits"] == 8 and meta["metrics"]["val_top1"] == result["int8_top1"]
+    assert meta["metrics"]["float_val_top1"] == result["float_top1"]
     assert _int8_representable(model)
     int8 = out / "int8.safetensors"
     memory = result["weight_memory"]
@@ -150,11 +171,16 @@ def test_cli_quantize_qat_fine_tune(tmp_path, synthetic_data, capsys) -> None:
             "--qat-epochs", "1", "--batch-size", "64", "--workers", "0", "--json"]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["method"] == "qat" and "int8_top1" in result and "qat_val_top1" in result
+    assert result["method"] == "qat" and result["images"] == 4 * 24
     config = json.loads((out / "config.json").read_text())
     assert config["lr"] == pytest.approx(2e-4) and config["warmup_epochs"] == 0 and config["init"] == str(source)
     model, meta = load_checkpoint(out / "best")
     assert meta["qat"] == {"activations": False} and meta["spec"]["name"] == "small" and _int8_representable(model)
+    # The fine-tune's top-1 is its best checkpoint's record; the others are evaluations of the two checkpoints.
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert result["qat_val_top1"] == meta["metrics"]["val_top1"] == epochs[-1]["best_top1"]
+    assert result["float_top1"] == _eval_top1(source, synthetic_data, capsys)
+    assert result["int8_top1"] == _eval_top1(out / "best", synthetic_data, capsys)
     assert (out / "int8.safetensors").is_file() and (out / "metrics.jsonl").is_file()
 
 

@@ -63,7 +63,7 @@ def test_qat_step_on_tiny_model(tiny_spec) -> None:
     model = build_model(tiny_spec)
     keys = set(model.state_dict())
     prepare_qat(model)
-    conv = model.blocks[0][0]
+    conv = model.blocks[0].conv
     assert _is_int8_representable(conv.weight.detach())
     before = conv.parametrizations.weight.original.detach().clone()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -111,7 +111,22 @@ def test_bad_prototype_and_fields() -> None:
         SearchSpace.from_dict({**_space_dict(), "pepe": {"mult": [3]}})
     with pytest.raises(SpaceError, match="cannot read search space"):
         load_space("no/such/space.yaml")
-    assert SPACE_DIR.is_dir()
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in SPACE_DIR.glob("*.yaml")))
+def test_every_shipped_space_loads_and_its_designs_run(name: str) -> None:
+    """Each space file shipped, the presets' (whose presence test_shipped_space_holds_its_preset checks) and
+    the others (attendnet_b_fast, demo), loads by its name; its prototype is a point of it; the prototype and a
+    few sampled designs build and classify an image at the prototype's resolution."""
+    space = load_space(name)
+    assert space.name == name
+    prototype = space.sample(optuna.trial.FixedTrial(space.prototype_params()))
+    assert (prototype.blocks, prototype.head) == (space.prototype.blocks, space.prototype.head)
+    size = space.prototype.img_size
+    for spec in [prototype] + [space.sample(RandomChoices(seed)) for seed in range(4)]:
+        model = build_model(spec, num_classes=3).eval()
+        with torch.no_grad():
+            assert model(torch.zeros(1, 3, size, size)).shape == (1, 3)
 
 
 def test_fast_space_holds_attendnet_b_and_reaches_lower_resolutions() -> None:

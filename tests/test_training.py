@@ -12,7 +12,7 @@ import attendnets.training
 from attendnets.cli import main
 from attendnets.errors import AttendNetsError
 from attendnets.training import TrainingDiverged, train
-from tests.training_fixtures import interrupt_at_evaluation, small_config, small_spec_file, synthetic_data  # noqa: F401 (fixtures)
+from tests.training_fixtures import interrupt_at_evaluation, small_config
 
 
 def test_training_learns_and_writes_run_folder(tmp_path, synthetic_data, small_spec_file) -> None:

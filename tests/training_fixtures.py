@@ -1,13 +1,10 @@
-"""Small data and models for the training, checkpoint, evaluation and distributed tests."""
+"""Small models and run settings for the training, checkpoint, evaluation and distributed tests (their data
+fixtures, ``synthetic_data`` and ``small_spec_file``, are in ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import pytest
-
-from attendnets.data import make_synthetic_dataset
 from attendnets.training import TrainConfig
 
 # A few thousand parameters, every block type, learns the synthetic textures at 32 px in seconds.
@@ -23,19 +20,6 @@ SMALL_SPEC = {
         {"type": "pepe", "proj": 24, "mult": 2, "proj2": 24, "out": 64, "stride": 2},
     ],
 }
-
-
-@pytest.fixture(scope="session")
-def synthetic_data(tmp_path_factory) -> Path:
-    """4 classes, 96 training and 24 val images each, 32 px."""
-    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), classes=4, per_class=96, size=32)
-
-
-@pytest.fixture(scope="session")
-def small_spec_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("spec") / "small.json"
-    path.write_text(json.dumps(SMALL_SPEC))
-    return path
 
 
 def small_config(data: Path, spec: Path, output: Path, **overrides) -> TrainConfig:

@@ -9,14 +9,23 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from attendnets.errors import AttendNetsError
+from attendnets.runtime import tune_malloc
 
 VERBS = ("demo", "models", "profile", "train", "eval", "export", "predict", "quantize", "bench", "explore")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line, as every other error of the command line (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="attendnets",
         description="Tiny 8-bit image-recognition networks (AttendNets): build, profile, train, ship.",
         epilog="Run 'attendnets VERB --help' for the options and examples of each verb.",
@@ -44,6 +53,7 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_malloc()  # the one process-wide setting: up to 2x faster PyTorch on CPU (attendnets.runtime)
     try:
         return args.run(args)
     except (AttendNetsError, FileNotFoundError) as err:

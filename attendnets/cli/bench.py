@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from attendnets.bench import BASELINES, DEFAULT_RUNTIMES, REFERENCE, RUNTIMES, run_bench
+from attendnets.bench import DEFAULT_RUNTIMES, REFERENCE, RUNTIMES, run_bench
+from attendnets.registry import BASELINES
 
 HELP = "batch-1 latency and batch-N throughput in PyTorch and the deployment runtimes, vs the MobileNets"
 DESCRIPTION = f"""\

@@ -8,6 +8,7 @@ import logging
 import os
 from pathlib import Path
 
+import optuna
 from rich.console import Console
 from rich.table import Table
 
@@ -15,7 +16,8 @@ from attendnets.bench import RUNTIMES
 from attendnets.data import DATA_ENV
 from attendnets.errors import AttendNetsError
 from attendnets.search.fidelity import Fidelity
-from attendnets.search.pilot import PilotConfig
+from attendnets.search.pilot import Pilot, PilotConfig
+from attendnets.search.report import write_report
 from attendnets.search.requirements import (
     COST_LABELS,
     COSTS,
@@ -228,20 +230,21 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "space":
         print((SPACE_DIR / f"{args.name}.yaml").read_text(), end="")
         return 0
+    # a search trains many small designs: their per-epoch lines and Optuna's per-trial ones would drown its progress bar
+    logging.getLogger("attendnets.training").setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.action == "pilot":
-        from attendnets.search.pilot import Pilot
-
         summary = Pilot(pilot_config_from_args(args)).run(progress=not args.json)
         print(json.dumps(summary, indent=2) if args.json else summary["verdict"])
         return 0
     if args.action == "report":
-        from attendnets.search.report import write_report
-
         if not Path(args.study_dir).is_dir():
             raise AttendNetsError(f"study folder {args.study_dir} does not exist")
         summary = write_report(Path(args.study_dir), url=args.storage)
     else:
-        summary = Explorer(config_from_args(args)).run(progress=not args.json)
+        explorer = Explorer(config_from_args(args))
+        explorer.run(progress=not args.json)
+        summary = write_report(explorer.study_dir, explorer.storage)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

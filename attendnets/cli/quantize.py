@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from attendnets.data import DATA_ENV
-from attendnets.quantize import quantize_checkpoint
+from attendnets.quantize_workflow import quantize_checkpoint
 from attendnets.training import TrainConfig
 
 HELP = "8-bit weights for a checkpoint: post-training quantization or a short quantization-aware fine-tune"

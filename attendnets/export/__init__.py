@@ -31,6 +31,7 @@ from attendnets.export.onnx import (
     OnnxRunner,
     export_checkpoint,
     export_onnx,
+    ort_session,
     quantize_onnx,
     read_onnx_meta,
 )
@@ -81,5 +82,5 @@ def export_parity(
 __all__ = [
     "CalibrationImages", "ExecuTorchRunner", "LiteRTRunner", "MicroRunner", "OnnxRunner", "RUNTIMES_BY_SUFFIX",
     "RepeatedDepthwise", "Runner", "Target", "export_checkpoint", "export_executorch", "export_onnx",
-    "export_parity", "export_tflite", "for_runtime", "load_runner", "quantize_onnx", "read_onnx_meta",
+    "export_parity", "export_tflite", "for_runtime", "load_runner", "ort_session", "quantize_onnx", "read_onnx_meta",
 ]

@@ -10,6 +10,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from attendnets.export.onnx import ort_session
+
 LAYOUT_OPS = {
     "onnx": {"Transpose", "Reshape", "Expand", "Unsqueeze", "Squeeze", "Gather", "Tile"},
     "tflite": {"TRANSPOSE", "RESHAPE", "BROADCAST_TO", "EXPAND_DIMS", "SQUEEZE", "GATHER", "TILE"},
@@ -28,14 +30,11 @@ def ort_layout_ops(path: str | os.PathLike) -> dict[str, int]:
     """Layout operators between the first and the last quantized conv of ONNX Runtime's optimized graph of
     ``path`` (the graph it runs on this machine's CPU, after its channels-last rewrites)."""
     import onnx
-    import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="attendnets-ort-") as tmp:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        ops = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+        optimized = Path(tmp) / "optimized.onnx"
+        ort_session(path, optimized_path=optimized)
+        ops = [node.op_type for node in onnx.load(str(optimized)).graph.node]
     return _between_convs(ops, {"QLinearConv", "NhwcQLinearConv"}, LAYOUT_OPS["onnx"])
 
 

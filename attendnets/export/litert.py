@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from attendnets.checkpoint import atomic_write
 from attendnets.errors import AttendNetsError
 from attendnets.export.forms import Target, for_runtime
 from attendnets.export.meta import Runner, as_numpy, deploy_meta, file_path, require
+from attendnets.files import atomic_write
 
 FORMAT = "attendnets-tflite"
 METADATA_NAME = "attendnets"

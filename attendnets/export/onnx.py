@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from attendnets.checkpoint import atomic_write, load_checkpoint
-from attendnets.data import IMAGE_EXTENSIONS, image_files, load_rgb
+from attendnets.checkpoint import load_checkpoint
+from attendnets.data import IMAGE_EXTENSIONS, eval_transform, image_files, load_rgb
 from attendnets.errors import AttendNetsError
-from attendnets.evaluate import eval_transform
 from attendnets.export.forms import Target, for_runtime
 from attendnets.export.meta import META_KEYS, Runner, as_numpy, deploy_meta
+from attendnets.files import atomic_write
 
 FORMAT = "attendnets-onnx"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -175,6 +175,26 @@ def quantize_onnx(
     return int8_path
 
 
+def ort_session(path: str | os.PathLike, threads: int | None = None, profile_prefix: str | os.PathLike | None = None,
+                optimized_path: str | os.PathLike | None = None) -> Any:
+    """An ONNX Runtime CPU session for the graph ``path``, quiet (errors only), with ``threads`` intra-op
+    threads and one inter-op thread (``None``: ONNX Runtime's defaults). ``profile_prefix``: write ONNX
+    Runtime's op trace there; ``optimized_path``: save the graph as optimized for this machine there."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def read_onnx_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The class names, preprocessing and model name stored in an ONNX file written by :func:`export_onnx`."""
     import onnx
@@ -210,14 +230,9 @@ class OnnxRunner(Runner):
     def __init__(
         self, path: str | os.PathLike, class_names: list[str] | None = None, threads: int | None = None
     ) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path)
         self.meta = read_onnx_meta(path)
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.num_classes = self.session.get_outputs()[0].shape[-1]
         self.runtime, self.int8 = "ort", is_quantized(path)

@@ -31,10 +31,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from attendnets.checkpoint import atomic_write_text
 from attendnets.data import (
     DATA_ENV,
     ImageList,
+    eval_transform,
     image_files,
     list_classes,
     make_synthetic_dataset,
@@ -42,7 +42,8 @@ from attendnets.data import (
     scan_split,
 )
 from attendnets.errors import AttendNetsError
-from attendnets.evaluate import eval_transform, evaluate_model
+from attendnets.evaluate import evaluate_model
+from attendnets.files import atomic_write_text
 from attendnets.quantize import quantize_weights
 from attendnets.spec import ArchSpec
 from attendnets.training import TrainConfig, TrainingDiverged, train

@@ -15,18 +15,18 @@ designs ``designs.json``, the verdict ``pilot.json`` and a scatter plot ``pilot.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import random
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
-from attendnets.checkpoint import atomic_write, atomic_write_text
 from attendnets.errors import AttendNetsError
+from attendnets.files import atomic_write, atomic_write_json, atomic_write_text
+from attendnets.plots import plot_pilot
+from attendnets.runtime import torch_threads
 from attendnets.search.fidelity import (
     Evaluation,
     Fidelity,
@@ -185,7 +185,6 @@ class Pilot:
 
     def run(self, progress: bool = True) -> dict[str, Any]:
         """Sample, train what is missing, compare; writes ``pilot.json`` and ``pilot.png``, returns the summary."""
-        logging.getLogger("attendnets.training").setLevel(logging.WARNING)
         cfg = self.config
         self.folder.mkdir(parents=True, exist_ok=True)
         source = source_data(self.folder, self.config.data, self.config.synthetic, cfg.fidelity)
@@ -218,7 +217,7 @@ class Pilot:
             "files": {"json": str(self.folder / "pilot.json"), "plot": str(self.folder / "pilot.png")},
         }
         atomic_write(self.folder / "pilot.png", lambda tmp: plot_pilot(summary, tmp))
-        atomic_write_text(self.folder / "pilot.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_json(self.folder / "pilot.json", summary)
         return summary
 
     def _result(self, design: dict[str, Any], epochs: int, data: FidelityData) -> dict[str, Any]:
@@ -234,12 +233,8 @@ class Pilot:
                                       "requirements or training options changed); use another --output")
             return saved["scores"]
         run = TrialRun(0, epochs, self.folder / "runs" / f"e{epochs}" / design["name"], data, self.config.fidelity)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(self.config.train_threads)
-        try:
+        with torch_threads(self.config.train_threads):
             evaluation: Evaluation = self.evaluate(ArchSpec.from_dict(design["spec"]), run)
-        finally:
-            torch.set_num_threads(threads)
         scores = {"top1": evaluation.top1, "float_top1": evaluation.float_top1, "seconds": evaluation.seconds,
                   "note": evaluation.note}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,31 +246,3 @@ class Pilot:
 def _training_fidelity(fidelity: Fidelity) -> dict[str, Any]:
     """The fidelity settings that decide a training's result (the rung's epochs aside)."""
     return {k: v for k, v in fidelity.to_dict().items() if k not in ("epochs", "eta")}
-
-
-def plot_pilot(summary: dict[str, Any], path: str) -> None:
-    """Hold-out top-1 at 8 bits, cheap rung against expensive rung, one labelled point per design."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    designs = summary["designs"]
-    low = [d["low"]["top1"] for d in designs]
-    high = [d["high"]["top1"] for d in designs]
-    fig, ax = plt.subplots(figsize=(6, 5))
-    for d, x, y in zip(designs, low, high):
-        ax.scatter([x], [y], marker="*" if d["reference"] else "o", s=200 if d["reference"] else 40,
-                   color="crimson" if d["reference"] else "tab:blue", edgecolor="black", zorder=3)
-        ax.annotate(d["name"].removeprefix("pilot-") + (" (prototype)" if d["reference"] else ""), (x, y),
-                    textcoords="offset points", xytext=(4, 4), fontsize=7)
-    stats = summary["agreement"]
-    ax.set_xlabel(f"hold-out top-1 at 8 bits (%), {summary['low_epochs']} epochs")
-    ax.set_ylabel(f"hold-out top-1 at 8 bits (%), {summary['high_epochs']} epochs")
-    ax.set_title(f"{summary['space']} pilot: Kendall tau {stats['kendall_tau']:.2f} (p={stats['p_value']:.2g}), "
-                 f"{stats['designs']} designs", fontsize=10)
-    ax.margins(0.12)  # room for the labels of the outermost points
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=120)
-    plt.close(fig)

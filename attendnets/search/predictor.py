@@ -32,14 +32,14 @@ from attendnets.bench import (
     REFERENCE,
     RUNTIMES,
     _runtime_call,
-    _threads,
     load_bench_model,
     machine_info,
     random_weights_model,
 )
-from attendnets.checkpoint import atomic_write_text
 from attendnets.errors import AttendNetsError
 from attendnets.export.forms import Target, for_runtime
+from attendnets.files import atomic_write_text
+from attendnets.runtime import torch_threads
 
 TARGETS = {"ort": Target.ORT, "litert": Target.XNNPACK, "executorch": Target.XNNPACK, "tflm": Target.MICRO}
 PROBE_ROUNDS = 5
@@ -200,7 +200,7 @@ class LatencyTable:
         atomic_write_text(self.path, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
     def _measure(self, layers: list[Layer]) -> None:
-        with tempfile.TemporaryDirectory(prefix="attendnets-lut-") as tmp, _threads(self.threads):
+        with tempfile.TemporaryDirectory(prefix="attendnets-lut-") as tmp, torch_threads(self.threads):
             for index, layer in enumerate(layers):
                 self.entries[layer.key] = _time_probe(layer, self.runtime, Path(tmp), index, self.threads)
         self.save()

@@ -11,6 +11,7 @@ every rung, appears with its measured top-1.
 from __future__ import annotations
 
 import csv
+from collections import Counter
 import io
 import json
 from pathlib import Path
@@ -19,12 +20,13 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from attendnets.checkpoint import atomic_write, atomic_write_text
 from attendnets.errors import AttendNetsError
+from attendnets.files import atomic_write, atomic_write_json, atomic_write_text
+from attendnets.plots import plot_pareto
 from attendnets.registry import BASELINES, PRESETS, create_model
 from attendnets.search.requirements import COST_LABELS, LATENCY, Deployment, Requirements, latency_meter, measure_costs
 from attendnets.search.storage import open_storage, read_study_file, rung_name, study_names
-from attendnets.search.study import STATUS, is_feasible, pareto_front
+from attendnets.search.trials import TrialStatus, is_feasible, pareto_front, status_of, was_scored
 from attendnets.spec import ArchSpec
 
 COST_COLUMNS = ("params", "weight_kb", "macs", "peak_activation_kb", "peak_activation_kb_fp32", "latency_ms",
@@ -62,12 +64,17 @@ def write_report(study_dir: Path, storage: optuna.storages.BaseStorage | None = 
     cost = attrs["cost"]
     trials = [(r, t) for r, study in enumerate(rungs) for t in study.get_trials(deepcopy=False)]
     atomic_write_text(study_dir / "trials.csv", _csv(trials))
-    top = max((r for r, t in trials if is_feasible(t) and t.user_attrs.get(STATUS) in ("trained", "reference")),
+    top = max((r for r, t in trials if is_feasible(t) and was_scored(t)),
               default=None)
     front = pareto_front([t for r, t in trials if r == top]) if top is not None else []
     designs = _write_pareto(study_dir, attrs, top, front)
     references = reference_costs(study_dir, cost, Deployment(**attrs["deployment"]))
-    atomic_write(study_dir / "pareto.png", lambda tmp: plot_pareto(trials, front, references, attrs, tmp))
+    points = [(r, kind, t.values[1], t.values[0]) for r, t in trials if (kind := _plot_kind(t))]
+    rungs_with_trials = sorted({r for r, _ in trials})
+    caps = Requirements(**attrs["requirements"]).caps()
+    atomic_write(study_dir / "pareto.png", lambda tmp: plot_pareto(
+        points, rungs_with_trials, [(t.values[1], t.values[0]) for t in front], references, attrs, COST_LABELS[cost],
+        caps, tmp))
     summary = {
         "study": str(study_dir),
         "cost": cost,
@@ -81,17 +88,25 @@ def write_report(study_dir: Path, storage: optuna.storages.BaseStorage | None = 
         "files": {k: str(study_dir / v) for k, v in
                   (("trials", "trials.csv"), ("plot", "pareto.png"), ("pareto", "pareto"), ("summary", "summary.json"))},
     }
-    atomic_write_text(study_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(study_dir / "summary.json", summary)
     return summary
+
+
+def _plot_kind(trial: FrozenTrial) -> str | None:
+    """How the Pareto plot draws a finished trial (see :func:`attendnets.plots.plot_pareto`); ``None``: not at all."""
+    if trial.state != TrialState.COMPLETE:
+        return None
+    status = status_of(trial)
+    if status == TrialStatus.TRAINED:
+        return "feasible" if is_feasible(trial) else "infeasible"
+    return {TrialStatus.REFERENCE: "reference", TrialStatus.OVER_CAP: "over_cap"}.get(status)
 
 
 def _rung_summary(rung: int, study: optuna.Study) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     ref = [t for t in done if t.user_attrs.get("reference")]
-    statuses: dict[str, int] = {}
-    for t in done:
-        statuses[t.user_attrs.get(STATUS, "?")] = statuses.get(t.user_attrs.get(STATUS, "?"), 0) + 1
+    statuses = dict(Counter(str(status_of(t) or "?") for t in done))
     return {
         "rung": rung,
         "epochs": study.user_attrs["fidelity"]["epochs"] * study.user_attrs["fidelity"]["eta"] ** rung,
@@ -134,9 +149,9 @@ def _csv(trials: list[tuple[int, FrozenTrial]]) -> str:
     for rung, t in trials:
         costs = t.user_attrs.get("costs", {})
         fid = t.user_attrs.get("fidelity", {})
-        untrained = t.user_attrs.get(STATUS) in ("over_cap", "unbuildable")
+        untrained = status_of(t) in (TrialStatus.OVER_CAP, TrialStatus.UNBUILDABLE)
         writer.writerow([
-            rung, t.number, t.state.name, t.user_attrs.get(STATUS, ""),
+            rung, t.number, t.state.name, status_of(t) or "",
             int(is_feasible(t)) if t.state == TrialState.COMPLETE else "", t.user_attrs.get("reference", ""),
             t.user_attrs.get("parent", ""), t.user_attrs.get("duplicate_of", ""),
             "" if t.values is None or untrained else f"{t.values[0]:.4f}", t.user_attrs.get("top1_float", ""),
@@ -166,7 +181,7 @@ def reference_costs(study_dir: Path, cost: str, deployment: Deployment) -> dict[
             else:
                 values[name] = _timm_cost(name, cost, deployment)
         cache[key] = values
-        atomic_write_text(path, json.dumps(cache, indent=2) + "\n")
+        atomic_write_json(path, cache)
     return cache[key]
 
 
@@ -181,61 +196,3 @@ def _timm_cost(name: str, cost: str, deployment: Deployment) -> float:
         return weight_memory(model).quantized_bytes / 1024
     profile = profile_model(model, deployment.img_size)
     return float(profile.macs) if cost == "macs" else profile.peak_activation_bytes_int8 / 1024
-
-
-def plot_pareto(trials: list[tuple[int, FrozenTrial]], front: list[FrozenTrial], references: dict[str, float],
-                attrs: dict[str, Any], path: str) -> None:
-    """Top-1 at 8 bits (hold-out) against the cost: each rung's trained designs, infeasible ones as crosses,
-    designs over a cap (not trained) at 0%, the prototype as a star, the Pareto front, the caps, and the
-    reference models' costs as dotted lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cost = attrs["cost"]
-    requirements = Requirements(**attrs["requirements"])
-    scale = 1e6 if cost == "macs" else 1e3 if cost == "params" else 1.0
-    unit = {1e6: " (millions)", 1e3: " (thousands)"}.get(scale, "")
-    fig, ax = plt.subplots(figsize=(9, 6))
-    rungs = sorted({r for r, _ in trials})
-    colours = plt.get_cmap("viridis")([0.15 + 0.7 * i / max(1, len(rungs) - 1) for i in range(len(rungs))])
-    for r, colour in zip(rungs, colours):
-        done = [t for rr, t in trials if rr == r and t.state == TrialState.COMPLETE]
-        trained = [t for t in done if t.user_attrs.get(STATUS) == "trained"]
-        epochs = attrs["fidelity"]["epochs"] * attrs["fidelity"]["eta"] ** r
-        for group, marker, label in (([t for t in trained if is_feasible(t)], "o", "feasible"),
-                                     ([t for t in trained if not is_feasible(t)], "x", "below --min-top1")):
-            if group:
-                ax.scatter([t.values[1] / scale for t in group], [t.values[0] for t in group], marker=marker,
-                           color=colour, alpha=0.8, label=f"rung {r} ({epochs} ep): {label}")
-        ref = [t for t in done if t.user_attrs.get(STATUS) == "reference"]
-        if ref:
-            ax.scatter([t.values[1] / scale for t in ref], [t.values[0] for t in ref], marker="*", s=220,
-                       color=colour, edgecolor="black", zorder=5, label=f"prototype, rung {r}")
-    over = [t for _, t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get(STATUS) == "over_cap"]
-    if over:
-        ax.scatter([t.values[1] / scale for t in over], [0.0] * len(over), marker="x", color="grey", alpha=0.6,
-                   label="over a cap (not trained)")
-    if front:
-        ax.plot([t.values[1] / scale for t in front], [t.values[0] for t in front], "-o", color="crimson", mfc="none", ms=11,
-                zorder=4, label="Pareto front")
-    cap = requirements.caps().get(cost)
-    if cap:
-        ax.axvline(cap / scale, color="red", linestyle="--", label=f"cap: {COST_LABELS[cost]}")
-    if requirements.min_top1:
-        ax.axhline(requirements.min_top1, color="red", linestyle=":", label="--min-top1")
-    # labels alternate between two heights so that references of similar cost stay readable
-    for i, (name, value) in enumerate(sorted(references.items(), key=lambda kv: kv[1])):
-        ax.axvline(value / scale, color="black", linestyle=":", alpha=0.5)
-        ax.annotate(name, (value / scale, 0.99 - 0.2 * (i % 2)), xycoords=("data", "axes fraction"), rotation=90,
-                    va="top", ha="right", fontsize=8)
-    deploy = attrs["deployment"]
-    ax.set_xlabel(f"{COST_LABELS[cost]}{unit} at {deploy['img_size']} px, {deploy['num_classes']} classes")
-    ax.set_ylabel(f"hold-out top-1 at 8-bit weights (%), {attrs['fidelity']['img_size']} px training")
-    ax.set_title(f"{Path(attrs['space']['name']).name} design search: accuracy vs cost")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=120)
-    plt.close(fig)

@@ -48,7 +48,9 @@ from typing import Any, Protocol
 import yaml
 
 from attendnets.errors import AttendNetsError
-from attendnets.spec import ArchSpec, BlockSpec, ConvSpec, PEPESpec, VACSpec, dataclass_from_dict, read_data_file
+from attendnets.spec import (
+    ArchSpec, BlockSpec, ConvSpec, PEPESpec, VACSpec, block_out_chs, dataclass_from_dict, read_data_file,
+)
 
 SPACE_DIR = Path(__file__).parent / "spaces"  # the default space of each preset, as shipped
 KINDS = ("vac", "pepe", "conv")
@@ -222,7 +224,7 @@ class SearchSpace:
                     block = self._free_block(trial, name, kind, base if kind == base.type else None, chs, width)
                     position += 1
                 blocks.append(block)
-                chs = _out_chs(block, chs)
+                chs = block_out_chs(block, chs)
         head = copy.deepcopy(proto.head)
         if self.head.hidden:
             labels = {_hidden_label(h): h for h in self.head.hidden}
@@ -353,14 +355,10 @@ def load_space(name: str | Path) -> SearchSpace:
 # -- helpers ---------------------------------------------------------------------------------------------
 
 
-def _out_chs(block: BlockSpec, in_chs: int) -> int:
-    return in_chs if isinstance(block, VACSpec) else block.out
-
-
 def _in_chs(spec: ArchSpec, j: int) -> int:
     chs = spec.in_chans
     for block in spec.blocks[:j]:
-        chs = _out_chs(block, chs)
+        chs = block_out_chs(block, chs)
     return chs
 
 

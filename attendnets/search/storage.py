@@ -25,8 +25,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from attendnets.checkpoint import atomic_write_text
 from attendnets.errors import AttendNetsError
+from attendnets.files import atomic_write_json
 
 JOURNAL_FILE = "study.journal"
 STUDY_FILE = "study.json"
@@ -78,7 +78,7 @@ def write_study_file(study_dir: Path, name: str, url: str | None) -> None:
     """Record in the study folder where its storage is, for ``attendnets explore report``."""
     study_dir.mkdir(parents=True, exist_ok=True)
     data = {"name": name, "storage": redact(url) if url else None}
-    atomic_write_text(study_dir / STUDY_FILE, json.dumps(data, indent=2) + "\n")
+    atomic_write_json(study_dir / STUDY_FILE, data)
 
 
 def read_study_file(study_dir: Path) -> dict[str, Any]:

@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from optuna.trial import FrozenTrial, Trial, TrialState
 from tqdm import tqdm
 
 from attendnets.errors import AttendNetsError
+from attendnets.files import as_json_data
+from attendnets.runtime import torch_threads
 from attendnets.search.fidelity import (
     Evaluation,
     Fidelity,
@@ -67,14 +68,24 @@ from attendnets.search.storage import (
     worker_id,
     write_study_file,
 )
+from attendnets.search.trials import (
+    PROTOTYPE,
+    SCORED,
+    STATUS,
+    TrialStatus,
+    is_feasible,
+    meets_caps,
+    non_dominated_ranks,
+    pareto_front,
+    status_of,
+    was_scored,
+)
 from attendnets.spec import SpecError
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "nsga2", "random")
 POLL_S = 5.0  # how often to look at other workers' running trials
-STATUS = "status"  # trained | reference | over_cap | unbuildable | duplicate
-PROTOTYPE = "prototype"
 
 Evaluator = Callable[..., Evaluation]  # (spec, TrialRun) -> Evaluation
 
@@ -125,8 +136,9 @@ class ExploreConfig:
         return Path(self.output) / self.name
 
 
-class _NothingQueued(Exception):
-    """A worker asked a promoted rung for a trial after another worker took the last queued one."""
+class _NothingToDo(Exception):
+    """The trial a worker asked for has no work left: another worker took the last queued design of a promoted
+    rung, or filled rung 0's budget between this worker's count and its ask. Optuna marks the trial failed."""
 
 
 class Explorer:
@@ -145,13 +157,13 @@ class Explorer:
 
     # -- the run -------------------------------------------------------------------------------------
 
-    def run(self, progress: bool = True) -> dict[str, Any]:
-        """Run every rung to its end and write the report; returns the report's summary."""
-        from attendnets.search.report import write_report
+    def run(self, progress: bool = True) -> None:
+        """Run every rung to its end (the report is :func:`attendnets.search.report.write_report`'s)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE's group, heartbeat
+            self._run(progress)
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE's group, heartbeat
-        logging.getLogger("attendnets.training").setLevel(logging.WARNING)
+    def _run(self, progress: bool) -> None:
         self.storage = open_storage(self.study_dir, self.config.storage)
         exists = rung_name(self.config.name, 0) in study_names(self.storage)
         if exists and not self.config.resume:
@@ -172,7 +184,6 @@ class Explorer:
             promote(studies[r - 1], studies[r], self.config.fidelity.eta, self.space)
             self._drain(studies[r], r, progress)
         self._wait(studies[-1])
-        return write_report(self.study_dir, self.storage)
 
     def study_attrs(self) -> dict[str, Any]:
         """What a resumed study must share with the run that started it (stored on every rung's study)."""
@@ -204,8 +215,8 @@ class Explorer:
         for key, value in attrs.items():
             if key not in saved:
                 study.set_user_attr(key, value)
-            elif saved[key] != _jsonable(value):
-                raise AttendNetsError(f"cannot resume {self.config.name!r}: {_difference(key, saved[key], _jsonable(value))}")
+            elif saved[key] != as_json_data(value):
+                raise AttendNetsError(f"cannot resume {self.config.name!r}: {_difference(key, saved[key], as_json_data(value))}")
         return study
 
     def _sampler(self) -> optuna.samplers.BaseSampler:
@@ -233,7 +244,7 @@ class Explorer:
                 bar.n = trained
                 bar.refresh()
                 trial = self._one_trial(study, 0)
-                streak = 0 if trial.user_attrs.get(STATUS) in ("trained", "reference") else streak + 1
+                streak = 0 if status_of(trial) in SCORED else streak + 1
                 if streak >= self.config.give_up_after:
                     self._give_up(study, streak)
                     break
@@ -264,7 +275,7 @@ class Explorer:
             numbers.append(trial.number)
             return self.objective(trial, rung)
 
-        study.optimize(objective, n_trials=1, catch=(_NothingQueued,))
+        study.optimize(objective, n_trials=1, catch=(_NothingToDo,))
         return study.get_trials(deepcopy=False)[numbers[0]]
 
     def _wait(self, study: optuna.Study) -> None:
@@ -279,10 +290,10 @@ class Explorer:
 
     def _give_up(self, study: optuna.Study, streak: int) -> None:
         finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if any(t.user_attrs.get(STATUS) == "trained" for t in finished):
+        if any(status_of(t) == TrialStatus.TRAINED for t in finished):
             log.warning(f"rung 0 stopped: the last {streak} designs proposed were infeasible or already trained")
             return
-        measured = [t for t in finished if t.user_attrs.get(STATUS) in ("over_cap", "reference")]
+        measured = [t for t in finished if status_of(t) in (TrialStatus.OVER_CAP, TrialStatus.REFERENCE)]
         closest = min(measured, key=lambda t: _violation(t), default=None)
         where = ""
         if closest is not None:
@@ -301,8 +312,13 @@ class Explorer:
         """Measure one design: costs first, training only when every cap is met (or for the reference)."""
         trial.set_user_attr(WORKER_ATTR, worker_id())
         if rung > 0 and "parent" not in trial.user_attrs:
-            raise _NothingQueued("no promoted design left in this rung")
+            raise _NothingToDo("no promoted design left in this rung")
         reference = trial.user_attrs.get("reference") == PROTOTYPE
+        if rung == 0 and not reference:
+            earlier = _live(trial.study, lambda t: t.number < trial.number and _counts_as_trained(t))
+            if len(earlier) >= self.config.trials:
+                trial.set_user_attr("reason", "surplus: other workers filled the budget first")
+                raise _NothingToDo("rung 0's budget was filled by other workers")
         spec = self.space.sample(trial)
         spec = dataclasses.replace(spec, name=f"{self.config.name}-r{rung}-t{trial.number}",
                                    num_classes=self.deployment.num_classes, img_size=self.deployment.img_size)
@@ -313,13 +329,13 @@ class Explorer:
                 if key in same.user_attrs:
                     trial.set_user_attr(key, same.user_attrs[key])
             trial.set_user_attr("duplicate_of", same.number)
-            trial.set_user_attr(STATUS, "duplicate")
+            trial.set_user_attr(STATUS, TrialStatus.DUPLICATE)
             self._constrain(trial, same.constraints)
             return same.values[0], same.values[1]
         try:
             costs = self._costs(trial, spec, rung, reference)
         except (SpecError, RuntimeError) as err:
-            trial.set_user_attr(STATUS, "unbuildable")
+            trial.set_user_attr(STATUS, TrialStatus.UNBUILDABLE)
             trial.set_user_attr("reason", str(err).splitlines()[0])
             self._constrain(trial, {"buildable": 1.0, **dict.fromkeys(cap_constraints({}, self.requirements), 0.0),
                                     **accuracy_constraint(None, self.requirements)})
@@ -327,19 +343,15 @@ class Explorer:
         trial.set_user_attr("costs", costs)
         cap_values = cap_constraints(costs, self.requirements)
         if any(v > 0 for v in cap_values.values()) and not reference:
-            trial.set_user_attr(STATUS, "over_cap")
+            trial.set_user_attr(STATUS, TrialStatus.OVER_CAP)
             self._constrain(trial, {"buildable": 0.0, **cap_values, **accuracy_constraint(None, self.requirements)})
             return 0.0, costs[self.config.cost]
         fid = self.config.fidelity
         epochs = fid.rung_epochs(rung)
         run = TrialRun(rung, epochs, self.study_dir / f"rung{rung}" / f"trial_{trial.number:04d}", self.data, fid)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(self.config.train_threads)
-        try:
+        with torch_threads(self.config.train_threads):
             evaluation = self.evaluate(spec, run)
-        finally:
-            torch.set_num_threads(threads)
-        trial.set_user_attr(STATUS, "reference" if reference else "trained")
+        trial.set_user_attr(STATUS, TrialStatus.REFERENCE if reference else TrialStatus.TRAINED)
         trial.set_user_attr("top1_float", evaluation.float_top1)
         trial.set_user_attr("train_seconds", evaluation.seconds)
         trial.set_user_attr("fidelity", {"rung": rung, "epochs": epochs, "img_size": fid.img_size,
@@ -371,41 +383,13 @@ class Explorer:
 # -- promotion -----------------------------------------------------------------------------------------
 
 
-def non_dominated_ranks(points: list[tuple[float, float]]) -> list[int]:
-    """The non-domination rank (0 = Pareto front) of each ``(top-1, cost)`` point, top-1 maximised and
-    cost minimised: peel the front, then the front of the rest, and so on."""
-    ranks = [-1] * len(points)
-    rank = 0
-    left = set(range(len(points)))
-    while left:
-        front = {i for i in left if not any(_dominates(points[j], points[i]) for j in left if j != i)}
-        for i in front:
-            ranks[i] = rank
-        left -= front
-        rank += 1
-    return ranks
-
-
-def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    return a[0] >= b[0] and a[1] <= b[1] and a != b
-
-
-def meets_caps(trial: FrozenTrial) -> bool:
-    """Built and within every cost cap (the accuracy floor aside)."""
-    return all(v <= 0 for k, v in trial.constraints.items() if k != "min_top1")
-
-
-def is_feasible(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.COMPLETE and all(v <= 0 for v in trial.constraints.values())
-
-
 def select_promotions(trials: list[FrozenTrial], eta: int) -> list[FrozenTrial]:
     """The designs of a rung that go on: the top ``max(1, n // eta)`` of its ``n`` trained, distinct designs
     that meet every cap, by non-dominated rank, then top-1, then cost. The reference is not among them
     (it is promoted anyway)."""
     pool: dict[str, FrozenTrial] = {}
     for t in sorted(trials, key=lambda t: t.number):
-        if t.state == TrialState.COMPLETE and t.user_attrs.get(STATUS) == "trained" and meets_caps(t):
+        if t.state == TrialState.COMPLETE and status_of(t) == TrialStatus.TRAINED and meets_caps(t):
             pool.setdefault(json.dumps(t.params, sort_keys=True), t)
     candidates = list(pool.values())
     if not candidates:
@@ -444,24 +428,11 @@ def _live(study: optuna.Study, keep: Callable[[FrozenTrial], bool]) -> list[Froz
 
 
 def _counts_as_trained(trial: FrozenTrial) -> bool:
-    if trial.state == TrialState.RUNNING:
-        return True
-    return trial.state == TrialState.COMPLETE and trial.user_attrs.get(STATUS) in ("trained", "reference")
+    return trial.state == TrialState.RUNNING or was_scored(trial)
 
 
 def _violation(trial: FrozenTrial) -> float:
     return sum(v for k, v in trial.constraints.items() if v > 0 and k != "min_top1")
-
-
-def pareto_front(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """Feasible trained designs (distinct) that no other one beats on both top-1 and cost."""
-    pool: dict[str, FrozenTrial] = {}
-    for t in trials:
-        if is_feasible(t) and t.user_attrs.get(STATUS) in ("trained", "reference"):
-            pool.setdefault(json.dumps(t.params, sort_keys=True), t)
-    candidates = list(pool.values())
-    ranks = non_dominated_ranks([(t.values[0], t.values[1]) for t in candidates])
-    return sorted((t for t, r in zip(candidates, ranks) if r == 0), key=lambda t: t.values[1])
 
 
 def status_line(study: optuna.Study, cost: str) -> str:
@@ -474,10 +445,6 @@ def status_line(study: optuna.Study, cost: str) -> str:
     if best is not None:
         line += f", best #{best.number} {best.values[0]:.1f}% @ {format_cost(cost, best.values[1])}"
     return line
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value))
 
 
 def _difference(key: str, saved: Any, now: Any, path: str = "") -> str:
