@@ -141,3 +141,34 @@ def plot_pilot(summary: dict[str, Any], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=120)
     plt.close(fig)
+
+
+def plot_attention(images: list[torch.Tensor], maps: list[list[torch.Tensor]], titles: list[list[str]], path: str,
+                   row_labels: list[str]) -> None:
+    """A grid with one row per entry of ``images``: the image ``(H, W, 3)`` in ``[0, 1]``, then each map
+    ``(h, w)`` of ``maps[row]`` laid over the image in grey (nearest upsampling, so a cell shows the map's own
+    resolution), titled ``titles[row][k]`` and the map's range. Each map spans its own colour scale, dark at
+    its least attended pixel and bright at its most: a mean over many channels stays near 0.5 everywhere, so
+    a fixed 0-1 scale would show nothing."""
+    plt = _pyplot()
+    rows, cols = len(images), 1 + max(len(row) for row in maps)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 0.6, 2.4 * rows), squeeze=False)
+    for r, image in enumerate(images):
+        height, width = image.shape[:2]
+        axes[r][0].imshow(image.numpy())
+        axes[r][0].set_title(row_labels[r], fontsize=8)
+        grey = image.mean(-1).numpy()
+        for c, (values, title) in enumerate(zip(maps[r], titles[r]), start=1):
+            axes[r][c].imshow(grey, cmap="gray", vmin=0, vmax=1)
+            low, high = float(values.min()), float(values.max())
+            axes[r][c].imshow(values.numpy(), cmap="magma", vmin=low, vmax=max(high, low + 1e-6), alpha=0.7,
+                              interpolation="nearest", extent=(0, width, height, 0))
+            axes[r][c].set_title(f"{title}\n{low:.2f} (dark) to {high:.2f}", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if not ax.images:
+            ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=90)
+    plt.close(fig)

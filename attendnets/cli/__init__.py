@@ -14,7 +14,7 @@ from typing import NoReturn
 from attendnets.errors import AttendNetsError
 from attendnets.runtime import tune_malloc
 
-VERBS = ("demo", "models", "profile", "train", "eval", "export", "predict", "quantize", "bench", "explore")
+VERBS = ("demo", "models", "profile", "train", "eval", "export", "predict", "attention", "quantize", "bench", "explore")
 
 
 class _Parser(argparse.ArgumentParser):
