@@ -84,6 +84,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: int = 1
     label_smoothing: float = 0.1
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # random-resized crop: share of the image area kept (timm's)
     ema: bool = True
     ema_decay: float = 0.9998  # the ceiling; the EMA warms up from 0 (timm's ModelEmaV3 warm-up)
     workers: int = 2
@@ -105,7 +106,7 @@ class TrainConfig:
 # A resumed run must be the run that was started: these fields may not change.
 RECIPE_FIELDS = ("model", "img_size", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
                  "label_smoothing", "ema", "ema_decay", "seed", "subset", "interpolation", "crop_pct", "init",
-                 "qat", "qat_activations")
+                 "qat", "qat_activations", "crop_scale")
 
 
 class TrainingDiverged(AttendNetsError):
@@ -199,7 +200,8 @@ def _loaders(config: TrainConfig, proc: Process) -> tuple[DataLoader, DataLoader
             f"per process ({proc.world} process(es)); lower --batch-size"
         )
     common = dict(interpolation=config.interpolation, mean=config.mean, std=config.std)
-    train_tf = create_transform(config.img_size, is_training=True, hflip=0.5, color_jitter=None, **common)
+    train_tf = create_transform(config.img_size, is_training=True, scale=tuple(config.crop_scale), hflip=0.5,
+                                color_jitter=None, **common)
     val_tf = create_transform(config.img_size, is_training=False, crop_pct=config.crop_pct, **common)
     train_set = ImageList(folders.train, folders.classes, train_tf)
     # Each process evaluates its own slice of val/; the counts are summed, so no image is counted twice.
@@ -216,7 +218,7 @@ def _loaders(config: TrainConfig, proc: Process) -> tuple[DataLoader, DataLoader
 def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
     now = as_json_data(dataclasses.asdict(config))
     # Fields added since the run started take their defaults (the behaviour the run had).
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    defaults = as_json_data({f.name: f.default for f in dataclasses.fields(TrainConfig)})
     changed = [f for f in RECIPE_FIELDS if saved.get(f, defaults[f]) != now[f]]
     if changed:
         f = changed[0]

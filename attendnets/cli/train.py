@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW (default {d.weight_decay})")
     parser.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help=f"default {d.warmup_epochs}")
     parser.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help=f"default {d.label_smoothing}")
+    parser.add_argument("--crop-scale", type=float, nargs=2, default=d.crop_scale, metavar=("LOW", "HIGH"),
+                        help="random-resized crop: the share of the image area a training crop keeps "
+                        f"(default {d.crop_scale[0]:g} {d.crop_scale[1]:g}, timm's)")
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=d.ema,
                         help="keep and evaluate an EMA of the weights (default on)")
     parser.add_argument("--workers", type=int, default=d.workers, help=f"data loader processes (default {d.workers})")
@@ -95,6 +98,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs,
         label_smoothing=args.label_smoothing,
+        crop_scale=tuple(args.crop_scale),
         ema=args.ema,
         workers=args.workers,
         seed=args.seed,
