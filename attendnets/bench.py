@@ -17,6 +17,9 @@ How it measures (see ``shared/notes/performance.md`` for why):
 Models named by preset, baseline or spec get random weights and their int8 ranges are calibrated on
 generated images: latency does not depend on the weights' values (same graph, same kernels), so this is
 fair; accuracy is not measured here. A checkpoint gives its own weights.
+
+The module is light to import (its names, such as :data:`RUNTIMES`, serve the command line's parser): numpy,
+torch and the exporters are imported by the functions that use them.
 """
 
 from __future__ import annotations
@@ -32,27 +35,16 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from torch import nn
-
-from attendnets.checkpoint import checkpoint_paths, load_checkpoint
-from attendnets.data import default_preprocessing
 from attendnets.errors import AttendNetsError
-from attendnets.export import (
-    CalibrationImages,
-    export_executorch,
-    export_onnx,
-    export_tflite,
-    load_runner,
-    ort_session,
-    quantize_onnx,
-)
 from attendnets.files import atomic_write_text
 from attendnets.registry import BASELINES
 from attendnets.runtime import torch_threads
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
 
 RUNTIMES = ("eager", "ort", "ort-int8", "litert", "litert-int8", "executorch", "executorch-int8", "tflm")
 DEFAULT_RUNTIMES = ("eager", "ort", "ort-int8")
@@ -75,6 +67,9 @@ class BenchModel:
 def load_bench_model(name: str, img_size: int, num_classes: int) -> BenchModel:
     """A checkpoint (its weights and classes) when ``name`` is one, else a model by name or spec file with
     random weights and ``num_classes`` classes. Either way measured at ``img_size``."""
+    import torch
+
+    from attendnets.checkpoint import checkpoint_paths, load_checkpoint
     from attendnets.registry import create_model
 
     if checkpoint_paths(name)[0].is_file():
@@ -93,6 +88,8 @@ def random_weights_model(label: str, module: nn.Module, img_size: int) -> BenchM
 
 def _preprocessing(img_size: int) -> dict[str, Any]:
     """ImageNet preprocessing at ``img_size``: what every measured model is exported with."""
+    from attendnets.data import default_preprocessing
+
     return default_preprocessing(img_size)
 
 
@@ -111,6 +108,10 @@ def op_type_profile(path: Path, threads: int, img_size: int, work: Path) -> dict
     """Where an ONNX Runtime graph spends a batch-1 call, by operator type: each node's median kernel time over
     :data:`PROFILE_CALLS` calls (after :data:`WARMUP_CALLS`), summed by type. ``total_ms`` is the sum of node
     times (less than wall time: it leaves out scheduling between nodes)."""
+    import numpy as np
+
+    from attendnets.export import ort_session
+
     session = ort_session(path, threads, work / f"{path.stem}-trace")
     run = _ort_call(session)
     x = np.random.default_rng(0).random((1, 3, img_size, img_size), dtype=np.float32)
@@ -135,6 +136,8 @@ def op_type_profile(path: Path, threads: int, img_size: int, work: Path) -> dict
 
 def _export(model: BenchModel, runtime: str, index: int, work: Path, calibration: dict[str, Any]) -> Path:
     """The model file that ``runtime`` runs (exporting it, or reusing the float file an int8 one derives from)."""
+    from attendnets.export import export_executorch, export_onnx, export_tflite, quantize_onnx
+
     base, int8 = runtime.removesuffix("-int8"), runtime.endswith("-int8") or runtime == "tflm"
     if base == "ort":
         float_path = work / f"m{index}.onnx"
@@ -151,6 +154,11 @@ def _export(model: BenchModel, runtime: str, index: int, work: Path, calibration
 
 def _calibration(runtimes: list[str], img_size: int, meta: dict[str, Any], work: Path) -> dict[str, Any]:
     """Generated calibration images (a folder, and the preprocessed tensor) when a runtime in ``runtimes`` is int8."""
+    import numpy as np
+    import torch
+
+    from attendnets.export import CalibrationImages
+
     if not any(r.endswith("-int8") or r == "tflm" for r in runtimes):
         return {}
     folder = _synthetic_images(work / "calibration", img_size)
@@ -163,6 +171,10 @@ def _runtime_call(
 ) -> tuple[Callable[[np.ndarray], Any], Path | None]:
     """A batch callable of ``model`` in ``runtime`` and the file it runs (None for eager). Eager runs last of a
     model's runtimes: channels_last converts its module in place."""
+    import torch
+
+    from attendnets.export import load_runner, ort_session
+
     if runtime == "eager":
         module = model.module.eval().to(memory_format=torch.channels_last)
 
@@ -199,6 +211,8 @@ def _measure(
     advance: Callable[[], None],
 ) -> dict[tuple[str, str], list[float]]:
     """Per-call times in ms of every pair, interleaved round by round in a shuffled order."""
+    import numpy as np
+
     x = np.random.default_rng(0).standard_normal((batch, 3, img_size, img_size), dtype=np.float32)
     timed, warmup = (TIMED_CALLS, WARMUP_CALLS) if batch == 1 else (1, 1)
     order = list(calls)
@@ -267,6 +281,7 @@ def machine_info() -> dict[str, Any]:
     """The CPU (model name and its int8/float instruction sets), core count and library versions: what
     latency figures depend on. Results from machines with other ``cpu_flags`` are not comparable."""
     import onnxruntime
+    import torch
 
     from attendnets import __version__
 

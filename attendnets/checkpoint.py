@@ -7,13 +7,15 @@ the library version. Every file is written atomically (a temporary file in the s
 ``os.replace``), so a run killed mid-write leaves the previous checkpoint intact.
 
 The training state (optimizer, scheduler, EMA, RNG states, epoch) is a separate ``train_state.pt`` that
-only ``--resume`` reads.
+only ``--resume`` reads. It holds only tensors and plain data (numbers, strings, lists, dicts), so it is
+read with ``torch.load(weights_only=True)``: a tampered file cannot run code.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from attendnets.model import AttendNet
 from attendnets.registry import create_model, is_spec_path
 
 FORMAT = "attendnets-checkpoint"
+TRAIN_STATE_FORMAT = "attendnets-train-state"
 WEIGHTS_SUFFIX = ".safetensors"
 META_SUFFIX = ".json"
 
@@ -140,16 +143,38 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
 
 
 def save_train_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write the resumable training state atomically."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Write the resumable training state atomically; ``state`` must hold only tensors and plain data."""
+    atomic_write(path, lambda tmp: torch.save({"format": TRAIN_STATE_FORMAT, **state}, tmp))
 
 
 def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a training state written by :func:`save_train_state` (it holds RNG states, hence not
-    ``weights_only``: only load files you wrote)."""
+    """Read a training state written by :func:`save_train_state` without unpickling anything but tensors
+    and plain data; any other content is refused with a one-line error before it can run."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise AttendNetsError(f"no training state {path} to resume from") from None
+    except pickle.UnpicklingError as err:
+        reason = _unpickler_reason(str(err))
+        if reason.startswith("Unsupported global"):
+            raise AttendNetsError(
+                f"cannot read training state {path}: it holds Python objects other than tensors and plain data "
+                f"({reason.split(' was not')[0]}; a tampered file, or one written before attendnets saved plain "
+                "states); refused before loading them, as unpickling them could run code"
+            ) from None
+        raise AttendNetsError(f"cannot read training state {path}: damaged ({reason})") from None
     except Exception as err:  # torch.load raises many types for a damaged file
-        raise AttendNetsError(f"cannot read training state {path}: {err}") from None
+        raise AttendNetsError(f"cannot read training state {path}: {_first_line(str(err))}") from None
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+        raise AttendNetsError(f"{path} is not an attendnets training state")
+    return state
+
+
+def _unpickler_reason(message: str) -> str:
+    """The reason in one of torch's multi-line "Weights only load failed" messages."""
+    _, found, reason = message.partition("WeightsUnpickler error:")
+    return _first_line(reason if found else message)
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "unknown error")

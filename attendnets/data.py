@@ -7,7 +7,8 @@ The layout is torchvision's ImageFolder, one folder per split::
 
 :func:`scan_split` lists a split's images and decodes each one once (JPEGs at reduced scale, which is
 cheap) so that unreadable files are found before training starts: they are skipped with one counted
-warning, or are an error with ``strict``. Images are converted to RGB on load (grayscale, RGBA, palette).
+warning, or are an error with ``strict``. Images are converted to 8-bit RGB on load (grayscale, RGBA,
+palette; 16-bit grayscale is scaled to 8 bits, not clipped).
 
 :func:`make_synthetic_dataset` writes a small learnable dataset of the same layout for demos and tests.
 """
@@ -22,17 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torch.utils.data import Dataset
 
+from attendnets.env import DATA_ENV
 from attendnets.errors import AttendNetsError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-DATA_ENV = "ATTENDNETS_DATA"
+WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # Pillow's modes for 16-bit (and 32-bit integer) pixels
 # The preprocessing every model gets unless told otherwise, so that a comparison compares models, not pipelines.
 INTERPOLATION = "bilinear"
 CROP_PCT = 0.875  # evaluation: resize to img_size / CROP_PCT, then centre-crop img_size
@@ -111,10 +114,20 @@ def check_image(path: Path) -> None:
         img.load()
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB, whatever its mode (grayscale, RGBA, palette, CMYK). A 16-bit grayscale image
+    (a 16-bit PNG opens as mode ``I;16`` or ``I``) is scaled to 8 bits, ``round(v / 257)``: Pillow's own
+    conversion clips every value above 255, which turns it almost white."""
+    if img.mode in WIDE_MODES:
+        wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+        img = Image.fromarray(((wide + 128) // 257).astype(np.uint8))
+    return img.convert("RGB")
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image as RGB, whatever its mode (grayscale, RGBA, palette, CMYK)."""
+    """Open an image as 8-bit RGB (see :func:`to_rgb`)."""
     with Image.open(path) as img:
-        return img.convert("RGB")
+        return to_rgb(img)
 
 
 def scan_split(split_dir: Path, classes: list[str], strict: bool = False) -> list[tuple[str, int]]:

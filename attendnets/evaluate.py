@@ -116,8 +116,8 @@ def evaluate_checkpoint(
     classes, samples = open_split(data, split, strict)
     if classes != meta["class_names"]:
         raise AttendNetsError(
-            f"the classes of {split}/ ({len(classes)}: {short_list(classes)}) are not the "
-            f"{len(meta['class_names'])} the checkpoint was trained on ({short_list(meta['class_names'])})"
+            f"the {len(classes)} classes of {split}/ are not the {len(meta['class_names'])} the checkpoint was "
+            f"trained on: {class_difference(classes, meta['class_names'], f'{split}/', 'the checkpoint')}"
         )
     loader = _eval_loader(samples, classes, meta, batch_size, workers)
     model = model.to(memory_format=torch.channels_last)
@@ -131,6 +131,16 @@ def evaluate_checkpoint(
         "img_size": meta["img_size"],
         **tally.summary(classes),
     }
+
+
+def class_difference(data: list[str], trained: list[str], data_name: str, model_name: str) -> str:
+    """The classes that differ between ``data`` and the ones a model was ``trained`` on, named (up to five of
+    each): ``only in val/: a, b; only in the checkpoint: c``."""
+    only_data = sorted(set(data) - set(trained))
+    only_model = sorted(set(trained) - set(data))
+    sides = ((data_name, only_data), (model_name, only_model))
+    parts = [f"only in {name}: {short_list(names)}" for name, names in sides if names]
+    return "; ".join(parts) or f"the same names in another order ({short_list(data)} in {data_name})"
 
 
 def _eval_loader(

@@ -8,7 +8,7 @@ metadata stored with the exported file), so a model is always fed as it was vali
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,29 +58,33 @@ def load_classifier(
     return Classifier(runner.meta, lambda images: torch.from_numpy(runner(images)), str(file))
 
 
-def predict_images(
+def iter_predictions(
     classifier: Classifier, paths: list[str | os.PathLike], top: int = 5, batch_size: int = 32
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """The ``top`` classes of each readable image, most probable first: ``(records, problems)``, a record
-    being ``{"image": path, "top": [{"class": name, "probability": p}, ...]}`` (softmax probabilities) and
-    a problem a one-line description of an image that could not be read (it is skipped)."""
+) -> Iterator[dict[str, Any]]:
+    """One record per image, in the order of ``paths``: ``{"image": path, "top": [{"class": name,
+    "probability": p}, ...]}`` (the ``top`` classes by softmax probability, most probable first), or
+    ``{"image": path, "problem": "cannot read image ...: reason"}`` for an image that cannot be read.
+
+    Images are read and classified ``batch_size`` at a time, so memory does not grow with their number and the
+    first records come at once."""
     if top < 1:
         raise AttendNetsError(f"--top must be at least 1, got {top}")
     transform = eval_transform(classifier.meta)
-    readable, tensors, problems = [], [], []
-    for path in paths:
-        try:
-            tensors.append(transform(load_rgb(path)))
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            problems.append(f"cannot read image {path}: {err}")
-            continue
-        readable.append(str(path))
     k = min(top, len(classifier.class_names))
-    records = []
-    for start in range(0, len(tensors), batch_size):
-        probs = classifier.logits(torch.stack(tensors[start : start + batch_size])).double().softmax(1)
-        values, indices = probs.topk(k, dim=1)
-        for path, p, i in zip(readable[start : start + batch_size], values.tolist(), indices.tolist()):
-            top_k = [{"class": classifier.class_names[c], "probability": v} for v, c in zip(p, i)]
-            records.append({"image": path, "top": top_k})
-    return records, problems
+    for start in range(0, len(paths), batch_size):
+        records: list[dict[str, Any]] = []
+        tensors, readable = [], []
+        for path in paths[start : start + batch_size]:
+            records.append({"image": str(path)})
+            try:
+                tensors.append(transform(load_rgb(path)))
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                records[-1]["problem"] = f"cannot read image {path}: {err}"
+                continue
+            readable.append(records[-1])
+        if tensors:
+            probs = classifier.logits(torch.stack(tensors)).double().softmax(1)
+            values, indices = probs.topk(k, dim=1)
+            for record, p, i in zip(readable, values.tolist(), indices.tolist()):
+                record["top"] = [{"class": classifier.class_names[c], "probability": v} for v, c in zip(p, i)]
+        yield from records

@@ -1,24 +1,22 @@
-"""Model names: our presets registered with timm, the baselines of Table 1, and one ``create_model``.
+"""Model names: our presets, the baselines of Table 1, what the paper reports, and one ``create_model``.
 
-After ``import attendnets``::
-
-    timm.create_model("attendnet_b", num_classes=10)
-    timm.create_model("attendnet", spec="my_design.json")   # any spec file, dict or ArchSpec
+Light to import (no torch, no timm): the command line reads these names while building its parser. The
+presets are registered with timm by :mod:`attendnets.timm_models`, which ``import attendnets`` arranges to
+load whenever timm is imported.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import timm
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from torch import nn
-
-from attendnets.data import CROP_PCT, INTERPOLATION, MEAN, STD
 from attendnets.errors import AttendNetsError
-from attendnets.model import AttendNet
-from attendnets.spec import ArchSpec
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from attendnets.spec import ArchSpec
 
 PRESET_DIR = Path(__file__).parent / "presets"
 PRESETS = ("attendnet_a", "attendnet_b")
@@ -52,67 +50,9 @@ def load_preset(name: str) -> ArchSpec:
     """The spec of a preset (``attendnet_a`` or ``attendnet_b``)."""
     if name not in PRESETS:
         raise AttendNetsError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    from attendnets.spec import ArchSpec
+
     return ArchSpec.load(PRESET_DIR / f"{name}.json")
-
-
-def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 50,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": CROP_PCT,
-        "interpolation": INTERPOLATION,
-        "mean": MEAN,
-        "std": STD,
-        "first_conv": "blocks.0.0",
-        "classifier": "classifier",
-        "license": "apache-2.0",
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs(
-    {
-        "attendnet_a": _cfg(),
-        "attendnet_b": _cfg(),
-        "attendnet": _cfg(),
-    }
-)
-
-
-def _create(variant: str, spec: ArchSpec, pretrained: bool, **kwargs) -> AttendNet:
-    if pretrained:
-        raise AttendNetsError(f"no pretrained weights are published for {variant}; load a checkpoint instead")
-    if kwargs.pop("global_pool", "avg") != "avg":
-        raise AttendNetsError(f"{variant} pools by global average only")
-    return build_model_with_cfg(
-        AttendNet, variant, pretrained=False, spec=spec, feature_cfg=dict(flatten_sequential=True), **kwargs
-    )
-
-
-@register_model
-def attendnet_a(pretrained: bool = False, **kwargs) -> AttendNet:
-    """AttendNet-A (reconstruction matching Table 1: 1,386K params, 276.8M MACs at 224 px, 50 classes)."""
-    return _create("attendnet_a", load_preset("attendnet_a"), pretrained, **kwargs)
-
-
-@register_model
-def attendnet_b(pretrained: bool = False, **kwargs) -> AttendNet:
-    """AttendNet-B (reconstruction matching Table 1: 782K params, 191.3M MACs at 224 px, 50 classes)."""
-    return _create("attendnet_b", load_preset("attendnet_b"), pretrained, **kwargs)
-
-
-@register_model
-def attendnet(pretrained: bool = False, spec: ArchSpec | dict | str | Path | None = None, **kwargs) -> AttendNet:
-    """An AttendNet from any spec (file path, dict or :class:`ArchSpec`); the spec's own ``num_classes``
-    and ``in_chans`` are the defaults."""
-    if spec is None:
-        raise AttendNetsError("timm.create_model('attendnet', spec=...) needs a spec file, dict or ArchSpec")
-    spec = ArchSpec.coerce(spec)
-    kwargs.setdefault("num_classes", spec.num_classes)
-    kwargs.setdefault("in_chans", spec.in_chans)
-    return _create("attendnet", spec, pretrained, **kwargs)
 
 
 def is_spec_path(name: str) -> bool:
@@ -124,6 +64,8 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
 
     ``num_classes``/``in_chans`` of ``None`` keep the model's defaults.
     """
+    import timm  # with our presets registered: see attendnets/__init__.py
+
     overrides = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans).items() if v is not None}
     if is_spec_path(name):
         return timm.create_model("attendnet", spec=name, **overrides, **kwargs)

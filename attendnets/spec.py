@@ -13,7 +13,10 @@ path from a spec to modules. Channel counts are absolute (no width multipliers h
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Union
@@ -171,17 +174,63 @@ def read_data_file(path: str | Path, what: str, error: type[AttendNetsError]) ->
 
 
 def dataclass_from_dict(cls: type, data: Any, where: str, error: type[AttendNetsError] = SpecError) -> Any:
-    """``cls(**data)``, refusing anything but a mapping of its fields with a one-line ``error`` naming ``where``."""
+    """``cls(**data)``, refusing anything but a mapping of its fields, each of its annotated type, with a
+    one-line ``error`` naming ``where`` and the field. Types are strict, as a file spells them: ``true`` is not
+    an integer, ``"64"`` not a number, ``"no"`` not a boolean; a list field needs a list of such values."""
     if not isinstance(data, dict):
         raise error(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    hints = _field_types(cls)
+    unknown = sorted(set(data) - set(hints))
     if unknown:
-        raise error(f"{where}: unknown field(s) {unknown}; allowed: {sorted(names)}")
+        raise error(f"{where}: unknown field(s) {unknown}; allowed: {sorted(hints)}")
+    for name, value in data.items():
+        if not _is_a(value, hints[name]):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise error(f"{where}: {name} must be {_describe(hints[name])}, got {shown}")
     try:
         return cls(**data)
     except TypeError as err:
         raise error(f"{where}: {err}") from None
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _is_a(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of type ``hint`` (a class, ``list[...]`` or a union), a bool counting only as a bool
+    and an int also as a float."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_is_a(value, a) for a in args)
+    if hint is Any:
+        return True
+    if origin is list:
+        return isinstance(value, list) and all(_is_a(v, args[0]) for v in value)
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, origin or hint)
+
+
+_NAMES = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+          str: ("a string", "strings")}
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    """``hint`` in words: ``an integer``, ``a list of lists of integers`` (``plural``: ``integers``)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a, plural) for a in args if a is not type(None))
+    if origin is list:
+        return f"{'lists' if plural else 'a list'} of {_describe(args[0], plural=True)}"
+    if hint in _NAMES:
+        return _NAMES[hint][plural]
+    name = getattr(hint, "__name__", str(hint))
+    return f"{name}s" if plural else f"a {name}"
 
 
 def _block_from_dict(index: int, data: Any) -> BlockSpec:

@@ -14,12 +14,16 @@ ranges. The checkpoints hold the quantized weights in the plain layout (every co
 int8-representable, the usual state-dict keys), so evaluation and export load them like any other; their
 sidecars say ``"weight_bits": 8`` and ``"qat": {...}``. ``train_state.pt`` keeps the prepared model.
 
-The output folder holds ``config.json``, ``metrics.jsonl`` (one line per epoch), the ``last`` and ``best``
-checkpoints (see :mod:`attendnets.checkpoint`), ``train_state.pt`` (for ``resume``) and ``curves.png``.
+The output folder holds ``config.json`` (with the dataset as an absolute path), ``metrics.jsonl`` (one line
+per epoch), the ``last`` and ``best`` checkpoints (see :mod:`attendnets.checkpoint`), ``train_state.pt``
+(for ``resume``; tensors and plain data only) and ``curves.png``. A new run needs a new or empty folder
+(:func:`check_output`): it never overwrites or mixes with another run's or another verb's files.
 
 ``resume`` continues from the end of the last completed epoch and reproduces the uninterrupted run:
 the shuffling is seeded by ``(seed, epoch)``, the random states of every process are saved, and data
-loader workers are re-seeded from them each epoch (bit-exact in tests with ``workers=0``).
+loader workers are re-seeded from them each epoch (bit-exact in tests with ``workers=0``). The run must be
+the one that was started: the same recipe, the same classes, and an AttendNet is rebuilt from the spec
+the run saved (a spec file edited since is refused, saying what differs).
 
 Under ``torchrun`` (environment ``WORLD_SIZE`` > 1) the model is wrapped in DistributedDataParallel
 (gloo on CPU, nccl on GPU), each process reads its own shard of the data, evaluation counts are summed
@@ -55,19 +59,44 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from attendnets.checkpoint import load_train_state, load_weights, model_meta, save_checkpoint, save_train_state
-from attendnets.data import CROP_PCT, INTERPOLATION, MEAN, STD, ImageList, open_image_folders, short_list
+from attendnets.checkpoint import (
+    build_from_meta,
+    load_train_state,
+    load_weights,
+    model_meta,
+    save_checkpoint,
+    save_train_state,
+)
+from attendnets.data import (
+    CROP_PCT,
+    INTERPOLATION,
+    MEAN,
+    STD,
+    ImageList,
+    open_image_folders,
+    resolve_data_dir,
+    short_list,
+)
 from attendnets.errors import AttendNetsError
 from attendnets.evaluate import evaluate_model
-from attendnets.files import as_json_data, atomic_write, atomic_write_json, atomic_write_text
+from attendnets.files import as_json_data, atomic_write, atomic_write_json, atomic_write_text, check_writable
 from attendnets.plots import plot_curves
 from attendnets.quantize import copy_activation_ranges, finish_qat, plain_copy, prepare_qat
-from attendnets.registry import create_model
+from attendnets.registry import PRESETS, create_model, is_spec_path, load_preset
+from attendnets.spec import ArchSpec
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+# What a started run writes before its first checkpoint.
+RUN_RECORDS = (CONFIG_FILE, METRICS_FILE, "tensorboard")
+# Checkpoints and reports of runs and other verbs that a new run would overwrite or mix with.
+OUTPUT_FILES = ("best.json", "last.json", "curves.png", "quantize.json")
+OUTPUT_SUFFIXES = (".safetensors", ".onnx", ".tflite", ".pte")
+STATE_KEYS = ("config", "epoch", "best_top1", "best_epoch", "model", "optimizer", "scheduler", "ema", "rng",
+              "spec", "class_names")
 
 
 @dataclass
@@ -111,6 +140,17 @@ RECIPE_FIELDS = ("model", "img_size", "epochs", "batch_size", "lr", "weight_deca
 
 class TrainingDiverged(AttendNetsError):
     """The loss became NaN or infinite; the checkpoints of earlier epochs are kept."""
+
+
+class TooFewImages(AttendNetsError):
+    """``train/`` holds fewer images than one batch per process (a verb may reword it for its own options)."""
+
+    def __init__(self, images: int, batch_size: int, processes: int) -> None:
+        self.images, self.batch_size, self.processes = images, batch_size, processes
+        super().__init__(
+            f"train/ has {images} images, fewer than one batch of {batch_size} per process "
+            f"({processes} process(es)); lower --batch-size"
+        )
 
 
 @dataclass
@@ -168,15 +208,25 @@ def _seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's random states as tensors and plain lists (a training state holds nothing else)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore the random states that :func:`_rng_state` recorded."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -195,10 +245,7 @@ def _loaders(config: TrainConfig, proc: Process) -> tuple[DataLoader, DataLoader
     folders = open_image_folders(config.data, config.strict, config.subset)
     steps = len(folders.train) // (config.batch_size * proc.world)
     if steps == 0:
-        raise AttendNetsError(
-            f"train/ has {len(folders.train)} images, fewer than one batch of {config.batch_size} "
-            f"per process ({proc.world} process(es)); lower --batch-size"
-        )
+        raise TooFewImages(len(folders.train), config.batch_size, proc.world)
     common = dict(interpolation=config.interpolation, mean=config.mean, std=config.std)
     train_tf = create_transform(config.img_size, is_training=True, scale=tuple(config.crop_scale), hflip=0.5,
                                 color_jitter=None, **common)
@@ -216,14 +263,16 @@ def _loaders(config: TrainConfig, proc: Process) -> tuple[DataLoader, DataLoader
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
+    """The recipe of a resumed run must be the one it was started with (``saved``: its config)."""
     now = as_json_data(dataclasses.asdict(config))
     # Fields added since the run started take their defaults (the behaviour the run had).
-    defaults = as_json_data({f.name: f.default for f in dataclasses.fields(TrainConfig)})
-    changed = [f for f in RECIPE_FIELDS if saved.get(f, defaults[f]) != now[f]]
+    fields = dataclasses.fields(TrainConfig)
+    started = {**as_json_data({f.name: f.default for f in fields if f.default is not dataclasses.MISSING}), **saved}
+    changed = [f for f in RECIPE_FIELDS if started.get(f) != now[f]]
     if changed:
         f = changed[0]
         raise AttendNetsError(
-            f"cannot resume: the run was started with {f}={saved.get(f)!r}, now {getattr(config, f)!r}; "
+            f"cannot resume: the run was started with {f}={started.get(f)!r}, now {now[f]!r}; "
             "resume with the original options or start a new --output"
         )
 
@@ -246,14 +295,20 @@ class _Run:
     advanced an epoch at a time by :meth:`epoch`. Only the main process writes files."""
 
     def __init__(self, config: TrainConfig, proc: Process) -> None:
+        # Every process checks the folder before DDP's first broadcast, so before the main process writes to it.
+        state = _check_start(config, proc)
+        # Recorded as an absolute path, so that later verbs (export's calibration) find it from any folder.
+        config = dataclasses.replace(config, data=str(resolve_data_dir(config.data).resolve()))
         self.config, self.proc = config, proc
         self.out = Path(config.output)
         self.state_path = self.out / STATE_FILE
-        resuming = _check_start(config, proc)
         _seed_everything(config.seed)  # the same initial weights in every process
         self.train_loader, self.val_loader, self.sampler, self.classes = _loaders(config, proc)
-        self.model = create_model(config.model, num_classes=len(self.classes))
-        if config.init and not resuming:
+        if state is not None:
+            _check_classes(state["class_names"], self.classes)
+        self.history: list[dict[str, Any]] = _read_history(self.out, state["epoch"]) if state is not None else []
+        self.model = _build_model(config.model, len(self.classes), state)
+        if config.init and state is None:
             _load_init(self.model, config.init, self.classes)
         self.meta = _checkpoint_meta(self.model, config, self.classes)
         self.model = self.model.to(proc.device, memory_format=torch.channels_last)
@@ -262,8 +317,9 @@ class _Run:
         self.optimizer, self.scheduler = _optimizer_and_schedule(self.model, config, len(self.train_loader))
         self.criterion = LabelSmoothingCrossEntropy(config.label_smoothing)
         self.start_epoch, self.best_top1, self.best_epoch = 0, -1.0, 0
-        state = self._restore() if resuming else None
-        if state is None:
+        if state is not None:
+            self._restore(state)
+        else:
             _seed_everything(config.seed + proc.rank)  # this process's augmentation stream; weights already agree
         self.scheduler.step_update(self.start_epoch * len(self.train_loader))
         self.net: nn.Module = self.model
@@ -275,13 +331,10 @@ class _Run:
                 self.ema.module.load_state_dict(state["ema"])
             rng = state["rng"]
             _set_rng_state(rng[proc.rank] if proc.rank < len(rng) else rng[0])
-        self.history: list[dict[str, Any]] = []
         self.writer = None
 
-    def _restore(self) -> dict[str, Any]:
+    def _restore(self, state: dict[str, Any]) -> None:
         """Load the training state of the interrupted run into the model, optimizer and schedule."""
-        state = load_train_state(self.state_path)
-        _check_resumable(state["config"], self.config)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError:
@@ -293,14 +346,12 @@ class _Run:
         self.start_epoch, self.best_top1, self.best_epoch = state["epoch"], state["best_top1"], state["best_epoch"]
         if self.proc.main:
             log.info(f"resuming {self.out} after epoch {self.start_epoch} (best val top-1 so far {self.best_top1:.2f}%)")
-        return state
 
     def open_records(self) -> None:
         """Main process: the output folder, ``config.json``, the metrics of the epochs already run, tensorboard."""
         config = self.config
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.out / "config.json", as_json_data(dataclasses.asdict(config)))
-        self.history = _read_history(self.out, upto=self.start_epoch)
+        atomic_write_json(self.out / CONFIG_FILE, as_json_data(dataclasses.asdict(config)))
         _write_history(self.out, self.history)
         if config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -381,6 +432,8 @@ class _Run:
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema else None,
             "rng": rng,
+            "spec": self.meta["spec"],
+            "class_names": self.classes,
         })
 
 
@@ -395,6 +448,13 @@ def _train(config: TrainConfig, proc: Process) -> TrainResult:
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             for epoch in range(run.start_epoch, config.epochs):
                 run.epoch(epoch)
+    except ValueError as err:
+        if "more than 1 value per channel" not in str(err):
+            raise
+        raise AttendNetsError(
+            f"a batch of {config.batch_size} at {config.img_size} px leaves batch norm one value per channel in "
+            "a late layer, which it cannot train on; raise --batch-size or --img-size"
+        ) from None
     finally:
         if proc.main:
             run.close_records()
@@ -403,19 +463,127 @@ def _train(config: TrainConfig, proc: Process) -> TrainResult:
     return TrainResult(run.out, run.best_top1, run.best_epoch, config.epochs - run.start_epoch, run.model, run.history)
 
 
-def _check_start(config: TrainConfig, proc: Process) -> bool:
-    """Refuse what cannot run before any work; returns whether the run resumes."""
+def _check_start(config: TrainConfig, proc: Process) -> dict[str, Any] | None:
+    """Refuse what cannot run before any work (nothing is written before this passes); returns the training
+    state to continue from, checked to belong to this recipe, or ``None`` to start at epoch 1."""
     if config.qat_activations and not config.qat:
         raise AttendNetsError("fake-quantized activations (qat_activations) need quantization-aware training (qat)")
-    state_path = Path(config.output) / STATE_FILE
-    if state_path.is_file() and not config.resume:
-        raise AttendNetsError(f"{config.output} already holds a training run; pass --resume to continue it, or another --output")
+    has_state = check_output(config.output, config.resume)
     if config.tensorboard and proc.main:
         try:
             import torch.utils.tensorboard  # noqa: F401
         except ImportError:
             raise AttendNetsError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    return config.resume and state_path.is_file()
+    if not config.resume:
+        return None
+    out = Path(config.output)
+    if not has_state:  # a run that completed no epoch: started over with the same recipe
+        _check_resumable(_read_config(out / CONFIG_FILE), config)
+        return None
+    state = load_train_state(out / STATE_FILE)
+    missing = [k for k in STATE_KEYS if k not in state]
+    if missing:
+        raise AttendNetsError(f"{out / STATE_FILE} is not a complete training state: no {', '.join(missing)}")
+    _check_resumable(state["config"], config)
+    return state
+
+
+def check_output(output: str | os.PathLike, resume: bool) -> bool:
+    """Refuse an output folder a run may not write into, before anything is written: a new run needs a new
+    or empty folder (other files, such as a spec or generated data, are left alone), a resumed one a folder
+    holding a run. Returns whether the folder holds a training state to continue from."""
+    out = Path(output)
+    check_writable(out, "--output")
+    if resume and not out.is_dir():
+        raise AttendNetsError(f"cannot resume: there is no run folder {out} (check --output)")
+    has_state = (out / STATE_FILE).is_file()
+    found = sorted(p.name for p in out.iterdir() if _is_output_file(p.name)) if out.is_dir() else []
+    checkpoints = [name for name in found if name not in RUN_RECORDS]
+    if has_state and not resume:
+        raise AttendNetsError(f"{out} already holds a training run; pass --resume to continue it, or another --output")
+    if has_state:
+        return True
+    if checkpoints:
+        what = f"{short_list(found)} but no training state ({STATE_FILE})"
+        if resume:
+            raise AttendNetsError(f"cannot resume: {out} holds {what} to continue from")
+        raise AttendNetsError(f"{out} already holds {what}: a new run would overwrite or mix with them; "
+                              "choose a new or empty --output")
+    if found and not resume:
+        raise AttendNetsError(f"{out} already holds a training run that completed no epoch ({short_list(found)}); "
+                              "pass --resume to start it over, or another --output")
+    if resume and not found:
+        raise AttendNetsError(f"cannot resume: {out} holds no training run (no {STATE_FILE})")
+    return False
+
+
+def _is_output_file(name: str) -> bool:
+    return name in RUN_RECORDS or name in OUTPUT_FILES or name.endswith(OUTPUT_SUFFIXES)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The ``config.json`` of a run, as a dict."""
+    try:
+        config = json.loads(path.read_text(errors="replace"))
+    except OSError as err:
+        raise AttendNetsError(f"cannot resume: cannot read {path}: {err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise AttendNetsError(f"cannot resume: {path} is not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise AttendNetsError(f"cannot resume: {path} is not a training config")
+    return config
+
+
+def _check_classes(run: list[str], data: list[str]) -> None:
+    """A resumed run must see the classes it was started on, in the same order (labels are indices)."""
+    if run == data:
+        return
+    if len(run) != len(data):
+        raise AttendNetsError(
+            f"cannot resume: the data has {len(data)} classes ({short_list(data)}), the run was trained on "
+            f"{len(run)} ({short_list(run)})"
+        )
+    raise AttendNetsError(
+        "cannot resume: the data's class folders differ from the run's: only in the data: "
+        f"{short_list(sorted(set(data) - set(run)))}; only in the run: {short_list(sorted(set(run) - set(data)))}"
+    )
+
+
+def _build_model(name: str, num_classes: int, state: dict[str, Any] | None) -> nn.Module:
+    """The run's model. A resumed AttendNet is rebuilt from the spec the run saved; the spec that ``name``
+    gives now (a spec file, a preset) must equal it, and a spec file that has gone is not needed."""
+    saved = state["spec"] if state is not None else None
+    if saved is None:
+        return create_model(name, num_classes=num_classes)
+    current = _named_spec(name)
+    difference = None if current is None else _first_difference(saved, as_json_data(current.to_dict()))
+    if difference:
+        raise AttendNetsError(
+            f"cannot resume: the spec of {name} has changed since the run started ({difference}); "
+            "restore it, or start a new --output"
+        )
+    return build_from_meta({"spec": saved, "num_classes": num_classes})
+
+
+def _named_spec(name: str) -> ArchSpec | None:
+    """The spec a model name gives now: a spec file's (``None`` if the file has gone) or a preset's."""
+    if is_spec_path(name):
+        return ArchSpec.load(name) if Path(name).is_file() else None
+    return load_preset(name) if name in PRESETS else None
+
+
+def _first_difference(run: Any, now: Any, where: str = "") -> str | None:
+    """Where two JSON values first differ, as ``blocks[2].pool: 2 in the run, 4 now``; ``None`` if equal."""
+    if isinstance(run, dict) and isinstance(now, dict):
+        keys = [*run, *(k for k in now if k not in run)]
+        found = (_first_difference(run.get(k), now.get(k), f"{where}.{k}" if where else k) for k in keys)
+        return next((d for d in found if d), None)
+    if isinstance(run, list) and isinstance(now, list) and len(run) == len(now):
+        found = (_first_difference(a, b, f"{where}[{i}]") for i, (a, b) in enumerate(zip(run, now, strict=True)))
+        return next((d for d in found if d), None)
+    if isinstance(run, list) and isinstance(now, list):
+        return f"{where}: {len(run)} entries in the run, {len(now)} now"
+    return None if run == now else f"{where}: {json.dumps(run)} in the run, {json.dumps(now)} now"
 
 
 def _checkpoint_meta(model: nn.Module, config: TrainConfig, classes: list[str]) -> dict[str, Any]:
@@ -536,11 +704,26 @@ def _summary_line(record: dict[str, Any], epochs: int, pick: str) -> str:
 
 
 def _read_history(out: Path, upto: int) -> list[dict[str, Any]]:
-    """The metrics of epochs ``1..upto`` already in ``metrics.jsonl`` (lines of later, lost epochs dropped)."""
+    """The metrics of epochs ``1..upto`` already in ``metrics.jsonl`` (lines of later, lost epochs dropped).
+    A damaged line is refused rather than dropped: the checkpoints keep only two epochs' metrics, so the
+    other records exist nowhere else."""
     path = out / METRICS_FILE
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise AttendNetsError(
+                f"cannot resume: {path} line {number} is not an epoch record (one JSON object with an \"epoch\"); "
+                "repair the file to continue the run"
+            )
+        records.append(record)
     return [r for r in records if r["epoch"] <= upto]
 
 

@@ -50,7 +50,7 @@ def step(name: str, record: Path, command: list[str], resume_from: Path | None =
         print(f"{name}: done ({record})", flush=True)
         return json.loads(record.read_text())
     full = [sys.executable, "-m", "attendnets", *command, "--json"]
-    if resume_from is not None and (resume_from / "train_state.pt").is_file():
+    if resume_from is not None and (resume_from / "config.json").is_file():
         full.append("--resume")
     print(f"{name}: {shlex.join(full[1:])}", flush=True)
     out = subprocess.run(full, check=True, cwd=ROOT, capture_output=True, text=True).stdout

@@ -239,7 +239,7 @@ def train_run(steps: Steps, model: str, seed: int, data: Path, runs: Path, train
         return trained / model
     run = runs / "retrain" / f"{Path(model).stem}-s{seed}"
     if completed_epochs(run) < budget["epochs"]:
-        resume = ["--resume"] if (run / "train_state.pt").is_file() else []
+        resume = ["--resume"] if (run / "config.json").is_file() else []
         steps.run("retrain", attendnets("train", "--data", str(data), "--model", model, "--epochs", str(budget["epochs"]),
                                         *recipe(seed), "--workers", str(workers), "--output", str(run), *resume))
     return run
@@ -250,6 +250,7 @@ def quantize(steps: Steps, run: Path, label: str, data: Path, runs: Path, worker
     out = runs / "int8" / label
     report = out / "quantize.json"
     if not (report.is_file() and json.loads(report.read_text())["checkpoint"] == str(run)):
+        shutil.rmtree(out, ignore_errors=True)  # this driver's own output for an earlier checkpoint: quantize keeps out
         steps.run("retrain", attendnets("quantize", "--checkpoint", str(run), "--output", str(out), "--data", str(data),
                                         "--workers", str(workers), "--json"), capture=True)
     return json.loads(report.read_text())

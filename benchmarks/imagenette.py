@@ -67,7 +67,7 @@ def train(model: str, run: Path, args: argparse.Namespace, data: Path) -> list[s
     if completed_epochs(run) >= args.epochs:
         print(f"{model}: already trained ({run})", flush=True)
         return command
-    resume = ["--resume"] if (run / "train_state.pt").is_file() else []
+    resume = ["--resume"] if (run / "config.json").is_file() else []
     print(f"{model}: {'resuming' if resume else 'training'}: {shlex.join(command + resume)}", flush=True)
     subprocess.run(command + resume, check=True, cwd=ROOT)
     return command

@@ -74,7 +74,7 @@ def train_command(arm: str, model: str, seed: int, run: Path, data: Path, worker
 def train(command: list[str], run: Path) -> None:
     if completed_epochs(run) >= EPOCHS:
         return
-    resume = ["--resume"] if (run / "train_state.pt").is_file() else []
+    resume = ["--resume"] if (run / "config.json").is_file() else []
     print(f"{'resuming' if resume else 'training'}: {shlex.join(command + resume)}", flush=True)
     subprocess.run(command + resume, check=True, cwd=ROOT)
 

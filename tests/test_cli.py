@@ -1,12 +1,16 @@
-"""``attendnets models`` and ``attendnets profile`` as a user and a script would call them."""
+"""``attendnets models``, ``profile`` and ``demo`` as a user and a script would call them."""
 
 from __future__ import annotations
 
+import errno
 import json
+import subprocess
+import sys
 
 import pytest
 
-from attendnets.cli import main
+from attendnets.cli import main, os_error
+from tests.reliability_fixtures import ROOT
 
 
 def test_profile_default_shows_table1_comparison(capsys) -> None:
@@ -50,6 +54,21 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys) -> None:
     assert main(["profile", "attonet_a", "--img-size", "224"]) == 0  # reported-only rows need no build
 
 
+def test_parser_is_built_without_torch() -> None:
+    """``attendnets --help`` answers at once: no verb module loads torch, timm or numpy to build the parser."""
+    script = ("import sys, attendnets.cli\nattendnets.cli.build_parser()\n"
+              "print(sorted({'torch', 'timm', 'numpy'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_os_errors_read_as_one_line() -> None:
+    assert os_error(OSError(errno.ENOSPC, "No space left on device", "/out/eval.json")) == (
+        "/out/eval.json: No space left on device")
+    assert os_error(PermissionError(errno.EACCES, "Permission denied", "/a", None, "/b")) == "/a -> /b: Permission denied"
+    assert os_error(OSError("something\nwent wrong")) == "something went wrong"
+
+
 def test_demo_trains_on_generated_data(tmp_path, tiny_spec, capsys, monkeypatch) -> None:
     monkeypatch.delenv("ATTENDNETS_DATA", raising=False)
     spec = tmp_path / "tiny.json"
@@ -65,3 +84,19 @@ def test_demo_trains_on_generated_data(tmp_path, tiny_spec, capsys, monkeypatch)
     (epoch,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert record["val_top1"] == best["metrics"]["val_top1"] == epoch["best_top1"]
     assert best["epoch"] == epoch["best_epoch"] == 1
+
+
+def test_demo_refusals_name_its_own_options(tmp_path, synthetic_data, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("ATTENDNETS_DATA", str(synthetic_data))
+    # Too few images for the demo's batch: it has no --batch-size to lower; --subset is its option.
+    assert main(["demo", "--subset", "10", "--json", "--output", str(tmp_path / "demo")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == ("attendnets demo: error: ATTENDNETS_DATA gives 10 training images, fewer than the demo's batch "
+                    "of 64; raise --subset to 64 or more")
+    assert list(tmp_path.iterdir()) == []
+    for option in (["--epochs", "0"], ["--img-size", "8"], ["--subset", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["demo", *option])
+        assert exit_.value.code == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert f"argument {option[0]}: must be an integer >=" in line

@@ -6,6 +6,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -89,6 +90,24 @@ def test_grayscale_rgba_and_palette_images_load_as_rgb(tmp_path) -> None:
     classes, samples = open_split(tmp_path, "val")
     dataset = ImageList(samples, classes, transform=lambda img: torch.tensor(img.getpixel((0, 0))))
     assert [tuple(dataset[i][0].shape) for i in range(4)] == [(3,)] * 4
+
+
+def test_16_bit_png_loads_as_its_8_bit_version(tmp_path) -> None:
+    """A true 16-bit grayscale PNG holding v * 257 loads as the 8-bit image v (Pillow's own conversion clips it
+    to almost white), in a dataset and in the search's cache."""
+    from attendnets.search.fidelity import _resized
+
+    eight = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    deep, plain = tmp_path / "val" / "a" / "deep.png", tmp_path / "plain.png"
+    deep.parent.mkdir(parents=True)
+    Image.fromarray(eight.astype(np.uint16) * 257).save(deep)
+    Image.fromarray(eight).save(plain)
+    with Image.open(deep) as img:
+        assert img.mode in ("I;16", "I")  # really 16 bits per pixel
+    classes, samples = open_split(tmp_path, "val")
+    rgb = np.asarray(ImageList(samples, classes)[0][0])
+    assert rgb.dtype == np.uint8 and (rgb == eight[..., None]).all()
+    assert (np.asarray(_resized(deep, 24)) == np.asarray(_resized(plain, 24))).all()
 
 
 def test_subset_keeps_every_class(tmp_path) -> None:

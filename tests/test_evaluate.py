@@ -80,7 +80,8 @@ def test_checkpoint_that_always_answers_one_class(tmp_path, small_spec_file, cap
 def test_classes_must_match_the_checkpoint(tmp_path, small_spec_file) -> None:
     data = make_synthetic_dataset(tmp_path / "data", classes=2, per_class=1, size=32)
     _constant_checkpoint(tmp_path / "ckpt", small_spec_file, ["x", "y"], answer=0)
-    with pytest.raises(AttendNetsError, match=r"the classes of val/ \(2: checks, stripes\) are not the 2"):
+    with pytest.raises(AttendNetsError, match=r"the 2 classes of val/ are not the 2 the checkpoint was trained on: "
+                                              r"only in val/: checks, stripes; only in the checkpoint: x, y"):
         evaluate_checkpoint(tmp_path / "ckpt", data, workers=0)
 
 
@@ -102,7 +103,7 @@ def test_onnx_figures_equal_the_checkpoint(trained, exports, capsys) -> None:
     assert main(["eval", "--onnx", str(float_path), "--data", str(trained.data), "--workers", "0", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert f"tiny (ort, {float_path}) on val/" in out and f"top-1 {expected['top1']:.2f}%" in out
-    report = json.loads((float_path.parent / "eval-val-tiny" / "eval.json").read_text())
+    report = json.loads((float_path.parent / "eval-tiny.onnx-val" / "eval.json").read_text())
     assert report["confusion"] == expected["confusion"] and report["file"] == str(float_path)
 
 

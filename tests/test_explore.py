@@ -3,7 +3,10 @@ requirements, constraints, the sampler, promotion and resuming in seconds."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
+import logging
 import math
 import re
 import socket
@@ -21,7 +24,8 @@ from attendnets.model import build_model
 from attendnets.registry import create_model
 from attendnets.search.fidelity import Evaluation, Fidelity
 from attendnets.search.predictor import LatencyTable, runtime_layers
-from attendnets.search.requirements import Deployment, Requirements, latency_meter, measure_costs, parse_count
+from attendnets.search.requirements import Deployment, Requirements, latency_meter, measure_costs
+from attendnets.search.settings import parse_count
 from attendnets.search.space import default_space, load_space
 from attendnets.search.storage import WORKER_ATTR, open_storage, rung_name
 from attendnets.search.study import ExploreConfig, Explorer, non_dominated_ranks, promote, select_promotions
@@ -34,13 +38,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 class SizeScore:
     """Scores a design by its parameter count (bigger is better, saturating) and remembers what it saw."""
 
-    def __init__(self, interrupt_at: int | None = None) -> None:
+    def __init__(self, interrupt_at: int | None = None, error: BaseException | None = None) -> None:
         self.seen: list[ArchSpec] = []
         self.interrupt_at = interrupt_at
+        self.error = error or KeyboardInterrupt()
 
     def __call__(self, spec: ArchSpec, run) -> Evaluation:
         if self.interrupt_at is not None and len(self.seen) == self.interrupt_at:
-            raise KeyboardInterrupt
+            raise self.error
         self.seen.append(spec)
         params = sum(p.numel() for p in build_model(spec).parameters())
         top1 = 100 * (1 - math.exp(-params / 4000))
@@ -49,7 +54,8 @@ class SizeScore:
 
 def config(tmp_path: Path, space: Path, data: Path, **changes) -> ExploreConfig:
     base = dict(name="s", space=str(space), data=str(data), output=str(tmp_path), cost="params", trials=6, rungs=1,
-                img_size=16, fidelity=Fidelity(img_size=16, images_per_class=3, holdout_per_class=2, epochs=1, eta=2))
+                img_size=16, fidelity=Fidelity(img_size=16, images_per_class=3, holdout_per_class=2, epochs=1, eta=2,
+                                               batch_size=3))
     return ExploreConfig(**{**base, **changes})
 
 
@@ -193,6 +199,58 @@ def test_kill_and_resume_keeps_finished_trials(tmp_path, space_file, explore_dat
     assert sum(t.user_attrs.get("status") in ("trained", "reference") for t in after) == 5
 
 
+def test_batch_larger_than_the_subset_is_refused_and_the_corrected_run_starts_afresh(tmp_path, space_file,
+                                                                                   explore_data) -> None:
+    """3 classes x 3 training images: a batch of 10 is refused before the study is made, naming the largest
+    batch allowed; nothing is left behind, so the corrected command (same name, no --resume) runs."""
+    out = tmp_path / "out"
+    cfg = config(out, space_file, explore_data, trials=2)
+    too_big = dataclasses.replace(cfg, fidelity=dataclasses.replace(cfg.fidelity, batch_size=10))
+    with pytest.raises(AttendNetsError, match=r"^--batch-size 10 is more than the 9 images .* largest allowed is 9$"):
+        Explorer(too_big, SizeScore()).run(progress=False)
+    assert not out.exists()
+    Explorer(dataclasses.replace(cfg, fidelity=dataclasses.replace(cfg.fidelity, batch_size=9)), SizeScore()).run(
+        progress=False)
+    assert sum(t.state == TrialState.COMPLETE for t in trials_of(cfg)) == 2
+
+
+def test_failure_before_any_finished_design_leaves_nothing_and_no_traceback(tmp_path, space_file, explore_data,
+                                                                            caplog) -> None:
+    """The first design's training fails: one error, no Optuna log of it (with its traceback), no study or folder
+    left to block the rerun. A failure after a finished design keeps the study for --resume."""
+    cfg = config(tmp_path / "out", space_file, explore_data, trials=3)
+    with caplog.at_level(logging.WARNING), pytest.raises(AttendNetsError, match="^broken$"):
+        Explorer(cfg, SizeScore(interrupt_at=0, error=AttendNetsError("broken"))).run(progress=False)
+    assert not [r for r in caplog.records if r.name.startswith("optuna")], caplog.text
+    assert not (tmp_path / "out").exists()
+
+    with pytest.raises(AttendNetsError, match="^broken$"):
+        Explorer(cfg, SizeScore(interrupt_at=1, error=AttendNetsError("broken"))).run(progress=False)
+    assert [t.state for t in trials_of(cfg)] == [TrialState.COMPLETE, TrialState.FAIL]
+    Explorer(dataclasses.replace(cfg, resume=True), SizeScore()).run(progress=False)
+    assert sum(t.state == TrialState.COMPLETE for t in trials_of(cfg)) == 3
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_bars_only_on_a_terminal_else_a_line_per_design(tmp_path, space_file, explore_data, monkeypatch, caplog,
+                                                        terminal: bool) -> None:
+    stderr = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    with caplog.at_level(logging.INFO, logger="attendnets.search.study"):
+        Explorer(config(tmp_path, space_file, explore_data, trials=2), SizeScore()).run(progress=True)
+    lines = [m for m in caplog.messages if m.startswith("rung 0: trial")]
+    if terminal:
+        assert "rung 0 (1 epochs)" in stderr.getvalue() and lines == []
+    else:
+        assert "rung 0" not in stderr.getvalue() and "\r" not in stderr.getvalue()
+        assert lines[0].startswith("rung 0: trial 0 reference, 1/2 done; front 1") and "2/2 done" in lines[-1]
+
+
 def test_resume_with_another_space_or_requirements_names_the_difference(tmp_path, space_file, explore_data) -> None:
     cfg = config(tmp_path, space_file, explore_data, trials=1)
     Explorer(cfg, SizeScore()).run(progress=False)
@@ -248,7 +306,7 @@ def test_non_dominated_ranks_and_promotion_selection() -> None:
 
 def test_promotion_is_never_repeated_and_carries_the_prototype(tmp_path, space_file, explore_data) -> None:
     cfg = config(tmp_path, space_file, explore_data, trials=8, rungs=3,
-                 fidelity=Fidelity(img_size=16, images_per_class=3, holdout_per_class=2, epochs=1, eta=2))
+                 fidelity=Fidelity(img_size=16, images_per_class=3, holdout_per_class=2, epochs=1, eta=2, batch_size=3))
     Explorer(cfg, SizeScore()).run(progress=False)
     rungs = [trials_of(cfg, r) for r in range(3)]
     for r, trials in enumerate(rungs):

@@ -71,7 +71,8 @@ def test_designs_are_distinct_within_caps_and_fixed_by_the_seed(space_file) -> N
 
 def test_pilot_resumes_without_retraining(tmp_path, space_file, explore_data) -> None:
     cfg = PilotConfig(space=str(space_file), data=str(explore_data), output=str(tmp_path / "p"), designs=4, low_epochs=1,
-                      high_epochs=3, img_size=16, fidelity=Fidelity(img_size=16, images_per_class=3, holdout_per_class=2))
+                      high_epochs=3, img_size=16,
+                      fidelity=Fidelity(img_size=16, images_per_class=3, holdout_per_class=2, batch_size=3))
     score = ParamScore()
     summary = Pilot(cfg, score).run(progress=False)
     assert sorted(score.calls) == sorted((f"pilot-d{i:02d}", e) for i in range(4) for e in (1, 3))
@@ -87,7 +88,7 @@ def test_pilot_resumes_without_retraining(tmp_path, space_file, explore_data) ->
 
     with pytest.raises(AttendNetsError, match="holds another fidelity .* use another --output"):
         Pilot(PilotConfig(**{**cfg.__dict__, "fidelity": Fidelity(img_size=16, images_per_class=3, holdout_per_class=2,
-                                                                  lr=0.1)}), score).run(progress=False)
+                                                                  batch_size=3, lr=0.1)}), score).run(progress=False)
 
 
 def test_pilot_verb_trains_tiny_designs_and_rejects_bad_input(tmp_path, space_file, capsys) -> None:
@@ -120,9 +121,10 @@ def test_pilot_verb_trains_tiny_designs_and_rejects_bad_input(tmp_path, space_fi
     assert json.dumps(again, sort_keys=True) == json.dumps(summary["agreement"], sort_keys=True)  # NaN == NaN
     assert len(list((folder / "results").rglob("*.json"))) == 6
 
-    for argv, message in (([*base, "--designs", "2"], "--designs must be at least 3"),
+    for argv, message in (([*base, "--synthetic"], "--synthetic generates its own data; drop --data"),
                           ([*base, "--low-epochs", "3", "--high-epochs", "3"], "must be at least 1 and below --high-epochs"),
                           ([*base, "--max-params", "10", "--designs", "3"], "met the requirements")):
         assert main([*argv, "--output", str(tmp_path / "bad")]) == 2, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "bad").exists()  # a pilot that failed before any training leaves no folder

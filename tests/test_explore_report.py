@@ -95,7 +95,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys) -> None:
     cases = [
         ([*base, "--name", "a", "--storage", "nosuchdb://host/x"], "cannot open storage"),
         ([*base, "--name", "b", "--space", str(tmp_path / "missing.yaml")], "cannot read search space"),
-        ([*base, "--name", "c", "--max-macs", "0"], "must be positive"),
+        ([*base, "--name", "c", "--latency-table", str(tmp_path / "t.json")], "--latency-table filters on"),
         ([*base, "--name", "d", "--holdout-per-class", "5"], "not more than --holdout-per-class"),
         (["explore", "report", str(tmp_path)], "not a study folder"),
     ]
@@ -103,3 +103,4 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys) -> None:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()  # a failed run leaves no study folder behind

@@ -190,12 +190,15 @@ def test_cli_export_bad_inputs(trained, tmp_path, monkeypatch, capsys) -> None:
         (["--calib-data", str(tmp_path / "empty")], "has no images to calibrate on"),
         (["--calib-data", str(tmp_path / "missing")], "calibration folder"),
         ([], "no calibration images: pass --calib-data DIR"),
-        (["--calib-images", "0"], "--calib-images must be at least 1"),
     ]:
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
     assert not (tmp_path / "m.onnx").exists()  # nothing written before the inputs were checked
+    with pytest.raises(SystemExit) as exit_:
+        main([*base, "--calib-images", "0"])
+    assert exit_.value.code == 2
+    assert "argument --calib-images: must be an integer >= 1, got 0" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(trained.checkpoint), "--output", str(tmp_path / "m.txt")]) == 2
     assert "--output must be a .onnx file" in capsys.readouterr().err
 

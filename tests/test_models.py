@@ -3,25 +3,57 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import timm
 import torch
 from torch import nn
 
-import attendnets  # noqa: F401  (registers the models with timm)
+import attendnets  # registers the models with timm
 from attendnets.blocks import PEPE, VisualAttentionCondenser
 from attendnets.model import build_model
 from attendnets.registry import PRESETS, load_preset
 from attendnets.spec import ArchSpec, SpecError
 
 from .conftest import TINY_SPEC
+from .reliability_fixtures import ROOT
 
 REGISTERED = sorted(set(timm.list_models("attendnet_*")))
 
 
 def test_presets_are_registered() -> None:
     assert set(PRESETS) <= set(REGISTERED)
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        # attendnets first: its import loads neither torch nor timm, and registers when timm is imported
+        "import sys, attendnets\n"
+        "assert not {'torch', 'timm'} & set(sys.modules)\n"
+        "import timm\n"
+        "assert timm.create_model('attendnet_b', num_classes=3).num_classes == 3",
+        # an attendnets module imports timm, and the registration needs that module complete
+        "import attendnets.data, timm\n"
+        "assert timm.is_model('attendnet_a') and timm.is_model('attendnet')",
+        # timm first: registered at once
+        "import timm, attendnets\n"
+        "assert timm.create_model('attendnet_b', num_classes=3).num_classes == 3",
+    ],
+    ids=["attendnets-then-timm", "attendnets-module-imports-timm", "timm-then-attendnets"],
+)
+def test_importing_attendnets_registers_with_timm_in_any_order(script: str) -> None:
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def test_public_names_load_on_first_use() -> None:
+    assert attendnets.ArchSpec is ArchSpec and attendnets.build_model is build_model
+    assert set(attendnets.__all__) <= set(dir(attendnets))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        attendnets.nothing  # noqa: B018
 
 
 @pytest.mark.parametrize("name", REGISTERED)

@@ -1,8 +1,10 @@
-"""``attendnets predict``: the same answers from a checkpoint and from its ONNX export; unreadable images skipped."""
+"""``attendnets predict``: the same answers from a checkpoint and from its ONNX export; unreadable images skipped;
+images streamed a batch at a time, with a progress bar on a terminal."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from attendnets.cli import main
 from attendnets.errors import AttendNetsError
 from attendnets.export import export_checkpoint
-from attendnets.predict import load_classifier, predict_images
+from attendnets.predict import iter_predictions, load_classifier
 from tests.deploy_fixtures import Trained
 
 
@@ -25,9 +27,9 @@ def _val_images(trained: Trained) -> list[Path]:
 
 def test_checkpoint_and_onnx_give_the_same_answers(trained, float_onnx) -> None:
     images = _val_images(trained)
-    by_checkpoint, problems = predict_images(load_classifier(checkpoint=trained.checkpoint), images, top=3)
-    by_onnx, _ = predict_images(load_classifier(file=float_onnx, threads=1), images, top=3, batch_size=7)
-    assert not problems and len(by_checkpoint) == len(by_onnx) == 40
+    by_checkpoint = list(iter_predictions(load_classifier(checkpoint=trained.checkpoint), images, top=3))
+    by_onnx = list(iter_predictions(load_classifier(file=float_onnx, threads=1), images, top=3, batch_size=7))
+    assert len(by_checkpoint) == len(by_onnx) == 40 and all("top" in r for r in by_checkpoint)
     for a, b in zip(by_checkpoint, by_onnx):
         assert a["image"] == b["image"] and [g["class"] for g in a["top"]] == [g["class"] for g in b["top"]]
         probs = [g["probability"] for g in a["top"]]
@@ -67,7 +69,38 @@ def test_bad_inputs(trained, float_onnx, tmp_path, capsys) -> None:
         assert exit_.value.code == 2
     with pytest.raises(AttendNetsError, match="exactly one model"):
         load_classifier()
-    assert main(["predict", image, "--checkpoint", str(trained.checkpoint), "--top", "0"]) == 2
-    assert "--top must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", image, "--checkpoint", str(trained.checkpoint), "--top", "0"])
+    assert exit_.value.code == 2 and "argument --top: must be an integer >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(AttendNetsError, match="--top must be at least 1"):
+        next(iter_predictions(load_classifier(checkpoint=trained.checkpoint), [image], top=0))
     assert main(["predict", image, "--onnx", str(tmp_path / "missing.onnx")]) == 2
     assert "no model file" in capsys.readouterr().err
+
+
+def test_predictions_stream_in_batches(trained, float_onnx, monkeypatch) -> None:
+    """Images are read a batch at a time: the first record comes after one batch, not after every image."""
+    import attendnets.predict
+
+    loaded: list[Path] = []
+    read = attendnets.predict.load_rgb
+    monkeypatch.setattr(attendnets.predict, "load_rgb", lambda path: loaded.append(path) or read(path))
+    classifier = load_classifier(file=float_onnx, threads=1)
+    batches: list[tuple[int, int]] = []
+    logits = classifier.logits
+    classifier.logits = lambda images: batches.append((len(images), len(loaded))) or logits(images)
+    images = _val_images(trained)
+    stream = iter_predictions(classifier, images, top=1, batch_size=16)
+    assert next(stream)["image"] == str(images[0]) and len(loaded) == 16
+    assert len(list(stream)) == 39 and batches == [(16, 16), (16, 32), (8, 40)]
+
+
+def test_progress_bar_on_a_terminal_leaves_json_clean(trained, float_onnx, tmp_path, monkeypatch, capsys) -> None:
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image")
+    images = [str(p) for p in _val_images(trained)[:5]] + [str(junk)]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["predict", *images, "--onnx", str(float_onnx), "--threads", "1", "--batch-size", "2", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert [r["image"] for r in json.loads(captured.out)] == images[:5]
+    assert "predicting" in captured.err and f"attendnets predict: warning: cannot read image {junk}" in captured.err

@@ -17,6 +17,7 @@ from attendnets.data import eval_transform, load_rgb
 from attendnets.errors import AttendNetsError
 from attendnets.model import build_model
 from attendnets.quantize import dequantize_per_channel, load_int8, quantize_per_channel
+from attendnets.quantize_workflow import POST_TRAINING_FILES
 from attendnets.spec import ArchSpec
 from attendnets.training import train
 from tests.training_fixtures import SMALL_SPEC, interrupt_at_evaluation, small_config
@@ -79,7 +80,7 @@ def test_cli_qat_run_from_init_saves_int8_weights_that_load(tmp_path, synthetic_
     capsys.readouterr()  # what train printed
     assert main(["eval", "--checkpoint", str(out), "--data", str(synthetic_data), "--json", "--workers", "0"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result == json.loads((out / "eval-val" / "eval.json").read_text())  # printed = recorded
+    assert result == json.loads((out / "eval-best-val" / "eval.json").read_text())  # printed = recorded
     _, best = load_checkpoint(out / "best")
     assert (result["epoch"], result["weights"], result["model"]) == (best["epoch"], best["weights"], "small")
     assert result["classes"] == CLASSES and result["images"] == 4 * 24
@@ -188,8 +189,7 @@ def test_cli_quantize_qat_fine_tune(tmp_path, synthetic_data, capsys) -> None:
     ("extra", "message"),
     [
         (["--qat-activations"], "add --qat-epochs N"),
-        (["--qat-epochs", "0"], "--qat-epochs must be at least 1"),
-        (["--output-same"], "would overwrite the checkpoint"),
+        (["--output-same"], "holds the checkpoint"),
     ],
 )
 def test_cli_quantize_bad_inputs(tmp_path, capsys, extra, message) -> None:
@@ -200,3 +200,36 @@ def test_cli_quantize_bad_inputs(tmp_path, capsys, extra, message) -> None:
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err
     assert source.with_suffix(".json").is_file()
+
+
+def test_cli_quantize_redoes_only_its_own_output(tmp_path, capsys, monkeypatch) -> None:
+    """A post-training run may redo an earlier one of the same checkpoint in its OUTPUT; another checkpoint's,
+    or a QAT fine-tune, is refused there, and so is a folder with one file more."""
+    monkeypatch.delenv("ATTENDNETS_DATA", raising=False)
+    source = _checkpoint(tmp_path / "float" / "best")
+    out = tmp_path / "int8"
+    args = ["quantize", "--checkpoint", str(source), "--output", str(out), "--json"]
+    assert main(args) == 0 and main(args) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == sorted(POST_TRAINING_FILES)
+    other = _checkpoint(tmp_path / "other" / "best")
+    refused = [["quantize", "--checkpoint", str(other), "--output", str(out)],
+               ["quantize", "--checkpoint", str(source), "--output", str(out), "--qat-epochs", "1"]]
+    for command in refused:
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and str(out) in err
+    (out / "notes.txt").write_text("mine")
+    assert main(args) == 2
+    assert "already holds files quantize did not write there" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == sorted([*POST_TRAINING_FILES, "notes.txt"])
+
+
+def test_cli_quantize_qat_checks_the_classes_first(tmp_path, synthetic_data, capsys) -> None:
+    source = _checkpoint(tmp_path / "float" / "best", classes=CLASSES + ["waves"])
+    out = tmp_path / "qat"
+    assert main(["quantize", "--checkpoint", str(source), "--output", str(out), "--data", str(synthetic_data),
+                 "--qat-epochs", "1", "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "only in the checkpoint: waves" in err
+    assert not out.exists()

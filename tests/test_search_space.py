@@ -102,6 +102,30 @@ def test_bad_spaces_are_refused(changes: dict, message: str) -> None:
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "part, changes, message",
+    [
+        ("stage", {"kinds": "vac"}, "stage 0: kinds must be a list of strings, got 'vac'"),
+        ("stage", {"width": 1.0}, "stage 0: width must be a list of numbers, got 1.0"),
+        ("stage", {"depth": [0, True]}, "stage 0: depth must be a list of integers, got [0, True]"),
+        ("stage", {"blocks": [0, "0"]}, "stage 0: blocks must be a list of integers, got [0, '0']"),
+        ("head", {"hidden": [128]}, "head: hidden must be a list of lists of integers, got [128]"),
+        ("head", {"hidden": 128}, "head: hidden must be a list of lists of integers, got 128"),
+        ("pepe", {"mult": ["2"]}, "pepe: mult must be a list of integers, got ['2']"),
+        ("space", {"round_to": True}, "space: round_to must be an integer, got True"),
+    ],
+)
+def test_values_of_the_wrong_type_are_refused_naming_the_entry(part: str, changes: dict, message: str) -> None:
+    data = _space_dict(**changes) if part == "stage" else _space_dict()
+    if part == "space":
+        data.update(changes)
+    elif part != "stage":
+        data[part] = {**data[part], **changes}
+    with pytest.raises(SpaceError) as err:
+        SearchSpace.from_dict(data)
+    assert str(err.value) == message
+
+
 def test_bad_prototype_and_fields() -> None:
     with pytest.raises(SpaceError, match="neither a preset"):
         SearchSpace.from_dict({**_space_dict(), "prototype": "resnet50"})

@@ -1,17 +1,25 @@
-"""Training runs end to end: learning, resuming exactly, refusing to clobber, stopping on NaN."""
+"""Training runs end to end: learning, resuming exactly, refusing to clobber, stopping on NaN; the train
+verb's options checked while parsing. (Refusals through the command line: tests/test_reliability_training.py.)"""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
+import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
 
 import attendnets.training
-from attendnets.cli import main
+from attendnets.cli import build_parser, main
+from attendnets.cli import train as train_verb
+from attendnets.data import DATA_ENV
 from attendnets.errors import AttendNetsError
-from attendnets.training import TrainingDiverged, train
+from attendnets.training import TrainConfig, TrainingDiverged, train
 from tests.training_fixtures import interrupt_at_evaluation, small_config
 
 
@@ -37,12 +45,16 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, synthetic_
 
     # Kill the second run during epoch 3 (after its training steps, before its checkpoint).
     restore = interrupt_at_evaluation(monkeypatch, 5)  # raw + EMA per epoch: the 5th call is epoch 3's
-    config = small_config(synthetic_data, small_spec_file, tmp_path / "resumed")
+    spec = shutil.copy(small_spec_file, tmp_path / "small.json")
+    config = small_config(synthetic_data, spec, tmp_path / "resumed")
     with pytest.raises(KeyboardInterrupt):
         train(config)
     assert json.loads((tmp_path / "resumed" / "last.json").read_text())["epoch"] == 2
     restore()
+    state = torch.load(tmp_path / "resumed" / "train_state.pt", weights_only=True)  # no pickled objects
+    assert state["class_names"] == ["checks", "disc", "dots", "stripes"] and state["spec"]["name"] == "small"
 
+    spec.unlink()  # the run resumes from the spec it saved
     config.resume = True
     resumed = train(config)
     assert resumed.epochs_run == 1
@@ -65,6 +77,16 @@ def test_existing_run_needs_resume_and_the_same_recipe(tmp_path, synthetic_data,
         train(small_config(synthetic_data, small_spec_file, tmp_path / "run", epochs=1, lr=0.1, resume=True))
 
 
+def test_a_run_that_completed_no_epoch_needs_resume_and_its_recipe(tmp_path, synthetic_data, small_spec_file) -> None:
+    started = small_config(synthetic_data, small_spec_file, tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(dataclasses.asdict(started)))
+    with pytest.raises(AttendNetsError, match="completed no epoch .*pass --resume to start it over"):
+        train(started)
+    with pytest.raises(AttendNetsError, match="started with lr=0.01, now 0.1"):
+        train(small_config(synthetic_data, small_spec_file, tmp_path / "run", lr=0.1, resume=True))
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, synthetic_data, small_spec_file, monkeypatch) -> None:
     steps_per_epoch = 4 * 96 // 32
 
@@ -84,17 +106,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, synthetic_data,
     assert "\n" not in message
     assert "loss became nan at epoch 2, step 4" in message and f"last good checkpoint is {out / 'last'} (epoch 1)" in message
     assert json.loads((out / "last.json").read_text())["epoch"] == 1
-    assert torch.load(out / "train_state.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(out / "train_state.pt", weights_only=True)["epoch"] == 1
     assert (out / "curves.png").is_file()
 
 
-def test_cli_train_then_eval(tmp_path, synthetic_data, small_spec_file, capsys) -> None:
+def test_cli_train_then_eval(tmp_path, synthetic_data, small_spec_file, capsys, monkeypatch) -> None:
     out = tmp_path / "run"
-    args = ["train", "--data", str(synthetic_data), "--spec", str(small_spec_file), "--img-size", "32",
+    monkeypatch.chdir(synthetic_data.parent)
+    args = ["train", "--data", synthetic_data.name, "--spec", str(small_spec_file), "--img-size", "32",
             "--epochs", "1", "--batch-size", "32", "--workers", "0", "--no-ema", "--output", str(out)]
     assert main(args) == 0
     assert "best val top-1" in capsys.readouterr().out
     assert "ema_val_top1" not in (out / "metrics.jsonl").read_text()
+    # Recorded absolute, so export finds the calibration images from any folder.
+    assert json.loads((out / "config.json").read_text())["data"] == str(synthetic_data.resolve())
     assert main(args) == 2
     assert "already holds a training run" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(out), "--data", str(synthetic_data), "--json", "--workers", "0"]) == 0
@@ -110,3 +135,60 @@ def test_cli_needs_a_model_and_data(tmp_path, small_spec_file, monkeypatch, caps
     assert capsys.readouterr().err.strip().endswith("pass --data DIR or set ATTENDNETS_DATA")
     assert main(["train", "--data", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     assert "give --model NAME or --spec FILE" in capsys.readouterr().err
+
+
+def test_batch_norm_with_one_value_per_channel_is_one_line(tmp_path, synthetic_data) -> None:
+    config = TrainConfig(model="attendnet_b", output=str(tmp_path / "run"), data=str(synthetic_data), img_size=16,
+                         epochs=1, batch_size=1, subset=4, workers=0)
+    with pytest.raises(AttendNetsError, match="a batch of 1 at 16 px leaves batch norm one value per channel"):
+        train(config)
+
+
+@pytest.mark.parametrize("option", [
+    ["--epochs", "0"], ["--img-size", "0"], ["--img-size", "-64"], ["--img-size", "15"], ["--subset", "0"],
+    ["--subset", "-3"], ["--batch-size", "0"], ["--lr", "0"], ["--lr", "nan"], ["--weight-decay", "-0.1"],
+    ["--warmup-epochs", "-1"], ["--label-smoothing", "1"], ["--label-smoothing", "-0.1"], ["--workers", "-1"],
+    ["--seed", "-1"], ["--crop-scale", "0", "1"],
+])
+def test_out_of_range_options_are_refused_while_parsing(option, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["train", "--data", "D", "--model", "m", "--output", "O", *option])
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"argument {option[0]}: must be" in line and "got" in line
+
+
+def test_given_values_are_kept_and_defaults_follow_the_recipe() -> None:
+    def config(*options: str) -> TrainConfig:
+        return train_verb.config_from_args(build_parser().parse_args(["train", "--output", "O", *options]))
+
+    given = config("--model", "m", "--epochs", "1", "--img-size", "16", "--subset", "1", "--warmup-epochs", "0")
+    assert (given.epochs, given.img_size, given.subset, given.warmup_epochs) == (1, 16, 1, 0)
+    assert dataclasses.asdict(config("--model", "m")) == dataclasses.asdict(TrainConfig(model="m", output="O"))
+    demo = config("--demo")
+    assert (demo.epochs, demo.img_size) == (train_verb.DEMO_EPOCHS, train_verb.DEMO_IMG_SIZE)
+    with pytest.raises(AttendNetsError, match="--crop-scale LOW HIGH needs LOW <= HIGH, got 0.9 0.5"):
+        config("--model", "m", "--crop-scale", "0.9", "0.5")
+
+
+def test_verb_restates_the_recipe_defaults() -> None:
+    defaults = TrainConfig(model="", output="")
+    assert {k: getattr(defaults, k) for k in train_verb.DEFAULTS} == train_verb.DEFAULTS
+    assert train_verb.DATA_ENV == DATA_ENV
+
+
+@pytest.mark.parametrize("verb", ["train", "demo"])
+def test_verb_module_imports_nothing_heavy(verb) -> None:
+    """--help imports every verb module: at module level they import the standard library and light modules
+    only (torch, timm and the training code are imported when the verb runs)."""
+    light = {"attendnets.env", "attendnets.errors", "attendnets.cli.options", "attendnets.cli.train"}
+    path = Path(train_verb.__file__).with_name(f"{verb}.py")
+    for node in ast.parse(path.read_text()).body:  # module level only; `if TYPE_CHECKING:` blocks do not run
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            assert name in light or name.split(".")[0] in sys.stdlib_module_names | {"__future__"}, name

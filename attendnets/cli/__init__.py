@@ -1,7 +1,12 @@
 """``attendnets <verb>``: one command line for every task.
 
 Each verb lives in its own module of this package, which defines ``HELP`` (one line), ``DESCRIPTION``
-(what it does, with examples), ``add_arguments(parser)`` and ``run(args) -> int``.
+(what it does, with examples), ``add_arguments(parser)`` and ``run(args) -> int``. Building the parser
+imports every verb module, so a verb module imports torch, timm, numpy and the modules that use them inside
+``run()`` only: ``attendnets --help`` then answers at once.
+
+An :class:`~attendnets.errors.AttendNetsError` or a failed file operation (``OSError``) ends the command
+with exit code 2 and one line on stderr, ``attendnets VERB: error: ...``, never a traceback.
 """
 
 from __future__ import annotations
@@ -51,13 +56,24 @@ def _version() -> str:
     return __version__
 
 
+def os_error(err: OSError) -> str:
+    """``PATH: reason`` (``PATH -> OTHER: reason`` for a move) of a failed file operation, in one line."""
+    if err.filename is None:
+        return " ".join(str(err).split())
+    paths = str(err.filename) + ("" if err.filename2 is None else f" -> {err.filename2}")
+    return f"{paths}: {err.strerror or type(err).__name__}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tune_malloc()  # the one process-wide setting: up to 2x faster PyTorch on CPU (attendnets.runtime)
     try:
         return args.run(args)
-    except (AttendNetsError, FileNotFoundError) as err:
+    except AttendNetsError as err:
         print(f"attendnets {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # reading or writing a file: the path and the system's reason, in one line
+        print(f"attendnets {args.verb}: error: {os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"attendnets {args.verb}: interrupted", file=sys.stderr)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-
-from attendnets.bench import DEFAULT_RUNTIMES, REFERENCE, RUNTIMES, run_bench
+from attendnets.bench import DEFAULT_RUNTIMES, REFERENCE, RUNTIMES
+from attendnets.cli.options import NON_NEGATIVE, POSITIVE, integer
+from attendnets.files import check_writable
 from attendnets.registry import BASELINES
 
 HELP = "batch-1 latency and batch-N throughput in PyTorch and the deployment runtimes, vs the MobileNets"
@@ -51,16 +49,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-baselines", dest="baselines", action="store_const", const=[], help="measure no baselines")
     parser.add_argument("--runtimes", type=_list, default=list(DEFAULT_RUNTIMES), metavar="R,R",
                         help=f"any of {','.join(RUNTIMES)} (default {','.join(DEFAULT_RUNTIMES)})")
-    parser.add_argument("--img-size", type=int, default=224, help="input size in pixels (default 224)")
-    parser.add_argument("--num-classes", type=int, default=50, help="classes of named models (default 50)")
-    parser.add_argument("--threads", type=int, default=2, help="PyTorch and ONNX Runtime threads (default 2)")
-    parser.add_argument("--batch", type=int, default=32, help="batch for throughput; 0 skips it (default 32)")
-    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
+    parser.add_argument("--img-size", type=integer(8), default=224, help="input size in pixels, >= 8 (default 224)")
+    parser.add_argument("--num-classes", type=POSITIVE, default=50, help="classes of named models (default 50)")
+    parser.add_argument("--threads", type=POSITIVE, default=2, help="PyTorch and ONNX Runtime threads (default 2)")
+    parser.add_argument("--batch", type=NON_NEGATIVE, default=32, help="batch for throughput; 0 skips it (default 32)")
+    parser.add_argument("--rounds", type=POSITIVE, default=10, help="interleaved rounds (default 10)")
     parser.add_argument("--profile", metavar="DIR", help="write ONNX Runtime's time by operator type per ORT model")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from attendnets.bench import run_bench
+
+    if args.profile:
+        check_writable(args.profile, "--profile")  # before minutes of measuring
     console = Console(stderr=True)
     with Progress(
         TextColumn("measuring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -1,4 +1,6 @@
-"""``attendnets demo``: the main job on an embedded default: the Table 1 comparison, then a short training."""
+"""``attendnets demo``: the main job on an embedded default: the Table 1 comparison, then a short training.
+
+Building ``--help`` imports this module, so torch, timm and the training code are imported when it runs."""
 
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ import os
 import time
 from pathlib import Path
 
-from attendnets.cli import profile
-from attendnets.data import DATA_ENV, make_synthetic_dataset
-from attendnets.training import TrainConfig, train
+from attendnets.cli.options import POSITIVE
+from attendnets.cli.train import DEMO_EPOCHS, DEMO_IMG_SIZE, IMG_SIZE, MIN_IMG_SIZE
+from attendnets.env import DATA_ENV
+from attendnets.errors import AttendNetsError
+
+DEMO_SUBSET = 2000
 
 HELP = "show the Table 1 comparison, then train a model briefly and print its accuracy"
 DESCRIPTION = f"""\
@@ -33,18 +38,27 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="attendnet_b", help="model to train (default attendnet_b)")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
-    parser.add_argument("--img-size", type=int, default=64, help="training resolution (default 64)")
-    parser.add_argument("--subset", type=int, default=2000, help="images per split of real data (default 2000)")
+    parser.add_argument("--epochs", type=POSITIVE, default=DEMO_EPOCHS, help=f"training epochs (default {DEMO_EPOCHS})")
+    parser.add_argument("--img-size", type=IMG_SIZE, default=DEMO_IMG_SIZE,
+                        help=f"training resolution, >= {MIN_IMG_SIZE} (default {DEMO_IMG_SIZE})")
+    parser.add_argument("--subset", type=POSITIVE, default=DEMO_SUBSET,
+                        help=f"images per split of real data (default {DEMO_SUBSET})")
     parser.add_argument("--output", default="runs/demo", help="run folder (default runs/demo)")
     parser.add_argument("--json", action="store_true", help="print one JSON record instead of tables")
 
 
 def run(args: argparse.Namespace) -> int:
+    from attendnets.cli import profile
+    from attendnets.data import make_synthetic_dataset
+    from attendnets.training import TooFewImages, TrainConfig, check_output, train
+
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, format="%(message)s")
+    output = Path(args.output)
+    run_dir = output / Path(args.model).stem  # a spec file's run is named after the file
+    resume = (run_dir / "config.json").is_file()  # a demo run already started here continues
+    check_output(run_dir, resume)
     if not args.json:
         profile.report(list(profile.DEFAULT_MODELS), img_size=224, num_classes=50)
-    output = Path(args.output)
     data = os.environ.get(DATA_ENV)
     if data:
         source, subset = f"{data} ({DATA_ENV}), at most {args.subset} images a split", args.subset
@@ -54,12 +68,16 @@ def run(args: argparse.Namespace) -> int:
             make_synthetic_dataset(data, classes=8, per_class=200, size=64)
         source, subset = "generated shapes and textures (8 classes)", None
     start = time.monotonic()
-    run_dir = output / Path(args.model).stem  # a spec file's run is named after the file
-    config = TrainConfig(
-        model=args.model, output=str(run_dir), data=data, img_size=args.img_size,
-        epochs=args.epochs, subset=subset, resume=(run_dir / "train_state.pt").is_file(),
-    )
-    result = train(config)
+    config = TrainConfig(model=args.model, output=str(run_dir), data=data, img_size=args.img_size,
+                         epochs=args.epochs, subset=subset, resume=resume)
+    try:
+        result = train(config)
+    except TooFewImages as err:
+        fix = (f"raise --subset to {err.batch_size} or more" if subset and subset < err.batch_size
+               else f"use a dataset with at least {err.batch_size} training images")
+        raise AttendNetsError(
+            f"{DATA_ENV} gives {err.images} training images, fewer than the demo's batch of {err.batch_size}; {fix}"
+        ) from None
     classes = len(json.loads((result.output / "best.json").read_text())["class_names"])
     record = {
         "model": args.model, "data": source, "epochs": result.epochs_run, "img_size": args.img_size,

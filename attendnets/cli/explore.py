@@ -7,27 +7,19 @@ import json
 import logging
 import os
 from pathlib import Path
-
-import optuna
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from attendnets.bench import RUNTIMES
-from attendnets.data import DATA_ENV
+from attendnets.cli.options import POSITIVE, integer, number
+from attendnets.env import DATA_ENV
 from attendnets.errors import AttendNetsError
-from attendnets.search.fidelity import Fidelity
-from attendnets.search.pilot import Pilot, PilotConfig
-from attendnets.search.report import write_report
-from attendnets.search.requirements import (
-    COST_LABELS,
-    COSTS,
-    PREDICTION_MARGIN,
-    Requirements,
-    format_cost,
-    parse_count,
-)
+from attendnets.search.settings import COSTS, MIN_DESIGNS, PREDICTION_MARGIN, SAMPLERS, Fidelity, parse_count
 from attendnets.search.space import SPACE_DIR
-from attendnets.search.study import SAMPLERS, ExploreConfig, Explorer
+
+if TYPE_CHECKING:  # the modules that run a search load torch and optuna: imported when a search runs
+    from attendnets.search.pilot import PilotConfig
+    from attendnets.search.requirements import Requirements
+    from attendnets.search.study import ExploreConfig
 
 HELP = "search for designs that meet your requirements (params, MACs, 8-bit KB, latency, top-1)"
 DESCRIPTION = f"""\
@@ -86,6 +78,19 @@ SYNTHETIC_DEFAULTS = dict(space="demo", img_size=32, images_per_class=128, holdo
 DATA_DEFAULTS = dict(space="attendnet_b", img_size=Fidelity.img_size, images_per_class=Fidelity.images_per_class,
                      holdout_per_class=Fidelity.holdout_per_class, epochs=Fidelity.epochs,
                      lr=Fidelity.lr, trials=24)
+SEED = integer(0, 2**32 - 1)  # what numpy's generators, and so Optuna's samplers, accept
+POSITIVE_NUMBER = number(0, low_open=True)
+
+
+def count(text: str) -> float:
+    """An argparse type: a positive count as :func:`parse_count` reads it (``150M``, ``200k``, ``1500000``)."""
+    try:
+        value = parse_count(text)
+    except AttendNetsError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a count > 0 such as 150M, 200k or 1500000, got {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,9 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--output", metavar="DIR", default="explore", help="folder holding study folders (default explore)")
     req = run.add_argument_group("requirements (at the deployment size, before training)")
     _add_caps(req)
-    req.add_argument("--min-top1", type=float, metavar="PCT",
+    req.add_argument("--min-top1", type=number(0, 100, low_open=True), metavar="PCT",
                      help="hold-out top-1 at 8 bits, as measured at each rung's (short) fidelity")
-    req.add_argument("--train-threads", type=int, default=1,
+    req.add_argument("--train-threads", type=POSITIVE, default=1,
                      help="torch threads while training a design (default 1; run more workers to use more cores)")
     req.add_argument("--latency-table", metavar="FILE",
                      help="with --max-latency-ratio: predict each design's ratio from per-layer latencies kept in "
@@ -111,17 +116,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           f"over the cap x{PREDICTION_MARGIN} without exporting them")
     obj = run.add_argument_group("objectives and budget")
     obj.add_argument("--cost", choices=COSTS, default="macs", help="the cost to minimise (default macs)")
-    obj.add_argument("--trials", type=int, help="designs trained at rung 0 (default 24; synthetic 12)")
-    obj.add_argument("--rungs", type=int, default=2, help="successive-halving rungs (default 2)")
-    obj.add_argument("--eta", type=int, default=Fidelity.eta, help=f"keep the top 1/eta per rung (default {Fidelity.eta})")
-    obj.add_argument("--epochs", type=int, help="epochs at rung 0 (default 3)")
+    obj.add_argument("--trials", type=POSITIVE, help="designs trained at rung 0 (default 24; synthetic 12)")
+    obj.add_argument("--rungs", type=POSITIVE, default=2, help="successive-halving rungs (default 2)")
+    obj.add_argument("--eta", type=integer(2), default=Fidelity.eta,
+                     help=f"keep the top 1/eta per rung (default {Fidelity.eta})")
+    obj.add_argument("--epochs", type=POSITIVE, help=f"epochs at rung 0 (default {Fidelity.epochs})")
     _add_fidelity(obj)
-    obj.add_argument("--give-up-after", type=int, default=50,
+    obj.add_argument("--give-up-after", type=POSITIVE, default=50,
                      help="stop rung 0 after this many infeasible or repeated designs in a row (default 50)")
     how = run.add_argument_group("sampler, storage, output")
     how.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="tpe (default), nsga2, or random (the control)")
-    how.add_argument("--seed", type=int, default=0, help="sampler seed; give each worker its own (default 0)")
-    how.add_argument("--train-seed", type=int, default=0, help="hold-out split, initial weights, data order (default 0)")
+    how.add_argument("--seed", type=SEED, default=0, help="sampler seed; give each worker its own (default 0)")
+    how.add_argument("--train-seed", type=SEED, default=0, help="hold-out split, initial weights, data order (default 0)")
     how.add_argument("--storage", metavar="URL", help="database URL shared by workers (default: a file in the study folder)")
     how.add_argument("--resume", action="store_true", help="continue the study (or join it as a worker)")
     how.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -146,68 +152,87 @@ def _add_pilot(pilot: argparse.ArgumentParser) -> None:
     what.add_argument("--data", metavar="DIR", help=f"dataset root with train/ (default: ${DATA_ENV}, else generated data)")
     what.add_argument("--synthetic", action="store_true", help="use generated shapes (8 classes)")
     what.add_argument("--output", metavar="DIR", default="explore/pilot", help="the pilot's folder (default explore/pilot)")
-    what.add_argument("--designs", type=int, default=8, help="designs, the prototype included (default 8)")
-    what.add_argument("--low-epochs", type=int, help="the cheap rung's epochs (default: run's rung 0, 3)")
-    what.add_argument("--high-epochs", type=int, help="the expensive rung's epochs (default 3x --low-epochs)")
-    what.add_argument("--top-k", type=int, help="size of the top sets compared (default: a third of the designs)")
-    what.add_argument("--seed", type=int, default=0, help="which designs are drawn (default 0)")
+    what.add_argument("--designs", type=integer(MIN_DESIGNS), default=8,
+                      help="designs, the prototype included (default 8)")
+    what.add_argument("--low-epochs", type=POSITIVE,
+                      help=f"the cheap rung's epochs (default: run's rung 0, {Fidelity.epochs})")
+    what.add_argument("--high-epochs", type=integer(2), help="the expensive rung's epochs (default 3x --low-epochs)")
+    what.add_argument("--top-k", type=POSITIVE, help="size of the top sets compared (default: a third of the designs)")
+    what.add_argument("--seed", type=SEED, default=0, help="which designs are drawn (default 0)")
     _add_caps(pilot.add_argument_group("requirements every drawn design meets (the prototype is always in)"))
     fid = pilot.add_argument_group("fidelity (as for 'explore run')")
     _add_fidelity(fid)
-    fid.add_argument("--train-seed", type=int, default=0, help="hold-out split, initial weights, data order (default 0)")
-    fid.add_argument("--train-threads", type=int, default=1, help="torch threads while training (default 1)")
+    fid.add_argument("--train-seed", type=SEED, default=0, help="hold-out split, initial weights, data order (default 0)")
+    fid.add_argument("--train-threads", type=POSITIVE, default=1, help="torch threads while training (default 1)")
     pilot.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def _add_caps(group: argparse._ArgumentGroup) -> None:
     """The cost caps of 'run' and 'pilot', with the deployment they are measured at."""
-    group.add_argument("--max-params", type=parse_count, metavar="N", help="parameters, e.g. 500k")
-    group.add_argument("--max-macs", type=parse_count, metavar="N", help="multiply-adds at batch 1, e.g. 150M")
-    group.add_argument("--max-weight-kb", type=float, metavar="KB", help="weight memory with 8-bit conv/linear weights")
-    group.add_argument("--max-peak-activation-kb", type=float, metavar="KB",
+    group.add_argument("--max-params", type=count, metavar="N", help="parameters, e.g. 500k")
+    group.add_argument("--max-macs", type=count, metavar="N", help="multiply-adds at batch 1, e.g. 150M")
+    group.add_argument("--max-weight-kb", type=POSITIVE_NUMBER, metavar="KB",
+                       help="weight memory with 8-bit conv/linear weights")
+    group.add_argument("--max-peak-activation-kb", type=POSITIVE_NUMBER, metavar="KB",
                        help="peak activation memory at 1 byte per element (8-bit activations)")
-    group.add_argument("--max-latency-ms", type=float, metavar="MS", help="batch-1 latency in --runtime, --threads threads")
-    group.add_argument("--max-latency-ratio", type=float, metavar="R",
+    group.add_argument("--max-latency-ms", type=POSITIVE_NUMBER, metavar="MS",
+                       help="batch-1 latency in --runtime, --threads threads")
+    group.add_argument("--max-latency-ratio", type=POSITIVE_NUMBER, metavar="R",
                        help="batch-1 latency as a fraction of MobileNet-V1's in the same runtime, timed interleaved "
                             "with it (0.5: twice as fast); survives machine load better than --max-latency-ms")
-    group.add_argument("--img-size", type=int, help="deployment image size for the costs (default: the prototype's)")
+    group.add_argument("--img-size", type=POSITIVE,
+                       help="deployment image size for the costs (default: the prototype's)")
     group.add_argument("--runtime", default="eager", choices=RUNTIMES,
                        help="where latency is measured (default eager): each design is exported as 'attendnets export' "
                             "does (int8: all-integer, calibrated on generated images), a few seconds per design")
-    group.add_argument("--threads", type=int, default=2, help="CPU threads for latency (default 2)")
+    group.add_argument("--threads", type=POSITIVE, default=2, help="CPU threads for latency (default 2)")
 
 
 def _add_fidelity(group: argparse._ArgumentGroup) -> None:
     """How 'run' and 'pilot' train each design (besides epochs and seed)."""
-    group.add_argument("--img-size-search", type=int, help="training resolution (default 64; synthetic 32)")
-    group.add_argument("--images-per-class", type=int, help="training images per class (default 800; synthetic 128)")
-    group.add_argument("--holdout-per-class", type=int, help="hold-out images per class (default 50; synthetic 16)")
-    group.add_argument("--batch-size", type=int, default=Fidelity.batch_size, help=f"default {Fidelity.batch_size}")
-    group.add_argument("--lr", type=float, help=f"peak learning rate (default {Fidelity.lr}; synthetic 0.01)")
+    group.add_argument("--img-size-search", type=integer(8),
+                       help=f"training resolution (default {Fidelity.img_size}; synthetic 32)")
+    group.add_argument("--images-per-class", type=POSITIVE,
+                       help=f"training images per class (default {Fidelity.images_per_class}; synthetic 128)")
+    group.add_argument("--holdout-per-class", type=POSITIVE,
+                       help=f"hold-out images per class (default {Fidelity.holdout_per_class}; synthetic 16)")
+    group.add_argument("--batch-size", type=POSITIVE, default=Fidelity.batch_size,
+                       help=f"default {Fidelity.batch_size}; at most --images-per-class x classes")
+    group.add_argument("--lr", type=POSITIVE_NUMBER, help=f"peak learning rate (default {Fidelity.lr}; synthetic 0.01)")
+
+
+def _given(value: Any, default: Any) -> Any:
+    """An option's value, or ``default`` when it was not given (a given 0 stays 0)."""
+    return default if value is None else value
 
 
 def _defaults_and_fidelity(args: argparse.Namespace, epochs: int | None, eta: int = Fidelity.eta) -> tuple[dict, Fidelity]:
     """The defaults for the data in use (generated or real) and the fidelity the arguments ask for."""
     synthetic = args.synthetic or not (args.data or os.environ.get(DATA_ENV))
     d = SYNTHETIC_DEFAULTS if synthetic else DATA_DEFAULTS
-    fidelity = Fidelity(img_size=args.img_size_search or d["img_size"],
-                        images_per_class=args.images_per_class or d["images_per_class"],
-                        holdout_per_class=args.holdout_per_class or d["holdout_per_class"],
-                        epochs=epochs or d["epochs"], eta=eta, batch_size=args.batch_size, lr=args.lr or d["lr"],
-                        seed=args.train_seed)
+    fidelity = Fidelity(img_size=_given(args.img_size_search, d["img_size"]),
+                        images_per_class=_given(args.images_per_class, d["images_per_class"]),
+                        holdout_per_class=_given(args.holdout_per_class, d["holdout_per_class"]),
+                        epochs=_given(epochs, d["epochs"]), eta=eta, batch_size=args.batch_size,
+                        lr=_given(args.lr, d["lr"]), seed=args.train_seed)
     return d, fidelity
 
 
 def _requirements(args: argparse.Namespace, min_top1: float | None = None) -> Requirements:
+    from attendnets.search.requirements import Requirements
+
     return Requirements(args.max_params, args.max_macs, args.max_weight_kb, args.max_peak_activation_kb,
                         args.max_latency_ms, args.max_latency_ratio, min_top1)
 
 
 def pilot_config_from_args(args: argparse.Namespace) -> PilotConfig:
+    from attendnets.search.pilot import PilotConfig
+
     d, fidelity = _defaults_and_fidelity(args, args.low_epochs)
     return PilotConfig(
-        space=args.space or d["space"], data=args.data, synthetic=args.synthetic, output=args.output,
-        designs=args.designs, low_epochs=fidelity.epochs, high_epochs=args.high_epochs or fidelity.epochs * Fidelity.eta,
+        space=_given(args.space, d["space"]), data=args.data, synthetic=args.synthetic, output=args.output,
+        designs=args.designs, low_epochs=fidelity.epochs,
+        high_epochs=_given(args.high_epochs, fidelity.epochs * Fidelity.eta),
         fidelity=fidelity, requirements=_requirements(args),
         img_size=args.img_size, threads=args.threads, runtime=args.runtime, train_threads=args.train_threads,
         top_k=args.top_k, seed=args.seed,
@@ -215,11 +240,13 @@ def pilot_config_from_args(args: argparse.Namespace) -> PilotConfig:
 
 
 def config_from_args(args: argparse.Namespace) -> ExploreConfig:
+    from attendnets.search.study import ExploreConfig
+
     d, fidelity = _defaults_and_fidelity(args, args.epochs, args.eta)
     return ExploreConfig(
-        name=args.name, space=args.space or d["space"], data=args.data, synthetic=args.synthetic, output=args.output,
-        requirements=_requirements(args, args.min_top1), cost=args.cost, fidelity=fidelity,
-        trials=args.trials or d["trials"], rungs=args.rungs, img_size=args.img_size, threads=args.threads,
+        name=args.name, space=_given(args.space, d["space"]), data=args.data, synthetic=args.synthetic,
+        output=args.output, requirements=_requirements(args, args.min_top1), cost=args.cost, fidelity=fidelity,
+        trials=_given(args.trials, d["trials"]), rungs=args.rungs, img_size=args.img_size, threads=args.threads,
         runtime=args.runtime, latency_table=args.latency_table, train_threads=args.train_threads,
         sampler=args.sampler, seed=args.seed, storage=args.storage, resume=args.resume, give_up_after=args.give_up_after,
     )
@@ -230,10 +257,17 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "space":
         print((SPACE_DIR / f"{args.name}.yaml").read_text(), end="")
         return 0
-    # a search trains many small designs: their per-epoch lines and Optuna's per-trial ones would drown its progress bar
+    import optuna
+
+    from attendnets.search.report import write_report
+
+    # a search trains many small designs: their per-epoch lines and Optuna's per-trial ones would drown its progress
     logging.getLogger("attendnets.training").setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Progress bars on a terminal; elsewhere (a log file) a line per finished design, and nothing with --json.
     if args.action == "pilot":
+        from attendnets.search.pilot import Pilot
+
         summary = Pilot(pilot_config_from_args(args)).run(progress=not args.json)
         print(json.dumps(summary, indent=2) if args.json else summary["verdict"])
         return 0
@@ -242,6 +276,8 @@ def run(args: argparse.Namespace) -> int:
             raise AttendNetsError(f"study folder {args.study_dir} does not exist")
         summary = write_report(Path(args.study_dir), url=args.storage)
     else:
+        from attendnets.search.study import Explorer
+
         explorer = Explorer(config_from_args(args))
         explorer.run(progress=not args.json)
         summary = write_report(explorer.study_dir, explorer.storage)
@@ -253,6 +289,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from attendnets.search.requirements import COST_LABELS, format_cost
+
     console = Console(width=120)
     cost = summary["cost"]
     for rung in summary["rungs"]:

@@ -7,26 +7,15 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
-from attendnets.checkpoint import checkpoint_paths, describe, load_checkpoint, read_meta
-from attendnets.data import DATA_ENV
+from attendnets.cli.options import POSITIVE
+from attendnets.env import DATA_ENV
 from attendnets.errors import AttendNetsError
-from attendnets.export import (
-    CalibrationImages,
-    MicroRunner,
-    Target,
-    export_executorch,
-    export_onnx,
-    export_parity,
-    export_tflite,
-    for_runtime,
-    load_runner,
-    quantize_onnx,
-)
+from attendnets.files import check_writable
+
+if TYPE_CHECKING:
+    import torch
 
 PARITY_IMAGES = 32
 SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "executorch": ".pte"}
@@ -74,14 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--micro", action="store_true", help="with --format tflite --int8: also FILE.micro.tflite for TFLite Micro")
     parser.add_argument("--float-stem", action="store_true", help="with --format onnx --int8: keep the image-reading conv float")
     parser.add_argument("--calib-data", metavar="DIR", help="calibration and parity-check images (default: DATA/train of the run)")
-    parser.add_argument("--calib-images", metavar="N", type=int, default=64, help="images to calibrate on (default 64)")
-    parser.add_argument("--threads", type=int, help="runtime threads for the parity check (default: the runtime's own)")
+    parser.add_argument("--calib-images", metavar="N", type=POSITIVE, default=64, help="images to calibrate on (default 64)")
+    parser.add_argument("--threads", type=POSITIVE, help="runtime threads for the parity check (default: the runtime's own)")
     parser.add_argument("--json", action="store_true", help="print what was written as JSON")
 
 
 def training_folder(checkpoint: str | os.PathLike) -> Path:
     """``DATA/train`` of the dataset a checkpoint was trained on: DATA from its sidecar or its run's
     ``config.json``, else ``$ATTENDNETS_DATA``."""
+    from attendnets.checkpoint import checkpoint_paths, read_meta
+
     data, source = read_meta(checkpoint).get("data"), "the checkpoint sidecar"
     config = checkpoint_paths(checkpoint)[0].parent / "config.json"
     if not data and config.is_file():
@@ -110,6 +101,11 @@ def _training_folder_or_none(checkpoint: str | os.PathLike) -> Path | None:
 
 def _images(folder: Path | None, meta: dict[str, Any], count: int) -> tuple[torch.Tensor, str]:
     """Up to ``count`` preprocessed images of ``folder``, or 8 seeded random inputs without one."""
+    import numpy as np
+    import torch
+
+    from attendnets.export import CalibrationImages
+
     if folder is None:
         generator = torch.Generator().manual_seed(0)
         size = meta["img_size"]
@@ -120,8 +116,6 @@ def _images(folder: Path | None, meta: dict[str, Any], count: int) -> tuple[torc
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    if args.calib_images < 1:
-        raise AttendNetsError(f"--calib-images must be at least 1, got {args.calib_images}")
     if args.micro and (args.format != "tflite" or not args.int8):
         raise AttendNetsError("--micro needs --format tflite --int8 (TFLite Micro runs all-integer models)")
     if args.float_stem and (args.format != "onnx" or not args.int8):
@@ -131,6 +125,8 @@ def _check_options(args: argparse.Namespace) -> None:
 def _write(args: argparse.Namespace, model: torch.nn.Module, meta: dict[str, Any], output: Path,
            calib: Path | None) -> dict[str, Path]:
     """Write the requested files: ``{"float": path, "int8": path, "micro": path}`` (those asked for)."""
+    from attendnets.export import export_executorch, export_onnx, export_tflite, quantize_onnx
+
     suffix = SUFFIXES[args.format]
     int8_path = output.with_suffix(f".int8{suffix}")
     calibration = _images(calib, meta, args.calib_images)[0] if args.int8 and args.format != "onnx" else None
@@ -153,7 +149,9 @@ def _write(args: argparse.Namespace, model: torch.nn.Module, meta: dict[str, Any
 
 
 def run(args: argparse.Namespace) -> int:
+    from attendnets.checkpoint import checkpoint_paths, describe, load_checkpoint
     from attendnets.complexity import profile_model
+    from attendnets.export import MicroRunner, Target, export_parity, for_runtime, load_runner
 
     _check_options(args)
     weights, _ = checkpoint_paths(args.checkpoint)
@@ -161,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else weights.with_suffix(suffix)
     if output.suffix != suffix:
         raise AttendNetsError(f"--output must be a {suffix} file for --format {args.format}, got {output}")
+    check_writable(output, "--output", is_file=True)
     if args.calib_data:
         calib = Path(args.calib_data).expanduser()
     elif args.int8:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from rich.console import Console
-from rich.table import Table
-
 from attendnets.registry import BASELINES, PRESETS, REPORTED_ONLY, TABLE1, load_preset
 
 HELP = "list the models that can be built (presets, baselines, reported-only)"
@@ -52,6 +49,9 @@ def model_list() -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     records = model_list()
     if args.json:
         print(json.dumps(records, indent=2))

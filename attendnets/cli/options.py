@@ -24,8 +24,9 @@ def integer(low: int | None = None, high: int | None = None) -> Callable[[str], 
     return parse
 
 
-def number(low: float | None = None, high: float | None = None, low_open: bool = False) -> Callable[[str], float]:
-    """A finite float in ``[low, high]``, or ``(low, high]`` with ``low_open``."""
+def number(low: float | None = None, high: float | None = None, low_open: bool = False,
+           high_open: bool = False) -> Callable[[str], float]:
+    """A finite float in ``[low, high]``; ``low_open``/``high_open`` exclude the bound itself."""
 
     def parse(text: str) -> float:
         try:
@@ -33,20 +34,24 @@ def number(low: float | None = None, high: float | None = None, low_open: bool =
         except ValueError:
             value = math.nan
         too_low = low is not None and (value <= low if low_open else value < low)
-        if not math.isfinite(value) or too_low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be a number{_range(low, high, low_open)}, got {text!r}")
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or too_low or too_high:
+            raise argparse.ArgumentTypeError(f"must be a number{_range(low, high, low_open, high_open)}, got {text!r}")
         return value
 
     parse.__name__ = "number"
     return parse
 
 
-def _range(low: float | None, high: float | None, low_open: bool = False) -> str:
+def _range(low: float | None, high: float | None, low_open: bool = False, high_open: bool = False) -> str:
+    def show(bound: float) -> str:
+        return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
     if low is not None and high is not None:
-        return f" in {'(' if low_open else '['}{low:g}, {high:g}]"
+        return f" in {'(' if low_open else '['}{show(low)}, {show(high)}{')' if high_open else ']'}"
     if low is not None:
-        return f" {'>' if low_open else '>='} {low:g}"
-    return f" <= {high:g}" if high is not None else ""
+        return f" {'>' if low_open else '>='} {show(low)}"
+    return f" {'<' if high_open else '<='} {show(high)}" if high is not None else ""
 
 
 POSITIVE = integer(1)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
+from attendnets.cli.options import POSITIVE
 from attendnets.errors import AttendNetsError
-from attendnets.predict import load_classifier, predict_images
 
 HELP = "top classes of images, from a checkpoint or an exported file (ONNX, TFLite, ExecuTorch)"
 DESCRIPTION = """\
@@ -17,8 +18,10 @@ probabilities. Give exactly one model: --checkpoint CKPT (PyTorch; a checkpoint 
 --file FILE, run on CPU in its runtime (float or int8): .onnx in ONNX Runtime, .tflite in LiteRT (or
 TFLite Micro with --runtime tflm), .pte in ExecuTorch.
 
-An image that cannot be read is reported on stderr and skipped; the exit status is then 1 (2 when no
-image could be read).
+Images are read and classified --batch-size at a time, each one's classes printed as soon as its batch
+is done (with --json, one JSON list at the end), with a progress bar on stderr when it is a terminal. An
+image that cannot be read is reported on stderr and skipped; the exit status is then 1 (2 when no image
+could be read).
 
 examples:
   attendnets predict photo.jpg --checkpoint runs/b
@@ -34,25 +37,71 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--checkpoint", metavar="CKPT", help="checkpoint or run folder (PyTorch)")
     model.add_argument("--file", "--onnx", dest="file", metavar="FILE",
                        help="a .onnx, .tflite or .pte file written by attendnets export")
-    parser.add_argument("--top", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
+    parser.add_argument("--top", type=POSITIVE, default=5, metavar="K", help="classes to show per image (default 5)")
     parser.add_argument("--runtime", help="with --file FILE.tflite: litert (default) or tflm (TFLite Micro)")
-    parser.add_argument("--threads", type=int, help="runtime threads with --file (default: the runtime's own)")
+    parser.add_argument("--threads", type=POSITIVE, help="runtime threads with --file (default: the runtime's own)")
+    parser.add_argument("--batch-size", type=POSITIVE, default=32, help="images read and classified at once (default 32)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of {image, top: [{class, probability}]}")
 
 
 def run(args: argparse.Namespace) -> int:
+    from attendnets.predict import iter_predictions, load_classifier
+
     classifier = load_classifier(args.checkpoint, args.file, args.threads, args.runtime)
-    records, problems = predict_images(classifier, args.images, args.top)
-    for problem in problems:
-        print(f"attendnets predict: warning: {problem}", file=sys.stderr)
-    if not records:
+    width = max(len(name) for name in classifier.class_names)
+    records, problems = [], 0
+    with _Progress(len(args.images)) as progress:
+        for record in iter_predictions(classifier, args.images, args.top, args.batch_size):
+            progress.advance()
+            if "problem" in record:
+                problems += 1
+                progress.warn(f"attendnets predict: warning: {record['problem']}")
+            elif args.json:
+                records.append(record)
+            else:
+                print(_text(record, width), flush=True)
+    if problems == len(args.images):
         raise AttendNetsError(f"none of the {len(args.images)} image(s) could be read")
     if args.json:
         print(json.dumps(records, indent=2))
-    else:
-        width = max(len(name) for name in classifier.class_names)
-        for record in records:
-            print(record["image"])
-            for rank, guess in enumerate(record["top"], 1):
-                print(f"  {rank}. {guess['class']:<{width}}  {100 * guess['probability']:5.1f}%")
     return 1 if problems else 0
+
+
+def _text(record: dict[str, Any], width: int) -> str:
+    ranks = [f"  {rank}. {guess['class']:<{width}}  {100 * guess['probability']:5.1f}%"
+             for rank, guess in enumerate(record["top"], 1)]
+    return "\n".join([record["image"], *ranks])
+
+
+class _Progress:
+    """A progress bar over the images on stderr when stderr is a terminal (nothing otherwise); warnings are
+    printed above it. Lines printed to a terminal stdout meanwhile go above the bar too."""
+
+    def __init__(self, total: int) -> None:
+        self.bar = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=True, redirect_stdout=sys.stdout.isatty())
+            self.task = self.bar.add_task("images", total=total)
+
+    def __enter__(self) -> _Progress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
+
+    def warn(self, line: str) -> None:
+        if self.bar is None:
+            print(line, file=sys.stderr)
+        else:
+            self.bar.console.print(line, markup=False, highlight=False, soft_wrap=True)

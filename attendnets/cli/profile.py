@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-
-from attendnets.complexity import Complexity, profile_model
+from attendnets.cli.options import POSITIVE, integer
 from attendnets.errors import AttendNetsError
-from attendnets.export.forms import Target, for_runtime
 from attendnets.registry import BASELINES, PRESETS, REPORTED_ONLY, TABLE1, create_model, is_spec_path
+
+if TYPE_CHECKING:
+    from attendnets.complexity import Complexity
 
 HELP = "parameters, multiply-adds, weight and activation memory of models (Table 1 of the paper)"
 DESCRIPTION = """\
@@ -38,6 +38,7 @@ examples:
 
 DEFAULT_MODELS = (*PRESETS, *BASELINES, *REPORTED_ONLY)
 REFERENCE = "mobilenet_v1"
+IMG_SIZE = integer(8)  # the smallest input every model reduces to at least one pixel
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "models", nargs="*", metavar="MODEL", help="preset, baseline, timm model name or spec file (default: Table 1)"
     )
     parser.add_argument("--spec", action="append", default=[], metavar="FILE", help="a spec file (repeatable)")
-    parser.add_argument("--img-size", type=int, default=224, help="square input size in pixels (default 224)")
-    parser.add_argument("--num-classes", type=int, default=50, help="classifier outputs (default 50, ImageNet50)")
+    parser.add_argument("--img-size", type=IMG_SIZE, default=224, help="square input size in pixels, >= 8 (default 224)")
+    parser.add_argument("--num-classes", type=POSITIVE, default=50, help="classifier outputs (default 50, ImageNet50)")
     parser.add_argument("--per-block", action="store_true", help="also print MACs and other ops of every block")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -69,6 +70,9 @@ class Row:
 
 def profile_rows(names: list[str], img_size: int, num_classes: int) -> list[Row]:
     """Profile each named model (reported-only models keep the paper's figures)."""
+    from attendnets.complexity import profile_model
+    from attendnets.export.forms import Target, for_runtime
+
     rows = []
     for name in names:
         if name in REPORTED_ONLY:
@@ -108,6 +112,9 @@ def _kb(n: int) -> str:
 
 
 def _print_table(records: list[dict], img_size: int, num_classes: int, paper_setting: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=f"Complexity at {img_size}x{img_size}, {num_classes} classes, batch 1")
     columns = ["model", "params", "MACs", "other ops", "weights KB\n32-bit", "weights KB\n8-bit", "peak act. KB\n8-bit",
                "TFLite Micro\narena KB"]
@@ -157,6 +164,9 @@ def _print_table(records: list[dict], img_size: int, num_classes: int, paper_set
 
 
 def _print_blocks(row: Row) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=f"{row.name}: per block")
     for col in ("block", "MACs", "other ops"):
         table.add_column(col, justify="left" if col == "block" else "right")

@@ -6,12 +6,8 @@ import argparse
 import json
 import logging
 
-from rich.console import Console
-from rich.table import Table
-
-from attendnets.data import DATA_ENV
-from attendnets.quantize_workflow import quantize_checkpoint
-from attendnets.training import TrainConfig
+from attendnets.cli.options import NON_NEGATIVE, POSITIVE, number
+from attendnets.env import DATA_ENV
 
 HELP = "8-bit weights for a checkpoint: post-training quantization or a short quantization-aware fine-tune"
 DESCRIPTION = f"""\
@@ -30,6 +26,12 @@ per-channel scales, biases and other parameters in fp32; its tensor bytes are th
 reported) and quantize.json. With DATA (--data, else ${DATA_ENV}) the float and 8-bit checkpoints are
 evaluated on DATA/val. KB = 1024 bytes.
 
+OUTPUT must be a new or empty folder; quantize refuses one holding anything else (a training run,
+another model) before any work. Two exceptions: a post-training run may redo an earlier post-training
+quantize of the same checkpoint into its own OUTPUT (replacing only those files), and --resume continues
+an interrupted QAT fine-tune in its OUTPUT. A post-training run that fails leaves OUTPUT as it was (its
+files are written beside it and moved in at the end); a QAT fine-tune checks the data's classes first.
+
 examples:
   attendnets quantize --checkpoint runs/b --output runs/b-int8 --data ~/imagenette2-224
   attendnets quantize --checkpoint runs/b --output runs/b-qat --data DATA --qat-epochs 2
@@ -38,20 +40,25 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = TrainConfig(model="", output="")
     parser.add_argument("--checkpoint", metavar="CKPT", required=True, help="checkpoint or run folder")
     parser.add_argument("--output", metavar="DIR", required=True, help="folder for the 8-bit checkpoint and report")
     parser.add_argument("--data", metavar="DIR", help=f"dataset root with val/ (and train/ for QAT; default: ${DATA_ENV})")
-    parser.add_argument("--qat-epochs", type=int, metavar="N", help="fine-tune N epochs with quantization-aware training")
+    parser.add_argument("--qat-epochs", type=POSITIVE, metavar="N", help="fine-tune N epochs with quantization-aware training")
     parser.add_argument("--qat-activations", action="store_true", help="QAT: also fake-quantize conv/linear inputs")
-    parser.add_argument("--lr", type=float, help=f"QAT peak learning rate (default {d.lr / 10:g})")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
-    parser.add_argument("--workers", type=int, default=d.workers, help=f"data loader processes (default {d.workers})")
+    parser.add_argument("--lr", type=number(0, low_open=True),
+                        help="QAT peak learning rate (default: a tenth of attendnets train's)")
+    parser.add_argument("--batch-size", type=POSITIVE, help="default: attendnets train's")
+    parser.add_argument("--workers", type=NON_NEGATIVE, help="data loader processes (default: attendnets train's)")
     parser.add_argument("--resume", action="store_true", help="QAT: continue the fine-tune in OUTPUT")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from attendnets.quantize_workflow import quantize_checkpoint
+
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, format="%(message)s")
     result = quantize_checkpoint(
         args.checkpoint, args.output, args.data, args.qat_epochs, args.lr, args.batch_size, args.workers,

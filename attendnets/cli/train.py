@@ -1,4 +1,8 @@
-"""``attendnets train``: train a model on an image folder, resumable, on one process or many."""
+"""``attendnets train``: train a model on an image folder, resumable, on one process or many.
+
+Building ``--help`` imports this module, so it imports nothing heavy: torch, timm and the training code are
+imported when the verb runs, and the defaults shown are restated here (a test holds them equal to
+:class:`~attendnets.training.TrainConfig`'s)."""
 
 from __future__ import annotations
 
@@ -6,10 +10,26 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from attendnets.data import DATA_ENV, make_synthetic_dataset
+from attendnets.cli.options import NON_NEGATIVE, POSITIVE, integer, number
+from attendnets.env import DATA_ENV
 from attendnets.errors import AttendNetsError
-from attendnets.training import TrainConfig, train
+
+if TYPE_CHECKING:
+    from attendnets.training import TrainConfig
+
+# TrainConfig's defaults of the options below.
+DEFAULTS = {"img_size": 128, "epochs": 30, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.05, "warmup_epochs": 1,
+            "label_smoothing": 0.1, "crop_scale": (0.08, 1.0), "ema": True, "workers": 2, "seed": 0}
+DEMO_IMG_SIZE, DEMO_EPOCHS = 64, 8
+# The smallest crop every model trains at: the MobileNets and the presets reduce it 32x to a 1x1 map (batch
+# norm then needs a batch of 2 or more, which training says in one line).
+MIN_IMG_SIZE = 16
+IMG_SIZE = integer(MIN_IMG_SIZE)
+SEED = integer(0, 2**31 - 1)  # numpy's seeds end at 2**32 - 1, and each process adds its rank
+AREA_SHARE = number(0, 1, low_open=True)
+
 
 HELP = "train a model on an image folder (DATA/train, DATA/val)"
 DESCRIPTION = f"""\
@@ -22,7 +42,9 @@ Recipe: random-resized crop + flip, AdamW, cosine schedule with warm-up (stepped
 smoothing 0.1, an EMA of the weights (--no-ema to disable), channels_last. Every epoch the raw and EMA
 weights are evaluated on val/; OUTPUT gets last.* and best.* checkpoints (safetensors + JSON sidecar),
 metrics.jsonl, train_state.pt (for --resume) and, at the end, curves.png. A NaN/inf loss stops the
-run and keeps the checkpoint of the last good epoch.
+run and keeps the checkpoint of the last good epoch. OUTPUT must be new or empty: a folder holding
+checkpoints or another run is refused, except the run's own with --resume, which must be resumed with
+the same options, classes and spec (an AttendNet resumes from the spec the run saved).
 
 8 bits: --qat trains with int8 fake-quantized conv/linear weights (per output channel, straight-through
 gradients), --qat-activations also with 8-bit fake-quantized conv/linear inputs (moving-average
@@ -42,32 +64,41 @@ examples:
   torchrun --nproc_per_node=2 -m attendnets train --data DATA --model attendnet_a --output runs/a
 """
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = TrainConfig(model="", output="")
+    d = DEFAULTS
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--model", help="preset, baseline (mobilenet_v1/v2), timm model name or spec file")
     what.add_argument("--spec", metavar="FILE", help="a .json/.yaml spec file")
     parser.add_argument("--data", metavar="DIR", help=f"dataset root with train/ and val/ (default: ${DATA_ENV})")
     parser.add_argument("--demo", action="store_true",
                         help="train on a generated dataset of 8 shape classes (written to OUTPUT/synthetic-data)")
-    parser.add_argument("--output", metavar="DIR", required=True, help="run folder for checkpoints and metrics")
-    parser.add_argument("--img-size", type=int, help=f"training crop and val size in pixels (default {d.img_size}; demo 64)")
-    parser.add_argument("--epochs", type=int, help=f"epochs (default {d.epochs}; demo 8)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"per process (default {d.batch_size})")
-    parser.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW (default {d.weight_decay})")
-    parser.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help=f"default {d.warmup_epochs}")
-    parser.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help=f"default {d.label_smoothing}")
-    parser.add_argument("--crop-scale", type=float, nargs=2, default=d.crop_scale, metavar=("LOW", "HIGH"),
-                        help="random-resized crop: the share of the image area a training crop keeps "
-                        f"(default {d.crop_scale[0]:g} {d.crop_scale[1]:g}, timm's)")
-    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=d.ema,
+    parser.add_argument("--output", metavar="DIR", required=True,
+                        help="run folder for checkpoints and metrics: new or empty, or the run's own with --resume")
+    parser.add_argument("--img-size", type=IMG_SIZE, help=f"training crop and val size in pixels, >= {MIN_IMG_SIZE} "
+                        f"(default {d['img_size']}; demo {DEMO_IMG_SIZE})")
+    parser.add_argument("--epochs", type=POSITIVE, help=f"epochs (default {d['epochs']}; demo {DEMO_EPOCHS})")
+    parser.add_argument("--batch-size", type=POSITIVE, default=d["batch_size"],
+                        help=f"per process (default {d['batch_size']})")
+    parser.add_argument("--lr", type=number(0, low_open=True), default=d["lr"],
+                        help=f"peak learning rate (default {d['lr']})")
+    parser.add_argument("--weight-decay", type=number(0), default=d["weight_decay"],
+                        help=f"AdamW (default {d['weight_decay']})")
+    parser.add_argument("--warmup-epochs", type=NON_NEGATIVE, default=d["warmup_epochs"],
+                        help=f"default {d['warmup_epochs']}")
+    parser.add_argument("--label-smoothing", type=number(0, 1, high_open=True), default=d["label_smoothing"],
+                        help=f"in [0, 1) (default {d['label_smoothing']})")
+    parser.add_argument("--crop-scale", type=AREA_SHARE, nargs=2, default=d["crop_scale"], metavar=("LOW", "HIGH"),
+                        help="random-resized crop: the share of the image area a training crop keeps, in (0, 1] "
+                        f"(default {d['crop_scale'][0]:g} {d['crop_scale'][1]:g}, timm's)")
+    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=d["ema"],
                         help="keep and evaluate an EMA of the weights (default on)")
-    parser.add_argument("--workers", type=int, default=d.workers, help=f"data loader processes (default {d.workers})")
-    parser.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
+    parser.add_argument("--workers", type=NON_NEGATIVE, default=d["workers"],
+                        help=f"data loader processes (default {d['workers']})")
+    parser.add_argument("--seed", type=SEED, default=d["seed"], help=f"default {d['seed']}")
     parser.add_argument("--resume", action="store_true", help="continue the run in OUTPUT after its last complete epoch")
     parser.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
-    parser.add_argument("--subset", type=int, metavar="N", help="use at most N images of each split (smoke runs)")
+    parser.add_argument("--subset", type=POSITIVE, metavar="N", help="use at most N images of each split (smoke runs)")
     parser.add_argument("--tensorboard", action="store_true", help="also log to OUTPUT/tensorboard (needs tensorboard)")
     parser.add_argument("--init", metavar="CKPT", help="start from this checkpoint's weights (same model and classes)")
     parser.add_argument("--qat", action="store_true", help="quantization-aware training with int8 fake-quantized weights")
@@ -76,29 +107,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run the options describe (``--demo``: its generated data under OUTPUT, not yet written)."""
+    from attendnets.training import TrainConfig
+
     model = args.model or args.spec
     data = args.data
     if args.demo:
         if data:
             raise AttendNetsError("--demo generates its own data; drop --data")
         data = str(Path(args.output) / "synthetic-data")
-        if not Path(data, "val").is_dir():
-            make_synthetic_dataset(data, classes=8, per_class=200, size=64)
         model = model or "attendnet_b"
     if not model:
         raise AttendNetsError("give --model NAME or --spec FILE")
+    low, high = args.crop_scale
+    if low > high:
+        raise AttendNetsError(f"--crop-scale LOW HIGH needs LOW <= HIGH, got {low:g} {high:g}")
     return TrainConfig(
         model=model,
         output=args.output,
         data=data,
-        img_size=args.img_size or (64 if args.demo else TrainConfig.img_size),
-        epochs=args.epochs or (8 if args.demo else TrainConfig.epochs),
+        img_size=_given(args.img_size, DEMO_IMG_SIZE if args.demo else DEFAULTS["img_size"]),
+        epochs=_given(args.epochs, DEMO_EPOCHS if args.demo else DEFAULTS["epochs"]),
         batch_size=args.batch_size,
         lr=args.lr,
         weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs,
         label_smoothing=args.label_smoothing,
-        crop_scale=tuple(args.crop_scale),
+        crop_scale=(low, high),
         ema=args.ema,
         workers=args.workers,
         seed=args.seed,
@@ -112,10 +147,22 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def _given(value: int | None, default: int) -> int:
+    """An option's value, or ``default`` when it was not given (a given 0 is a value, refused while parsing)."""
+    return default if value is None else value
+
+
 def run(args: argparse.Namespace) -> int:
+    from attendnets.data import make_synthetic_dataset
+    from attendnets.training import check_output, train
+
     main_process = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, format="%(message)s")
-    result = train(config_from_args(args))
+    config = config_from_args(args)
+    if args.demo and not Path(config.data, "val").is_dir():
+        check_output(config.output, config.resume)  # refused before the data is written into it
+        make_synthetic_dataset(config.data, classes=8, per_class=200, size=64)
+    result = train(config)
     if main_process:
         print(f"best val top-1 {result.best_top1:.2f}% at epoch {result.best_epoch}: {result.output / 'best'}")
     return 0

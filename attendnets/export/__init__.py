@@ -46,7 +46,10 @@ def load_runner(
 ) -> Runner:
     """The exported model ``path`` in its runtime: ONNX Runtime for ``.onnx``, LiteRT (or TFLite Micro with
     ``runtime="tflm"``) for ``.tflite``, ExecuTorch for ``.pte``. ``threads``: the runtime's threads
-    (TFLite Micro has one). ``class_names``: refuse a model trained on other classes."""
+    (TFLite Micro has one; ``None``: the runtime's default). ``class_names``: refuse a model trained on other
+    classes."""
+    if threads is not None and threads < 1:  # ONNX Runtime would take 0 as "one per core"
+        raise AttendNetsError(f"threads must be at least 1, got {threads}")
     path = Path(path)
     runtimes = RUNTIMES_BY_SUFFIX.get(path.suffix)
     if runtimes is None:

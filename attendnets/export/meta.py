@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from attendnets.data import short_list
 from attendnets.errors import AttendNetsError
+from attendnets.evaluate import class_difference
 
 PREPROCESSING_KEYS = ("img_size", "mean", "std", "interpolation", "crop_pct")
 META_KEYS = ("class_names", *PREPROCESSING_KEYS)
@@ -71,16 +71,14 @@ class Runner:
 
     def check_classes(self, class_names: list[str]) -> None:
         """Refuse data whose classes are not the ones the model was exported with."""
+        if len(class_names) == self.num_classes and list(class_names) == self.class_names:
+            return
+        difference = class_difference(list(class_names), self.class_names, "the data", self.path.name)
         if len(class_names) != self.num_classes:
             raise AttendNetsError(
-                f"{self.path.name} predicts {self.num_classes} classes, the data has {len(class_names)} "
-                f"({short_list(class_names)})"
+                f"{self.path.name} predicts {self.num_classes} classes, the data has {len(class_names)}: {difference}"
             )
-        if list(class_names) != self.class_names:
-            raise AttendNetsError(
-                f"the data's classes ({short_list(class_names)}) are not the ones {self.path.name} was trained "
-                f"on ({short_list(self.class_names)})"
-            )
+        raise AttendNetsError(f"the data's classes are not the ones {self.path.name} was trained on: {difference}")
 
     def __call__(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
         raise NotImplementedError

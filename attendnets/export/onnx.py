@@ -208,7 +208,14 @@ def read_onnx_meta(path: str | os.PathLike) -> dict[str, Any]:
     props = {p.key: p.value for p in proto.metadata_props}
     if props.get("format") != FORMAT:
         raise AttendNetsError(f"{path} was not exported by attendnets: it has no class names or preprocessing")
-    meta = {k: json.loads(props[k]) for k in META_KEYS}
+    meta = {}
+    for key in META_KEYS:
+        try:
+            meta[key] = json.loads(props[key])
+        except KeyError:
+            raise AttendNetsError(f"{path} is damaged: its metadata lacks {key}") from None
+        except json.JSONDecodeError as err:
+            raise AttendNetsError(f"{path} is damaged: its metadata {key} is not valid JSON ({err})") from None
     meta.update({k: props[k] for k in ("model", "attendnets_version") if k in props})
     return meta
 

@@ -17,7 +17,6 @@ initialisation stream and data order) for every design, no loader processes. Run
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
@@ -40,11 +39,13 @@ from attendnets.data import (
     make_synthetic_dataset,
     resolve_data_dir,
     scan_split,
+    to_rgb,
 )
 from attendnets.errors import AttendNetsError
 from attendnets.evaluate import evaluate_model
 from attendnets.files import atomic_write_text
 from attendnets.quantize import quantize_weights
+from attendnets.search.settings import Fidelity
 from attendnets.spec import ArchSpec
 from attendnets.training import TrainConfig, TrainingDiverged, train
 
@@ -52,38 +53,6 @@ RESIZE_MARGIN = 1.15  # cached short side / search image size: room for the rand
 MANIFEST = "manifest.json"
 JPEG_QUALITY = 95
 KEPT_FILES = ("spec.json", "config.json", "metrics.jsonl", "curves.png")  # the rest of a trial's run is deleted
-
-
-@dataclass(frozen=True)
-class Fidelity:
-    """How a design is trained and scored during the search (the same for every design of a rung)."""
-
-    img_size: int = 64
-    # On Imagenette at 64 px and 3 epochs attendnet_b scored 9.6% (chance) with 100 images per class and
-    # ~30% with 800: below that, rung 0 ranks noise.
-    images_per_class: int = 800
-    holdout_per_class: int = 50
-    epochs: int = 3  # at rung 0; rung r trains epochs * eta**r
-    eta: int = 3
-    batch_size: int = 32
-    lr: float = 2e-3
-    seed: int = 0  # the hold-out split, the initial weights and the data order
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name != "seed" and not value > 0:
-                raise AttendNetsError(f"--{f.name.replace('_', '-')} must be positive, got {value}")
-        if self.eta < 2:
-            raise AttendNetsError(f"--eta must be at least 2 (keep the top 1/eta of each rung), got {self.eta}")
-        if self.img_size < 8:
-            raise AttendNetsError(f"--img-size-search must be at least 8 pixels, got {self.img_size}")
-
-    def rung_epochs(self, rung: int) -> int:
-        return self.epochs * self.eta**rung
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -141,15 +110,20 @@ def prepare_data(source: Path, dest: Path, fidelity: Fidelity) -> FidelityData:
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
         if {k: manifest["settings"][k] for k in settings if k != "source"} == {k: v for k, v in settings.items() if k != "source"}:
-            return _data(dest, manifest)
+            data = _data(dest, manifest)
+            check_batch_size(fidelity, data.train_images, len(data.classes))
+            return data
     classes = list_classes(source / "train")
     picks = {name: _split(source / "train" / name, fidelity) for name in classes}
+    check_batch_size(fidelity, sum(len(t) for _, t in picks.values()), len(classes))
     short = round(fidelity.img_size * RESIZE_MARGIN)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     total = sum(len(h) + len(t) for h, t in picks.values())
     skipped: list[str] = []
-    with tqdm(total=total, desc="caching search data", unit="img", leave=False, dynamic_ncols=True) as bar:
+    # a bar on a terminal only (disable=None), so a redirected log gets no carriage-return lines
+    with tqdm(total=total, desc="caching search data", unit="img", leave=False, dynamic_ncols=True,
+              disable=None) as bar:
         for name, (holdout, train_files) in picks.items():
             for split, files in (("val", holdout), ("train", train_files)):
                 folder = tmp / split / name
@@ -179,6 +153,17 @@ def prepare_data(source: Path, dest: Path, fidelity: Fidelity) -> FidelityData:
     return _data(dest, json.loads((dest / MANIFEST).read_text()))
 
 
+def check_batch_size(fidelity: Fidelity, train_images: int, classes: int) -> None:
+    """Refuse a batch larger than the subset the designs train on: training drops a last partial batch, so
+    every training would fail for want of a single step."""
+    if fidelity.batch_size > train_images:
+        raise AttendNetsError(
+            f"--batch-size {fidelity.batch_size} is more than the {train_images} images the search trains on "
+            f"(at most --images-per-class {fidelity.images_per_class} from each of {classes} classes); "
+            f"the largest allowed is {train_images}"
+        )
+
+
 def _split(folder: Path, fidelity: Fidelity) -> tuple[list[Path], list[Path]]:
     files = image_files(folder)
     if len(files) <= fidelity.holdout_per_class:
@@ -195,7 +180,7 @@ def _resized(path: Path, short: int) -> Image.Image:
     """The image as RGB with its short side ``short`` pixels (JPEGs decoded at reduced scale first)."""
     with Image.open(path) as img:
         img.draft("RGB", (short, short))
-        rgb = img.convert("RGB")
+        rgb = to_rgb(img)
     scale = short / min(rgb.size)
     return rgb.resize((max(short, round(rgb.width * scale)), max(short, round(rgb.height * scale))),
                       Image.Resampling.BICUBIC)

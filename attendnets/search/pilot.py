@@ -15,8 +15,10 @@ designs ``designs.json``, the verdict ``pilot.json`` and a scatter plot ``pilot.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,13 +38,16 @@ from attendnets.search.fidelity import (
     source_data,
     train_and_evaluate,
 )
-from attendnets.search.requirements import COSTS, LATENCY, Deployment, Requirements, check_runtime, measure_costs
+from attendnets.search.requirements import LATENCY, Deployment, Requirements, check_runtime, measure_costs
+from attendnets.search.settings import COSTS, MIN_DESIGNS
 from attendnets.search.space import SearchSpace, load_space
+from attendnets.search.storage import first_missing
 from attendnets.search.study import Evaluator
 from attendnets.spec import ArchSpec, SpecError
 
+log = logging.getLogger(__name__)
+
 PROPOSALS_PER_DESIGN = 50  # random proposals allowed per wanted design before giving up on the requirements
-MIN_DESIGNS = 3
 
 
 @dataclass
@@ -184,7 +189,18 @@ class Pilot:
         self.folder = Path(config.output)
 
     def run(self, progress: bool = True) -> dict[str, Any]:
-        """Sample, train what is missing, compare; writes ``pilot.json`` and ``pilot.png``, returns the summary."""
+        """Sample, train what is missing, compare; writes ``pilot.json`` and ``pilot.png``, returns the summary.
+        ``progress`` shows a bar on a terminal, elsewhere a log line per finished training. A pilot that fails
+        before any training is finished removes the folders it created."""
+        created = first_missing(self.folder)
+        try:
+            return self._run(progress)
+        except Exception:
+            if created is not None and not any((self.folder / "results").rglob("*.json")):
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+
+    def _run(self, progress: bool) -> dict[str, Any]:
         cfg = self.config
         self.folder.mkdir(parents=True, exist_ok=True)
         source = source_data(self.folder, self.config.data, self.config.synthetic, cfg.fidelity)
@@ -194,10 +210,14 @@ class Pilot:
         atomic_write_text(self.folder / "designs.json", json.dumps(designs, indent=1) + "\n")
         rungs = (("low", cfg.low_epochs), ("high", cfg.high_epochs))
         jobs = [(d, label, epochs) for label, epochs in rungs for d in designs]
-        with tqdm(total=len(jobs), desc="pilot", unit="training", disable=not progress, dynamic_ncols=True) as bar:
-            for design, label, epochs in jobs:
+        with tqdm(total=len(jobs), desc="pilot", unit="training", disable=None if progress else True,
+                  dynamic_ncols=True) as bar:
+            for done, (design, label, epochs) in enumerate(jobs, 1):
                 design[label] = self._result(design, epochs, data)
-                bar.set_postfix_str(f"{design['name']} {epochs} ep: {design[label]['top1']:.1f}%", refresh=False)
+                line = f"{design['name']} {epochs} ep: {design[label]['top1']:.1f}%"
+                if bar.disable:
+                    log.info(f"pilot: {line} ({done}/{len(jobs)})")
+                bar.set_postfix_str(line, refresh=False)
                 bar.update()
         stats = rank_agreement([d["low"]["top1"] for d in designs], [d["high"]["top1"] for d in designs],
                                cfg.top_k or max(1, round(len(designs) / 3)))

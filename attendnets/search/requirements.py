@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +32,9 @@ from attendnets.errors import AttendNetsError
 from attendnets.model import build_model
 from attendnets.quantize import weight_memory
 from attendnets.search.predictor import LatencyTable
+from attendnets.search.settings import PREDICTION_MARGIN
 from attendnets.spec import ArchSpec
 
-COSTS = ("macs", "params", "weight_kb", "peak_activation_kb", "latency_ms", "latency_ratio")
 COST_LABELS = {
     "macs": "MACs",
     "params": "parameters",
@@ -48,16 +47,6 @@ COST_LABELS = {
 TIERS = (("params", "weight_kb"), ("macs", "peak_activation_kb"), ("latency_ms", "latency_ratio"))
 LATENCY = {"latency_ms", "latency_ratio"}
 LATENCY_ROUNDS = 5
-PREDICTION_MARGIN = 1.2  # a design predicted above the latency-ratio cap times this is not exported
-_SUFFIXES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
-
-
-def parse_count(text: str) -> float:
-    """``150M`` -> 150e6, ``200k`` -> 2e5, ``1.5G``, or a plain number (for ``--max-macs`` and ``--max-params``)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgKMG]?)\s*", text)
-    if not match:
-        raise AttendNetsError(f"{text!r} is not a count (examples: 150M, 200k, 1500000)")
-    return float(match[1]) * _SUFFIXES[match[2].lower()]
 
 
 @dataclass

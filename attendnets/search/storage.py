@@ -74,6 +74,16 @@ def open_storage(study_dir: Path, url: str | None = None) -> BaseStorage:
             raise AttendNetsError(f"cannot open storage {redact(url)}: {reason}") from None
 
 
+def first_missing(folder: Path) -> Path | None:
+    """The outermost folder of ``folder``'s path that does not exist yet (what a run would create), or None."""
+    missing = None
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return missing
+        missing = path
+    return missing
+
+
 def write_study_file(study_dir: Path, name: str, url: str | None) -> None:
     """Record in the study folder where its storage is, for ``attendnets explore report``."""
     study_dir.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -47,7 +48,6 @@ from attendnets.search.fidelity import (
     train_and_evaluate,
 )
 from attendnets.search.requirements import (
-    COSTS,
     LATENCY,
     Deployment,
     Requirements,
@@ -57,10 +57,12 @@ from attendnets.search.requirements import (
     format_cost,
     measure_costs,
 )
+from attendnets.search.settings import COSTS, SAMPLERS
 from attendnets.search.space import SearchSpace, load_space
 from attendnets.search.storage import (
     WORKER_ATTR,
     fail_dead_trials,
+    first_missing,
     open_storage,
     redact,
     rung_name,
@@ -84,7 +86,6 @@ from attendnets.spec import SpecError
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("tpe", "nsga2", "random")
 POLL_S = 5.0  # how often to look at other workers' running trials
 
 Evaluator = Callable[..., Evaluation]  # (spec, TrialRun) -> Evaluation
@@ -154,14 +155,24 @@ class Explorer:
         self.storage: optuna.storages.BaseStorage | None = None
         self.data: FidelityData | None = None
         self.deployment: Deployment | None = None
+        self._created: list[str] = []  # the rung studies this run created
 
     # -- the run -------------------------------------------------------------------------------------
 
     def run(self, progress: bool = True) -> None:
-        """Run every rung to its end (the report is :func:`attendnets.search.report.write_report`'s)."""
+        """Run every rung to its end (the report is :func:`attendnets.search.report.write_report`'s). ``progress``
+        shows bars on a terminal, elsewhere a log line per finished design.
+
+        A run that fails before any design of the study is finished leaves nothing behind: the rung studies it
+        created are deleted and the folders it created removed, so the corrected command starts afresh."""
+        created = first_missing(self.study_dir)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE's group, heartbeat
-            self._run(progress)
+            try:
+                self._run(progress)
+            except Exception:
+                self._undo(created)
+                raise
 
     def _run(self, progress: bool) -> None:
         self.storage = open_storage(self.study_dir, self.config.storage)
@@ -207,6 +218,7 @@ class Explorer:
             study = optuna.create_study(
                 study_name=name, storage=self.storage, directions=["maximize", "minimize"], sampler=sampler
             )
+            self._created.append(name)
             if rung == 0:  # only the worker that creates the study queues the reference, so it is trained once
                 study.enqueue_trial(self.space.prototype_params(), user_attrs={"reference": PROTOTYPE})
         except optuna.exceptions.DuplicatedStudyError:
@@ -230,6 +242,23 @@ class Explorer:
     def _where(self) -> str:
         return redact(self.config.storage) if self.config.storage else str(self.study_dir)
 
+    def _undo(self, created: Path | None) -> None:
+        """After a failure: unless a design of the study is finished (or another worker's is running), delete
+        the rung studies this run created and remove ``created``, the first folder of the study's path it made
+        (unless another worker's study lives there now)."""
+        if self.storage is not None:
+            first = rung_name(self.config.name, 0)
+            if first in study_names(self.storage):
+                trials = optuna.load_study(study_name=first, storage=self.storage).get_trials(deepcopy=False)
+                if any(t.state in (TrialState.COMPLETE, TrialState.RUNNING) for t in trials):
+                    return
+            for name in self._created:
+                optuna.delete_study(study_name=name, storage=self.storage)
+            if first in study_names(self.storage):
+                return
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+
     # -- rungs ---------------------------------------------------------------------------------------
 
     def _sample(self, study: optuna.Study, progress: bool) -> None:
@@ -248,7 +277,7 @@ class Explorer:
                 if streak >= self.config.give_up_after:
                     self._give_up(study, streak)
                     break
-                bar.set_postfix_str(status_line(study, self.config.cost), refresh=False)
+                self._show(bar, 0, study, trial, len(_live(study, _counts_as_trained)), self.config.trials)
             bar.n = len(_live(study, _counts_as_trained))
             bar.refresh()
 
@@ -256,17 +285,29 @@ class Explorer:
         """Rung ``rung`` > 0: train the designs promoted into it."""
         queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         done = len(_live(study, lambda t: t.state == TrialState.COMPLETE))
-        with self._bar(study, rung, done + queued, progress) as bar:
+        total = done + queued
+        with self._bar(study, rung, total, progress) as bar:
             bar.n = done
             while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                self._one_trial(study, rung)
+                trial = self._one_trial(study, rung)
+                done += 1
                 bar.update()
-                bar.set_postfix_str(status_line(study, self.config.cost), refresh=False)
+                self._show(bar, rung, study, trial, done, total)
 
     def _bar(self, study: optuna.Study, rung: int, total: int, progress: bool) -> tqdm:
+        """A progress bar when ``progress`` is asked and stderr is a terminal; else a disabled one."""
         epochs = self.config.fidelity.rung_epochs(rung)
-        return tqdm(total=total, desc=f"rung {rung} ({epochs} epochs)", unit="design", disable=not progress,
-                    dynamic_ncols=True, initial=0)
+        return tqdm(total=total, desc=f"rung {rung} ({epochs} epochs)", unit="design",
+                    disable=None if progress else True, dynamic_ncols=True, initial=0)
+
+    def _show(self, bar: tqdm, rung: int, study: optuna.Study, trial: FrozenTrial, done: int, total: int) -> None:
+        """The study's status on the bar, or without a bar one log line for the design just finished."""
+        status = status_line(study, self.config.cost)
+        if not bar.disable:
+            bar.set_postfix_str(status, refresh=False)
+            return
+        outcome = status_of(trial) or trial.state.name.lower()
+        log.info(f"rung {rung}: trial {trial.number} {outcome}, {done}/{total} done; {status}")
 
     def _one_trial(self, study: optuna.Study, rung: int) -> FrozenTrial:
         numbers: list[int] = []
@@ -275,7 +316,12 @@ class Explorer:
             numbers.append(trial.number)
             return self.objective(trial, rung)
 
-        study.optimize(objective, n_trials=1, catch=(_NothingToDo,))
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial's traceback: the error is raised anyway
+        try:
+            study.optimize(objective, n_trials=1, catch=(_NothingToDo,))
+        finally:
+            optuna.logging.set_verbosity(verbosity)
         return study.get_trials(deepcopy=False)[numbers[0]]
 
     def _wait(self, study: optuna.Study) -> None:
