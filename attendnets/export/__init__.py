@@ -2,6 +2,7 @@
 
 - :mod:`~attendnets.export.forms`: the walker that puts every block in its deployment form for a target;
 - :mod:`~attendnets.export.onnx`: ONNX (float and int8 QDQ) for ONNX Runtime;
+- :mod:`~attendnets.export.ort`: ONNX Runtime sessions, the ``.onnx`` metadata and its runner;
 - :mod:`~attendnets.export.litert`: TFLite (float and all-integer int8) for LiteRT and TFLite Micro;
 - :mod:`~attendnets.export.executorch`: ExecuTorch programs (float and int8) lowered to XNNPACK;
 - :mod:`~attendnets.export.meta`: what every file carries and the :class:`Runner` interface.
@@ -26,15 +27,8 @@ from attendnets.export.executorch import ExecuTorchRunner, export_executorch
 from attendnets.export.forms import RepeatedDepthwise, Target, for_runtime
 from attendnets.export.litert import LiteRTRunner, MicroRunner, export_tflite
 from attendnets.export.meta import Runner
-from attendnets.export.onnx import (
-    CalibrationImages,
-    OnnxRunner,
-    export_checkpoint,
-    export_onnx,
-    ort_session,
-    quantize_onnx,
-    read_onnx_meta,
-)
+from attendnets.export.onnx import CalibrationImages, export_checkpoint, export_onnx, quantize_onnx
+from attendnets.export.ort import OnnxRunner, ort_session, read_onnx_meta
 
 # Runtimes a model file can run in, by file suffix (the first is the default).
 RUNTIMES_BY_SUFFIX = {".onnx": ("ort",), ".tflite": ("litert", "tflm"), ".pte": ("executorch",)}

@@ -10,7 +10,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from attendnets.export.onnx import ort_session
+from attendnets.export.ort import ort_session
 
 LAYOUT_OPS = {
     "onnx": {"Transpose", "Reshape", "Expand", "Unsqueeze", "Squeeze", "Gather", "Tile"},
