@@ -10,6 +10,8 @@ conv), still in ``(0, 1)``: near 1 the features pass, near 0 they are suppressed
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,27 +54,53 @@ def _condensers(model: nn.Module) -> list[tuple[int, VisualAttentionCondenser]]:
     return found
 
 
+@contextmanager
+def _recording(model: nn.Module) -> Iterator[tuple[list[tuple[int, VisualAttentionCondenser]], dict[int, torch.Tensor]]]:
+    """Inside the block, every forward of ``model`` stores each condenser's attention values (its expansion's
+    output) under the condenser's block index; the hooks are removed on leaving."""
+    condensers = _condensers(model)
+    recorded: dict[int, torch.Tensor] = {}
+    hooks = [
+        condenser.expand.register_forward_hook(
+            lambda module, inputs, output, index=index: recorded.__setitem__(index, output)
+        )
+        for index, condenser in condensers
+    ]
+    try:
+        yield condensers, recorded
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 @torch.no_grad()
 def condenser_attention(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, list[CondenserAttention]]:
     """Classify ``images`` ``(N, C, H, W)`` (preprocessed) with ``model`` in eval mode and record every
     condenser's attention values: ``(logits (N, classes), one CondenserAttention per condenser in order)``."""
-    recorded: dict[int, torch.Tensor] = {}
-    hooks = []
-    condensers = _condensers(model)
-    for index, condenser in condensers:
-        def keep(module: nn.Module, inputs: Any, output: torch.Tensor, index: int = index) -> None:
-            recorded[index] = output.detach().float().cpu()
-
-        hooks.append(condenser.expand.register_forward_hook(keep))
     was_training = model.training
     try:
-        logits = model.eval()(images)
+        with _recording(model) as (condensers, recorded):
+            logits = model.eval()(images)
     finally:
-        for hook in hooks:
-            hook.remove()
         model.train(was_training)
-    maps = [CondenserAttention(i, c.embed_grouped.conv.groups, recorded[i]) for i, c in condensers]
+    maps = [CondenserAttention(i, c.embed_grouped.conv.groups, recorded[i].float().cpu()) for i, c in condensers]
     return logits, maps
+
+
+class WithAttentionOutputs(nn.Module):
+    """``model`` whose forward also returns every condenser's attention values: ``images -> (logits,
+    attention of the 1st condenser (N, mid, H, W), ...)``, for an exported graph with them as extra outputs.
+    ``blocks``: the condensers' block indices, in output order."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.blocks = [index for index, _ in _condensers(model)]
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with _recording(self.model) as (_, recorded):
+            logits = self.model(images)
+        return (logits, *(recorded[index] for index in self.blocks))
 
 
 def map_statistics(values: torch.Tensor) -> dict[str, float]:

@@ -69,3 +69,19 @@ def test_cli_draws_and_reports_the_maps(trained, tmp_path, capsys) -> None:
         assert record["condensers"] == json.loads(json.dumps(attention_summary(maps, i)))
     assert main(args) == 2  # the grid is never overwritten
     assert "already exists" in capsys.readouterr().err
+
+
+def test_onnx_attention_outputs_are_the_same_maps(trained, tmp_path) -> None:
+    from attendnets.export import OnnxRunner, export_checkpoint, read_onnx_meta
+
+    path = export_checkpoint(trained.checkpoint, tmp_path / "tiny.onnx", attention_outputs=True)
+    assert read_onnx_meta(path)["attention_blocks"] == [1]
+    images = torch.stack([eval_transform(PREPROCESSING)(load_rgb(p))
+                          for p in sorted((trained.data / "val").rglob("*.png"))[:3]])
+    runner = OnnxRunner(path)
+    logits, attention = runner.session.run(None, {runner.input_name: images.numpy()})
+    expected_logits, (maps,) = condenser_attention(trained.model, images)
+    assert [o.name for o in runner.session.get_outputs()] == ["logits", "attention_block1"]
+    assert torch.allclose(torch.from_numpy(logits), expected_logits, atol=1e-4)
+    assert torch.allclose(torch.from_numpy(attention), maps.values, atol=1e-5)
+    assert torch.allclose(torch.from_numpy(runner(images)), expected_logits, atol=1e-4)  # the runner's logits

@@ -62,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8", action="store_true", help="also write FILE.int8.EXT, all-integer 8 bits")
     parser.add_argument("--micro", action="store_true", help="with --format tflite --int8: also FILE.micro.tflite for TFLite Micro")
     parser.add_argument("--float-stem", action="store_true", help="with --format onnx --int8: keep the image-reading conv float")
+    parser.add_argument("--attention-outputs", action="store_true",
+                        help="with --format onnx: also output each condenser's attention values (attention_block<i>)")
     parser.add_argument("--calib-data", metavar="DIR", help="calibration and parity-check images (default: DATA/train of the run)")
     parser.add_argument("--calib-images", metavar="N", type=POSITIVE, default=64, help="images to calibrate on (default 64)")
     parser.add_argument("--threads", type=POSITIVE, help="runtime threads for the parity check (default: the runtime's own)")
@@ -120,6 +122,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise AttendNetsError("--micro needs --format tflite --int8 (TFLite Micro runs all-integer models)")
     if args.float_stem and (args.format != "onnx" or not args.int8):
         raise AttendNetsError("--float-stem applies to --format onnx --int8 only")
+    if args.attention_outputs and args.format != "onnx":
+        raise AttendNetsError("--attention-outputs applies to --format onnx only")
 
 
 def _write(args: argparse.Namespace, model: torch.nn.Module, meta: dict[str, Any], output: Path,
@@ -131,7 +135,7 @@ def _write(args: argparse.Namespace, model: torch.nn.Module, meta: dict[str, Any
     int8_path = output.with_suffix(f".int8{suffix}")
     calibration = _images(calib, meta, args.calib_images)[0] if args.int8 and args.format != "onnx" else None
     if args.format == "onnx":
-        paths = {"float": export_onnx(model, output, meta)}
+        paths = {"float": export_onnx(model, output, meta, args.attention_outputs)}
         if args.int8:
             paths["int8"] = quantize_onnx(paths["float"], int8_path, calib, args.calib_images, args.float_stem)
     elif args.format == "tflite":

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attendnets.attention import WithAttentionOutputs
 from attendnets.checkpoint import load_checkpoint
 from attendnets.data import IMAGE_EXTENSIONS, eval_transform, image_files, load_rgb
 from attendnets.errors import AttendNetsError
@@ -36,21 +37,31 @@ from attendnets.files import atomic_write
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any]) -> Path:
+def export_onnx(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any], attention_outputs: bool = False
+                ) -> Path:
     """Export ``model`` to ``path`` as a checked float ONNX graph, ``images (batch, C, H, W) -> logits
-    (batch, classes)``, with ``meta``'s class names and preprocessing (see :data:`META_KEYS`) stored in it."""
+    (batch, classes)``, with ``meta``'s class names and preprocessing (see :data:`META_KEYS`) stored in it.
+
+    ``attention_outputs``: also output every condenser's attention values (sigmoid of A after expansion,
+    ``(batch, mid, H, W)``) as ``attention_block<i>``, ``i`` its block index (see :mod:`attendnets.attention`);
+    the metadata entry ``attention_blocks`` lists them."""
     import onnx
 
     stored = deploy_meta(model, meta, FORMAT)
     model = for_runtime(model, Target.ORT).eval()
     size = meta["img_size"]
     example = torch.zeros(1, getattr(model, "in_chans", 3), size, size)
+    outputs = [OUTPUT_NAME]
+    if attention_outputs:
+        model = WithAttentionOutputs(model)
+        outputs += [f"attention_block{i}" for i in model.blocks]
+        stored["attention_blocks"] = model.blocks
     program = torch.onnx.export(
         model,
         (example,),
         dynamo=True,
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=outputs,
         dynamic_shapes=({0: torch.export.Dim("batch")},),
         verbose=False,
     )
@@ -64,10 +75,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any])
     return path
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:
+def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, attention_outputs: bool = False) -> Path:
     """Export the model of a checkpoint with the class names and preprocessing of its sidecar."""
     model, meta = load_checkpoint(checkpoint)
-    return export_onnx(model, path, meta)
+    return export_onnx(model, path, meta, attention_outputs)
 
 
 class CalibrationImages:
