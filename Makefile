@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test
+.PHONY: setup demo test test-timm
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,3 +17,7 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -n 2 -q
+
+# timm's own tests/test_models.py (from the timm sdist of the installed version) on our models; needs PyPI.
+test-timm: setup
+	PYTHON=$(abspath $(PY)) .ci/timm_model_tests.sh

@@ -9,15 +9,17 @@ returns a copy that computes the same function written the way a runtime's kerne
 ``permute_input(order)`` makes a block read its input channels in another order (so that a form whose
 output channels come out permuted needs no layout op). :func:`attendnets.export.forms.for_runtime` walks a
 model and applies them; the measurements behind each choice are in ``docs/results/deploy.md``.
-"""
 
-from __future__ import annotations
+Annotations are evaluated here (no ``from __future__ import annotations``): ``torch.fx`` copies a traced
+forward's annotations into the code it generates, and TorchScript cannot compile them as strings.
+"""
 
 import copy
 import enum
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -71,7 +73,10 @@ class ConvNormAct(nn.Sequential):
     Covers the plain layers of the AttendNets: spatial convs (``kernel_size`` > 1), pointwise convs
     (``kernel_size`` = 1) and depthwise convs (``groups`` = ``in_chs``; ``out_chs`` a multiple of it
     for a depthwise *expansion*). Shapes: ``(N, in_chs, H, W) -> (N, out_chs, ceil(H/s), ceil(W/s))``.
+    ``device``/``dtype``: where and how its tensors are created (torch's factory arguments).
     """
+
+    __jit_unused_properties__ = ["conv", "norm", "multiplier"]  # Python-side accessors, not compiled
 
     def __init__(
         self,
@@ -82,11 +87,14 @@ class ConvNormAct(nn.Sequential):
         groups: int = 1,
         act: str | None = "relu",
         norm: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
+        dd = dict(device=device, dtype=dtype)
         conv = nn.Conv2d(
-            in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=not norm
+            in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=not norm, **dd
         )
-        super().__init__(conv, nn.BatchNorm2d(out_chs) if norm else nn.Identity(), make_activation(act))
+        super().__init__(conv, nn.BatchNorm2d(out_chs, **dd) if norm else nn.Identity(), make_activation(act))
 
     # The layers keep their positions (state-dict keys ``0.weight``, ``1.running_mean``, ...); these names are
     # the only code that knows them.
@@ -172,11 +180,15 @@ class TiledDepthwise(nn.Module):
 
 
 def _crop(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``x`` cut to the spatial size of ``like`` (pooling rounded up, so unpooling may overshoot)."""
+    """``x`` cut to the spatial size of ``like`` (pooling rounded up, so unpooling may overshoot). A leaf for
+    ``torch.fx`` symbolic tracing (it branches on shapes), as timm's ``register_notrace_function`` does."""
     height, width = like.shape[-2:]
     if x.shape[-2] != height or x.shape[-1] != width:
         x = x[..., :height, :width]
     return x
+
+
+torch.fx.wrap("_crop")
 
 
 class NearestExpand(nn.Module):
@@ -219,7 +231,7 @@ class VisualAttentionCondenser(nn.Module):
         A    = X(K)            expansion: nearest unpooling back to (H, W)      (N, mid, H, W)
         V''  = V' * sigmoid(A) * S                 selective attention, S learned
         V''' = M'(V'')         up-mixing: 1x1 conv mid_chs -> C, BN           (N, C, H, W)
-        out  = V + V'''        when ``residual`` (so the block can start near identity)
+        out  = V + D(V''')     when ``residual`` (so the block can start near identity), D: stochastic depth
 
     The sigmoid is applied before the expansion: nearest unpooling only copies values, so the result is
     identical while the sigmoid runs on ``p*p`` times fewer elements. Odd ``H``/``W`` work: pooling rounds
@@ -234,7 +246,11 @@ class VisualAttentionCondenser(nn.Module):
         scale: ``"channel"`` for one learned S per channel of ``V'``, ``"scalar"`` for a single S.
         act: activation after the down-mixing and the grouped embedding conv.
         residual: add the input to the output.
+        drop_path: stochastic depth rate of the residual branch (timm's ``DropPath``; unused without residual).
+        device, dtype: where and how its tensors are created.
     """
+
+    __jit_unused_properties__ = ["embed_grouped"]
 
     def __init__(
         self,
@@ -246,21 +262,34 @@ class VisualAttentionCondenser(nn.Module):
         scale: str = "channel",
         act: str | None = "relu",
         residual: bool = True,
+        drop_path: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if scale not in ("channel", "scalar"):
             raise ValueError(f"scale must be 'channel' or 'scalar', got {scale!r}")
+        dd = dict(device=device, dtype=dtype)
         self.pool_size = pool_size
         self.residual = residual
-        self.down_mix = ConvNormAct(chs, mid_chs, 1, act=act)
+        self.down_mix = ConvNormAct(chs, mid_chs, 1, act=act, **dd)
         self.condense = nn.MaxPool2d(pool_size, pool_size, ceil_mode=True)
         self.embed = nn.Sequential(
-            ConvNormAct(mid_chs, mid_chs, embed_kernel, groups=embed_groups, act=act),
-            nn.Conv2d(mid_chs, mid_chs, 1),
+            ConvNormAct(mid_chs, mid_chs, embed_kernel, groups=embed_groups, act=act, **dd),
+            nn.Conv2d(mid_chs, mid_chs, 1, **dd),
         )
         self.expand = NearestExpand(pool_size)
-        self.scale: nn.Parameter | None = nn.Parameter(torch.ones(1, mid_chs if scale == "channel" else 1, 1, 1))
-        self.up_mix = ConvNormAct(mid_chs, chs, 1, act=None)
+        self.scale: nn.Parameter | None = nn.Parameter(
+            torch.ones(1, mid_chs if scale == "channel" else 1, 1, 1, **dd)
+        )
+        self.up_mix = ConvNormAct(mid_chs, chs, 1, act=None, **dd)
+        self.drop_path = DropPath(drop_path) if residual and drop_path > 0 else nn.Identity()
+
+    def zero_init_last(self) -> None:
+        """Zero the up-mixing BN's weight of a residual condenser, so that it starts as the identity (timm's
+        ``zero_init_last``); a condenser without residual is left as it is (it would output zeros)."""
+        if self.residual:
+            nn.init.zeros_(self.up_mix.norm.weight)
 
     @property
     def embed_grouped(self) -> ConvNormAct:
@@ -273,7 +302,7 @@ class VisualAttentionCondenser(nn.Module):
         if self.scale is not None:  # None once folded into the up-mixing conv (a deployment form)
             selected = selected * self.scale
         out = self.up_mix(selected)
-        return x + out if self.residual else out
+        return x + self.drop_path(out) if self.residual else out
 
     def permute_input(self, order: torch.Tensor) -> torch.Tensor | None:
         """Read input channel ``k`` as the former channel ``order[k]``; with the residual the output keeps
@@ -284,7 +313,7 @@ class VisualAttentionCondenser(nn.Module):
         self.up_mix.permute_output(order)
         return order
 
-    def runtime_form(self, target: Target) -> VisualAttentionCondenser:
+    def runtime_form(self, target: Target) -> "VisualAttentionCondenser":
         """A copy with the same math for ``target``: ``S`` folded into the up-mixing conv's input columns
         (``M'(V * S) = M'_S(V)``; a broadcast per-channel multiply is slow in int8) everywhere; in ONNX
         Runtime an embedding conv of at most :data:`MAX_DENSE_GROUPS` groups made dense (tiny groups are
@@ -312,7 +341,8 @@ class PEPE(nn.Module):
         1x1 conv -> proj2_chs, BN                                     pointwise projection (linear)
         1x1 conv -> out_chs, BN, act                                  pointwise expansion
 
-    The input is added to the output when ``stride == 1`` and ``in_chs == out_chs``.
+    The input is added to the output when ``stride == 1`` and ``in_chs == out_chs`` (through stochastic depth
+    when ``drop_path`` > 0).
 
     Args:
         in_chs: input channels.
@@ -323,6 +353,8 @@ class PEPE(nn.Module):
         kernel_size: kernel of the depthwise conv (odd).
         stride: stride of the depthwise conv; the output is ``(ceil(H/s), ceil(W/s))``.
         act: activation after every layer but the second projection (``None`` or ``"none"``: identity).
+        drop_path: stochastic depth rate of the residual branch (timm's ``DropPath``; unused without residual).
+        device, dtype: where and how its tensors are created.
     """
 
     def __init__(
@@ -335,19 +367,31 @@ class PEPE(nn.Module):
         kernel_size: int = 3,
         stride: int = 1,
         act: str | None = "relu",
+        drop_path: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.project = ConvNormAct(in_chs, proj_chs, 1, act=act)
+        dd = dict(device=device, dtype=dtype)
+        self.project = ConvNormAct(in_chs, proj_chs, 1, act=act, **dd)
         self.expand_dw = ConvNormAct(
-            proj_chs, proj_chs * mult, kernel_size, stride, groups=proj_chs, act=act
+            proj_chs, proj_chs * mult, kernel_size, stride, groups=proj_chs, act=act, **dd
         )
-        self.project2 = ConvNormAct(proj_chs * mult, proj2_chs, 1, act=None)
-        self.expand_pw = ConvNormAct(proj2_chs, out_chs, 1, act=act)
+        self.project2 = ConvNormAct(proj_chs * mult, proj2_chs, 1, act=None, **dd)
+        self.expand_pw = ConvNormAct(proj2_chs, out_chs, 1, act=act, **dd)
         self.residual = stride == 1 and in_chs == out_chs
+        self.drop_path = DropPath(drop_path) if self.residual and drop_path > 0 else nn.Identity()
+
+    def zero_init_last(self) -> None:
+        """Zero the last BN's weight of a residual PEPE, so that it starts as the identity (timm's
+        ``zero_init_last``). Not when a ReLU or ReLU6 follows that BN: the branch would then output exactly 0,
+        where their gradient is 0, and never train; nor without residual."""
+        if self.residual and not isinstance(self.expand_pw[2], (nn.ReLU, nn.ReLU6)):
+            nn.init.zeros_(self.expand_pw.norm.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.expand_pw(self.project2(self.expand_dw(self.project(x))))
-        return x + out if self.residual else out
+        return x + self.drop_path(out) if self.residual else out
 
     def permute_input(self, order: torch.Tensor) -> torch.Tensor | None:
         """Read input channel ``k`` as the former channel ``order[k]``; the output keeps that order with the
@@ -358,7 +402,7 @@ class PEPE(nn.Module):
         self.expand_pw.permute_output(order)
         return order
 
-    def runtime_form(self, target: Target) -> PEPE:
+    def runtime_form(self, target: Target) -> "PEPE":
         """A copy with the same math for ``target``: in ONNX Runtime the depthwise expansion as
         :class:`TiledDepthwise`, whose channel order the second projection absorbs; elsewhere unchanged
         (LiteRT's and ExecuTorch's depthwise kernels take a channel multiplier)."""

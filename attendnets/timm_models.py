@@ -1,22 +1,34 @@
 """Our models registered with timm: importing this module registers ``attendnet_a``, ``attendnet_b`` and
-``attendnet`` (any spec). ``import attendnets`` sees to it that this happens whenever timm is imported (see
-:mod:`attendnets`), so::
+``attendnet`` (any spec; AttendNet-B's without one). ``import attendnets`` sees to it that this happens
+whenever timm is imported (see :mod:`attendnets`), so::
 
-    timm.create_model("attendnet_b", num_classes=10)
+    timm.create_model("attendnet_b", num_classes=10, drop_path_rate=0.1)
     timm.create_model("attendnet", spec="my_design.json")   # any spec file, dict or ArchSpec
+    timm.create_model("attendnet_b", pretrained=True,        # one of our checkpoints (its JSON sidecar beside it)
+                      pretrained_cfg_overlay=dict(file="runs/b/best.safetensors"))
+
+No weights are published: ``pretrained=True`` needs a weights source such as ``file``. The pretrained cfg a
+model gets follows its spec (input size, class count, first conv, final feature map size) and, when the file
+is one of our checkpoints, the checkpoint's class count and input channels, so that timm keeps its classifier
+(same class count) or drops it (another one) as for any pretrained model.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
+from attendnets.checkpoint import checkpoint_paths, describe, read_meta
 from attendnets.data import CROP_PCT, INTERPOLATION, MEAN, STD
 from attendnets.errors import AttendNetsError
-from attendnets.model import AttendNet
+from attendnets.model import AttendNet, spec_geometry
 from attendnets.registry import load_preset
 from attendnets.spec import ArchSpec
+
+DEFAULT_SPEC = "attendnet_b"  # what timm.create_model("attendnet") builds without a spec
+WEIGHT_SOURCES = ("file", "state_dict", "url", "hf_hub_id")
 
 
 def _cfg(**kwargs) -> dict:
@@ -36,6 +48,8 @@ def _cfg(**kwargs) -> dict:
     }
 
 
+# The registry's cfgs, for the presets at 224 px (tests/test_models.py holds them equal to spec_cfg's);
+# each model gets the cfg of its own spec (spec_cfg) as an overlay.
 default_cfgs = generate_default_cfgs(
     {
         "attendnet_a": _cfg(),
@@ -45,13 +59,70 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-def _create(variant: str, spec: ArchSpec, pretrained: bool, **kwargs) -> AttendNet:
+def spec_cfg(spec: ArchSpec, in_chans: int | None = None) -> dict[str, Any]:
+    """The pretrained-cfg entries that follow from a spec: ``input_size`` (``spec.img_size``), ``num_classes``,
+    ``first_conv`` (the first conv module's name) and ``pool_size`` (the final feature map's size at
+    ``img_size``)."""
+    in_chans = spec.in_chans if in_chans is None else in_chans
+    first_conv, size = spec_geometry(spec, in_chans)
+    return dict(
+        input_size=(in_chans, spec.img_size, spec.img_size),
+        num_classes=spec.num_classes,
+        first_conv=first_conv,
+        pool_size=(size, size),
+    )
+
+
+def _checkpoint_meta(file: Any) -> dict[str, Any] | None:
+    """The JSON sidecar of one of our checkpoints, when ``file`` (a weights source) is one and has it."""
+    if not isinstance(file, (str, Path)):
+        return None
+    _, sidecar = checkpoint_paths(file)
+    return read_meta(file) if sidecar.is_file() else None
+
+
+def _pretrained_spec(variant: str, spec: ArchSpec | None, cfg: dict[str, Any]) -> tuple[ArchSpec | None, dict | None]:
+    """``(spec, sidecar)`` for ``pretrained=True`` with the resolved cfg ``cfg``: refuses a cfg without a
+    weights source, and a checkpoint of another architecture than ``spec`` (which it gives when ``None``)."""
+    if not any(cfg.get(k) for k in WEIGHT_SOURCES):
+        raise AttendNetsError(
+            f"no pretrained weights are published for {variant}: give a checkpoint, e.g. "
+            f"timm.create_model({variant!r}, pretrained=True, pretrained_cfg_overlay=dict(file='run/best.safetensors'))"
+        )
+    meta = _checkpoint_meta(cfg.get("file"))
+    if meta is None or meta.get("spec") is None:
+        return spec, meta
+    stored = ArchSpec.from_dict(meta["spec"])
+    if spec is not None and stored != spec:
+        raise AttendNetsError(
+            f"checkpoint {cfg['file']} holds {describe(meta)}, another architecture than {variant}'s; "
+            "build it with timm.create_model('attendnet', pretrained=True, pretrained_cfg_overlay=dict(file=...))"
+        )
+    return stored, meta
+
+
+def _create(variant: str, spec: ArchSpec | None, pretrained: bool, **kwargs: Any) -> AttendNet:
+    """Build ``variant`` from ``spec`` (``None``: the default spec, or a checkpoint's) through timm's builder,
+    with the spec's pretrained cfg under the caller's ``pretrained_cfg_overlay``."""
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    meta = None
     if pretrained:
-        raise AttendNetsError(f"no pretrained weights are published for {variant}; load a checkpoint instead")
-    if kwargs.pop("global_pool", "avg") != "avg":
-        raise AttendNetsError(f"{variant} pools by global average only")
+        cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), overlay).to_dict()
+        spec, meta = _pretrained_spec(variant, spec, cfg)
+    spec = spec or load_preset(DEFAULT_SPEC)
+    # The cfg's input channels: the weights' when loading (timm adapts the first conv to in_chans), else the model's.
+    weights_chans = (meta or {}).get("in_chans", spec.in_chans)
+    derived = spec_cfg(spec, weights_chans if pretrained else kwargs.get("in_chans"))
+    if meta:
+        derived["num_classes"] = meta["num_classes"]  # the weights' classes: timm keeps or drops the classifier
     return build_model_with_cfg(
-        AttendNet, variant, pretrained=False, spec=spec, feature_cfg=dict(flatten_sequential=True), **kwargs
+        AttendNet,
+        variant,
+        pretrained=pretrained,
+        pretrained_cfg_overlay={**derived, **overlay},
+        spec=spec,
+        feature_cfg=dict(flatten_sequential=True),
+        **kwargs,
     )
 
 
@@ -69,11 +140,6 @@ def attendnet_b(pretrained: bool = False, **kwargs) -> AttendNet:
 
 @register_model
 def attendnet(pretrained: bool = False, spec: ArchSpec | dict | str | Path | None = None, **kwargs) -> AttendNet:
-    """An AttendNet from any spec (file path, dict or :class:`ArchSpec`); the spec's own ``num_classes``
-    and ``in_chans`` are the defaults."""
-    if spec is None:
-        raise AttendNetsError("timm.create_model('attendnet', spec=...) needs a spec file, dict or ArchSpec")
-    spec = ArchSpec.coerce(spec)
-    kwargs.setdefault("num_classes", spec.num_classes)
-    kwargs.setdefault("in_chans", spec.in_chans)
-    return _create("attendnet", spec, pretrained, **kwargs)
+    """An AttendNet from any spec (file path, dict or :class:`ArchSpec`), whose ``num_classes`` and
+    ``in_chans`` are the defaults; without one AttendNet-B's, or with ``pretrained=True`` the checkpoint's."""
+    return _create("attendnet", None if spec is None else ArchSpec.coerce(spec), pretrained, **kwargs)

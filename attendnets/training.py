@@ -341,7 +341,14 @@ class _Run:
             raise AttendNetsError(
                 f"cannot resume: {self.state_path} holds another architecture than {self.config.model}"
             ) from None
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError:  # parameter groups of another size: the run started with another decay grouping
+            raise AttendNetsError(
+                f"cannot resume {self.out}: its optimizer groups the parameters differently from this version "
+                "(runs started before 2026-11-30 weight-decayed the condensers' scale S); finish it with the version "
+                "that started it, or start a new run"
+            ) from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch, self.best_top1, self.best_epoch = state["epoch"], state["best_top1"], state["best_epoch"]
         if self.proc.main:

@@ -33,6 +33,15 @@ TINY_SPEC = {
 }
 
 
+def assert_traces_unchanged(module: torch.nn.Module, x: torch.Tensor) -> None:
+    """``module`` (in eval mode) computes exactly the same after FX tracing, TorchScript, and both."""
+    traced = torch.fx.symbolic_trace(module)
+    with torch.no_grad():
+        expected = module(x)
+        for compiled in (traced, torch.jit.script(module), torch.jit.script(traced)):
+            torch.testing.assert_close(compiled(x), expected, rtol=0, atol=0)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     tune_malloc()  # as the command line does at start: tests train in this process
 

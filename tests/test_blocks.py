@@ -1,13 +1,16 @@
-"""The building blocks: shapes, the VAC's formula, residuals."""
+"""The building blocks: shapes, the VAC's formula, residuals, stochastic depth, zero-initialised last BN,
+tracing (torch.fx, TorchScript), device and dtype."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath
 from torch import nn
 
 from attendnets.blocks import PEPE, ConvNormAct, VisualAttentionCondenser
+from tests.conftest import assert_traces_unchanged
 
 
 @pytest.mark.parametrize("size", [224, 160, 128, 97])
@@ -76,3 +79,84 @@ def test_conv_norm_act_names_keep_the_state_dict_keys() -> None:
     layer.replace_conv(dense)
     assert layer.conv is dense and set(layer.state_dict()) == keys
     assert isinstance(ConvNormAct(8, 16, norm=False).norm, nn.Identity)
+
+
+TRACING_NOISE = ("ignore:`torch.jit.script` is deprecated", "ignore:The TorchScript type system")  # torch's own
+
+
+@pytest.mark.filterwarnings(*TRACING_NOISE)
+@pytest.mark.parametrize(
+    "make",
+    [lambda: VisualAttentionCondenser(8, 4), lambda: VisualAttentionCondenser(8, 4, pool_size=3, embed_groups=2),
+     lambda: PEPE(8, 4, 2, 4, 8), lambda: PEPE(8, 4, 3, 4, 12, stride=2), lambda: ConvNormAct(8, 16, 3, stride=2)],
+    ids=["vac", "vac-pool-3", "pepe", "pepe-stride-2", "conv"],
+)
+def test_blocks_trace_with_fx_and_torchscript_unchanged(make) -> None:
+    """torch.fx symbolic tracing (the condenser's crop is a leaf function) and TorchScript, also of the traced
+    graph, compute what the block does, at a size that makes the condenser crop its unpooled map."""
+    block = make()
+    block.train()(torch.randn(4, 8, 13, 11))  # non-trivial normalisation statistics
+    block.eval()
+    assert_traces_unchanged(block, torch.randn(2, 8, 13, 11))
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: VisualAttentionCondenser(8, 4, drop_path=0.5), lambda: PEPE(8, 4, 2, 4, 8, drop_path=0.5)],
+    ids=["vac", "pepe"],
+)
+def test_drop_path_drops_whole_residual_branches(make) -> None:
+    """Stochastic depth: in training each sample's branch is dropped or scaled by 1/keep; the input stays."""
+    block = make().eval()
+    x = torch.randn(64, 8, 5, 5)
+    with torch.no_grad():
+        branch = block(x) - x  # eval: no stochastic depth
+        block.drop_path.train()  # only the stochastic depth in training mode (BN keeps its statistics)
+        added = block(x) - x
+    dropped = added.flatten(1).abs().amax(1) == 0
+    assert 0 < dropped.sum() < len(x)
+    torch.testing.assert_close(added[~dropped], branch[~dropped] * 2)
+
+
+def test_drop_path_only_on_residual_branches() -> None:
+    assert isinstance(VisualAttentionCondenser(8, 4, drop_path=0.1).drop_path, DropPath)
+    assert isinstance(VisualAttentionCondenser(8, 4, residual=False, drop_path=0.1).drop_path, nn.Identity)
+    assert isinstance(PEPE(8, 4, 2, 4, 16, drop_path=0.1).drop_path, nn.Identity)  # no residual: 8 -> 16
+    assert isinstance(PEPE(8, 4, 2, 4, 8).drop_path, nn.Identity)
+
+
+@pytest.mark.parametrize(
+    "make, zeroed",
+    [
+        (lambda: VisualAttentionCondenser(8, 4), True),
+        (lambda: VisualAttentionCondenser(8, 4, residual=False), False),  # it would output zeros
+        (lambda: PEPE(8, 4, 2, 4, 8, act="hardswish"), True),
+        (lambda: PEPE(8, 4, 2, 4, 8, act="relu"), False),  # a zero branch before ReLU gets no gradient
+        (lambda: PEPE(8, 4, 2, 4, 12), False),  # no residual
+    ],
+    ids=["vac", "vac-no-residual", "pepe-hardswish", "pepe-relu", "pepe-no-residual"],
+)
+def test_zero_init_last_starts_residual_blocks_as_identity(make, zeroed: bool) -> None:
+    block = make()
+    block.zero_init_last()
+    last = block.up_mix if isinstance(block, VisualAttentionCondenser) else block.expand_pw
+    assert bool(torch.all(last.norm.weight == 0)) is zeroed
+    assert bool(torch.all(last.norm.weight == 1)) is not zeroed
+    if zeroed:
+        x = torch.randn(2, 8, 7, 7)
+        block.train()
+        assert torch.equal(block(x), x)
+        block(x).square().sum().backward()
+        assert torch.count_nonzero(last.norm.weight.grad) > 0  # the branch trains from there
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda **dd: VisualAttentionCondenser(8, 4, **dd), lambda **dd: PEPE(8, 4, 2, 4, 8, **dd),
+     lambda **dd: ConvNormAct(8, 4, 3, **dd)],
+    ids=["vac", "pepe", "conv"],
+)
+def test_blocks_create_their_tensors_on_the_device_and_dtype_asked(make) -> None:
+    block = make(device="meta", dtype=torch.float64)
+    tensors = dict(block.named_parameters()) | dict(block.named_buffers())
+    assert tensors and all(t.device.type == "meta" for t in tensors.values())
+    assert all(t.dtype == torch.float64 for t in tensors.values() if t.is_floating_point())
