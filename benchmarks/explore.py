@@ -562,17 +562,22 @@ def _cost_lines(hours: dict[str, float], pilot_summary: dict | None, context: di
     return lines
 
 
-def main() -> int:
-    tune_malloc()
-    args = parse_args()
+def prepare(args: argparse.Namespace, name: str) -> tuple[dict, Path, Path, list[str], Steps]:
+    """A driver run's budget, runs folder (``runs/NAME``, ``runs/NAME-smoke``), data (a small copy for
+    ``--smoke``), stages and step recorder."""
     budget = SMOKE if args.smoke else FULL
-    runs = args.runs or ROOT / "runs" / ("explore-smoke" if args.smoke else "explore")
+    runs = args.runs or ROOT / "runs" / (f"{name}-smoke" if args.smoke else name)
     runs.mkdir(parents=True, exist_ok=True)
     data = resolve_data_dir(args.data).resolve()
     if args.smoke:
         data = smoke_dataset(data, runs / "data", budget["smoke_data"])
-    stages = args.stages.split(",")
-    steps = Steps(runs)
+    return budget, runs, data, args.stages.split(","), Steps(runs)
+
+
+def main() -> int:
+    tune_malloc()
+    args = parse_args()
+    budget, runs, data, stages, steps = prepare(args, "explore")
     caps = prototype_caps()
     context = run_context()
     if "pilot" in stages:

@@ -35,23 +35,20 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, provenance, run_context  # noqa: E402
+from common import RESULTS, provenance, run_context  # noqa: E402
 from explore import (  # noqa: E402
-    FULL,
     SEARCH_STAGES,
-    SMOKE,
     Steps,
     attendnets,
     flags,
     parse_args,
+    prepare,
     quantize,
     search,
-    smoke_dataset,
     train_run,
 )
 from imagenette import IMG_SIZE, NUM_CLASSES  # noqa: E402
 
-from attendnets.data import resolve_data_dir  # noqa: E402
 from attendnets.files import atomic_write, atomic_write_json, atomic_write_text  # noqa: E402
 from attendnets.registry import BASELINES  # noqa: E402
 from attendnets.runtime import tune_malloc  # noqa: E402
@@ -200,14 +197,7 @@ def write_report(runs: Path, out_dir: Path, rows: dict[str, Any], ratios: dict[s
 def main() -> int:
     tune_malloc()
     args = parse_args(__doc__, STAGES, "explore-latency")
-    budget = SMOKE if args.smoke else FULL
-    runs = args.runs or ROOT / "runs" / ("explore-latency-smoke" if args.smoke else "explore-latency")
-    runs.mkdir(parents=True, exist_ok=True)
-    data = resolve_data_dir(args.data).resolve()
-    if args.smoke:
-        data = smoke_dataset(data, runs / "data", budget["smoke_data"])
-    stages = args.stages.split(",")
-    steps = Steps(runs)
+    budget, runs, data, stages, steps = prepare(args, "explore-latency")
     context = run_context()
     for sampler, stage in SEARCH_STAGES.items():
         if stage in stages:
