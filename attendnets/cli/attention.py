@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 HELP = "what each attention condenser attends to in images: a PNG grid of its attention maps, and statistics"
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         for record in report["images"]:
             means = ", ".join(f"block {c['block']} {c['mean_map']['mean']:.2f}" for c in record["condensers"])
             print(f"{record['image']}: {record['top_class']} ({100 * record['probability']:.1f}%); mean attention {means}")
-        print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr if args.json else sys.stdout)
+        print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
 
 
@@ -85,7 +84,7 @@ def _attention(args: argparse.Namespace, written: list[Path]) -> dict:
     if args.checkpoint:
         model, meta = load_checkpoint(args.checkpoint)
     else:
-        model = create_model(args.model, pretrained=args.pretrained) if args.pretrained else create_model(args.model)
+        model = create_model(args.model, pretrained=args.pretrained)
         meta = {**default_preprocessing(model.spec.img_size),
                 "class_names": [f"class{i}" for i in range(model.num_classes)]}
     transform = eval_transform(meta)
