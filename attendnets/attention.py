@@ -48,9 +48,9 @@ def _condensers(model: nn.Module) -> list[tuple[int, VisualAttentionCondenser]]:
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         raise AttendNetsError(f"{type(model).__name__} is not an AttendNet: it has no blocks to look into")
-    found = [(i, b) for i, b in enumerate(blocks) if isinstance(b, VisualAttentionCondenser)]
+    found = [(i, b) for i, b in enumerate(blocks) if isinstance(b, VisualAttentionCondenser) and b.attention == "condenser"]
     if not found:
-        raise AttendNetsError("this model has no visual attention condenser")
+        raise AttendNetsError("this model has no visual attention condenser with spatial attention")
     return found
 
 

@@ -19,7 +19,7 @@ import enum
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
+from timm.layers import DropPath, SqueezeExcite
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -28,6 +28,10 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "hardswish": nn.Hardswish,
     "silu": nn.SiLU,
 }
+
+# What a condenser multiplies V' by: its condensed spatial attention (the paper's), nothing (the ablation
+# V'' = V' * S), or squeeze-excite channel attention (timm's block, reducing to a quarter of V''s channels).
+ATTENTIONS = ("condenser", "none", "se")
 
 # A grouped conv made dense does ``groups`` times its multiply-adds: a win in ONNX Runtime int8 measured at 4.
 MAX_DENSE_GROUPS = 4
@@ -233,6 +237,11 @@ class VisualAttentionCondenser(nn.Module):
         V''' = M'(V'')         up-mixing: 1x1 conv mid_chs -> C, BN           (N, C, H, W)
         out  = V + D(V''')     when ``residual`` (so the block can start near identity), D: stochastic depth
 
+    ``attention`` other than ``"condenser"`` replaces the attention values ``sigmoid(A)`` for ablations:
+    ``"none"`` drops them (``V'' = V' * S``: no condensation, embedding or expansion), ``"se"`` takes them
+    from timm's squeeze-excite block on ``V'`` (global average pool, 1x1 conv to ``mid_chs // 4``, ReLU, 1x1
+    conv, sigmoid): channel attention in place of spatial attention.
+
     The sigmoid is applied before the expansion: nearest unpooling only copies values, so the result is
     identical while the sigmoid runs on ``p*p`` times fewer elements. Odd ``H``/``W`` work: pooling rounds
     up and the unpooled map is cropped back to ``(H, W)``.
@@ -247,6 +256,7 @@ class VisualAttentionCondenser(nn.Module):
         act: activation after the down-mixing and the grouped embedding conv.
         residual: add the input to the output.
         drop_path: stochastic depth rate of the residual branch (timm's ``DropPath``; unused without residual).
+        attention: one of :data:`ATTENTIONS` (above); the embedding arguments matter only for ``"condenser"``.
         device, dtype: where and how its tensors are created.
     """
 
@@ -263,22 +273,34 @@ class VisualAttentionCondenser(nn.Module):
         act: str | None = "relu",
         residual: bool = True,
         drop_path: float = 0.0,
+        attention: str = "condenser",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if scale not in ("channel", "scalar"):
             raise ValueError(f"scale must be 'channel' or 'scalar', got {scale!r}")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
         dd = dict(device=device, dtype=dtype)
         self.pool_size = pool_size
         self.residual = residual
+        self.attention = attention
         self.down_mix = ConvNormAct(chs, mid_chs, 1, act=act, **dd)
-        self.condense = nn.MaxPool2d(pool_size, pool_size, ceil_mode=True)
-        self.embed = nn.Sequential(
-            ConvNormAct(mid_chs, mid_chs, embed_kernel, groups=embed_groups, act=act, **dd),
-            nn.Conv2d(mid_chs, mid_chs, 1, **dd),
-        )
-        self.expand = NearestExpand(pool_size)
+        # Unused parts are None (not absent), so that TorchScript drops the branches that would call them.
+        self.condense: nn.Module | None = None
+        self.embed: nn.Module | None = None
+        self.expand: nn.Module | None = None
+        self.se: nn.Module | None = None
+        if attention == "condenser":
+            self.condense = nn.MaxPool2d(pool_size, pool_size, ceil_mode=True)
+            self.embed = nn.Sequential(
+                ConvNormAct(mid_chs, mid_chs, embed_kernel, groups=embed_groups, act=act, **dd),
+                nn.Conv2d(mid_chs, mid_chs, 1, **dd),
+            )
+            self.expand = NearestExpand(pool_size)
+        elif attention == "se":
+            self.se = SqueezeExcite(mid_chs, rd_channels=max(1, mid_chs // 4), **dd)
         self.scale: nn.Parameter | None = nn.Parameter(
             torch.ones(1, mid_chs if scale == "channel" else 1, 1, 1, **dd)
         )
@@ -294,11 +316,18 @@ class VisualAttentionCondenser(nn.Module):
     @property
     def embed_grouped(self) -> ConvNormAct:
         """The embedding's ``k x k`` grouped conv layer (its first, state-dict key ``embed.0``)."""
+        if self.embed is None:
+            raise AttributeError(f"a condenser with attention={self.attention!r} has no embedding")
         return self.embed[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = self.down_mix(x)
-        selected = v * self.expand(torch.sigmoid(self.embed(self.condense(v))), v)
+        if self.embed is not None and self.condense is not None and self.expand is not None:
+            selected = v * self.expand(torch.sigmoid(self.embed(self.condense(v))), v)
+        elif self.se is not None:
+            selected = self.se(v)
+        else:
+            selected = v
         if self.scale is not None:  # None once folded into the up-mixing conv (a deployment form)
             selected = selected * self.scale
         out = self.up_mix(selected)
@@ -323,6 +352,8 @@ class VisualAttentionCondenser(nn.Module):
             with torch.no_grad():
                 form.up_mix.conv.weight.mul_(form.scale.reshape(1, -1, 1, 1))
             form.scale = None
+        if self.attention != "condenser":
+            return form
         grouped = form.embed_grouped.conv
         if target is Target.ORT and 1 < grouped.groups <= MAX_DENSE_GROUPS and grouped.groups < grouped.in_channels:
             form.embed_grouped.replace_conv(dense_conv(grouped))

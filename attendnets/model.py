@@ -16,7 +16,7 @@ from timm.models import checkpoint, checkpoint_seq
 from timm.models._features import feature_take_indices  # timm's own models import it from there
 from torch import nn
 
-from attendnets.blocks import ACTIVATIONS, PEPE, ConvNormAct, VisualAttentionCondenser, make_activation
+from attendnets.blocks import ACTIVATIONS, ATTENTIONS, PEPE, ConvNormAct, VisualAttentionCondenser, make_activation
 from attendnets.errors import AttendNetsError
 from attendnets.spec import ArchSpec, BlockSpec, ConvSpec, HeadSpec, PEPESpec, SpecError, VACSpec, block_out_chs
 
@@ -54,11 +54,12 @@ def _build_block(block: BlockSpec, in_chs: int, where: str, drop_path: float, dd
         )
         _check(block.embed_kernel % 2 == 1, where, f"embed_kernel must be odd, got {block.embed_kernel}")
         _check(
-            block.mid % block.embed_groups == 0,
+            block.attention != "condenser" or block.mid % block.embed_groups == 0,
             where,
             f"mid={block.mid} is not divisible by embed_groups={block.embed_groups}",
         )
         _check(block.scale in ("channel", "scalar"), where, f"scale must be 'channel' or 'scalar', got {block.scale!r}")
+        _check(block.attention in ATTENTIONS, where, f"attention must be one of {ATTENTIONS}, got {block.attention!r}")
         return VisualAttentionCondenser(
             in_chs,
             block.mid,
@@ -69,6 +70,7 @@ def _build_block(block: BlockSpec, in_chs: int, where: str, drop_path: float, dd
             act=block.act,
             residual=block.residual,
             drop_path=drop_path,
+            attention=block.attention,
             **dd,
         )
     if isinstance(block, PEPESpec):
@@ -90,6 +92,7 @@ def _build_block(block: BlockSpec, in_chs: int, where: str, drop_path: float, dd
 
 
 POOL_TYPES = ("avg", "max", "")
+WEIGHT_INITS = ("kaiming", "torch")
 
 
 def _check_pool(global_pool: str) -> None:
@@ -117,6 +120,9 @@ class AttendNet(nn.Module):
             feature map, ``(N, C, H, W) -> (N, num_classes, H, W)``.
         zero_init_last: zero the last BN of each residual branch at initialisation (see the blocks'
             ``zero_init_last``), so that those blocks start as the identity.
+        weight_init: ``"kaiming"`` draws conv weights from Kaiming's normal (fan-out) and fully-connected
+            ones from N(0, 0.01), as torchvision's MobileNets do; ``"torch"`` keeps each layer's own PyTorch
+            default (Kaiming uniform with a=sqrt(5), fan-in).
         device, dtype: where and how the tensors are created.
     """
 
@@ -129,10 +135,12 @@ class AttendNet(nn.Module):
         drop_path_rate: float = 0.0,
         global_pool: str = "avg",
         zero_init_last: bool = False,
+        weight_init: str = "kaiming",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        _check(weight_init in WEIGHT_INITS, "model", f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
         dd = dict(device=device, dtype=dtype)
         self.spec = spec
         self.num_classes = spec.num_classes if num_classes is None else num_classes
@@ -167,7 +175,12 @@ class AttendNet(nn.Module):
         self.num_features = chs
         self.grad_checkpointing = False
         self._build_head(spec.head, drop_rate, global_pool, dd)
-        self._init_weights(zero_init_last)
+        if weight_init == "kaiming":
+            self._init_weights()
+        if zero_init_last:
+            for m in self.modules():
+                if isinstance(m, (VisualAttentionCondenser, PEPE)):
+                    m.zero_init_last()
 
     def _build_head(self, head: HeadSpec, drop_rate: float | None, global_pool: str, dd: dict[str, Any]) -> None:
         _check_act("head", head.act)
@@ -188,7 +201,7 @@ class AttendNet(nn.Module):
         self.head_hidden_size = width
         self.classifier = nn.Linear(width, self.num_classes, **dd) if self.num_classes > 0 else nn.Identity()
 
-    def _init_weights(self, zero_init_last: bool) -> None:
+    def _init_weights(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -200,10 +213,6 @@ class AttendNet(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
-        if zero_init_last:
-            for m in self.modules():
-                if isinstance(m, (VisualAttentionCondenser, PEPE)):
-                    m.zero_init_last()
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:

@@ -59,6 +59,12 @@ def is_spec_path(name: str) -> bool:
     return Path(name).suffix in (".json", ".yaml", ".yml")
 
 
+def is_attendnet(name: str) -> bool:
+    """Whether ``create_model(name)`` builds an :class:`~attendnets.model.AttendNet` (a preset, a spec file or
+    the generic registered name)."""
+    return is_spec_path(name) or name in (*PRESETS, "attendnet")
+
+
 def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None, **kwargs) -> nn.Module:
     """Build a model by preset name, baseline short name (``mobilenet_v1``), any timm name, or spec path.
 

@@ -55,6 +55,7 @@ class VACSpec:
     scale: str = "channel"
     act: str = "relu"
     residual: bool = True
+    attention: str = "condenser"
     type: ClassVar[str] = "vac"
 
 

@@ -82,7 +82,7 @@ from attendnets.evaluate import evaluate_model
 from attendnets.files import as_json_data, atomic_write, atomic_write_json, atomic_write_text, check_writable
 from attendnets.plots import plot_curves
 from attendnets.quantize import copy_activation_ranges, finish_qat, plain_copy, prepare_qat
-from attendnets.registry import PRESETS, create_model, is_spec_path, load_preset
+from attendnets.registry import PRESETS, create_model, is_attendnet, is_spec_path, load_preset
 from attendnets.spec import ArchSpec
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,8 @@ class TrainConfig:
     init: str | None = None  # start from this checkpoint's weights (same architecture and classes)
     qat: bool = False  # quantization-aware training: int8 fake-quantized conv/linear weights
     qat_activations: bool = False  # and 8-bit fake-quantized conv/linear inputs (needs qat)
+    weight_init: str = "kaiming"  # AttendNets: AttendNet's weight_init ("kaiming" or "torch")
+    zero_init_last: bool = False  # AttendNets: start residual blocks as the identity (AttendNet's zero_init_last)
     # Preprocessing, identical for every model so that a comparison compares models, not pipelines.
     interpolation: str = INTERPOLATION
     crop_pct: float = CROP_PCT
@@ -132,10 +134,12 @@ class TrainConfig:
     std: tuple[float, ...] = STD
 
 
+INIT_DEFAULTS = {"weight_init": "kaiming", "zero_init_last": False}
+
 # A resumed run must be the run that was started: these fields may not change.
 RECIPE_FIELDS = ("model", "img_size", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
                  "label_smoothing", "ema", "ema_decay", "seed", "subset", "interpolation", "crop_pct", "init",
-                 "qat", "qat_activations", "crop_scale")
+                 "qat", "qat_activations", "crop_scale", "weight_init", "zero_init_last")
 
 
 class TrainingDiverged(AttendNetsError):
@@ -307,7 +311,7 @@ class _Run:
         if state is not None:
             _check_classes(state["class_names"], self.classes)
         self.history: list[dict[str, Any]] = _read_history(self.out, state["epoch"]) if state is not None else []
-        self.model = _build_model(config.model, len(self.classes), state)
+        self.model = _build_model(config, len(self.classes), state)
         if config.init and state is None:
             _load_init(self.model, config.init, self.classes)
         self.meta = _checkpoint_meta(self.model, config, self.classes)
@@ -475,6 +479,7 @@ def _check_start(config: TrainConfig, proc: Process) -> dict[str, Any] | None:
     state to continue from, checked to belong to this recipe, or ``None`` to start at epoch 1."""
     if config.qat_activations and not config.qat:
         raise AttendNetsError("fake-quantized activations (qat_activations) need quantization-aware training (qat)")
+    _init_options(config)
     has_state = check_output(config.output, config.resume)
     if config.tensorboard and proc.main:
         try:
@@ -556,20 +561,32 @@ def _check_classes(run: list[str], data: list[str]) -> None:
     )
 
 
-def _build_model(name: str, num_classes: int, state: dict[str, Any] | None) -> nn.Module:
-    """The run's model. A resumed AttendNet is rebuilt from the spec the run saved; the spec that ``name``
+def _build_model(config: TrainConfig, num_classes: int, state: dict[str, Any] | None) -> nn.Module:
+    """The run's model. A resumed AttendNet is rebuilt from the spec the run saved; the spec that its name
     gives now (a spec file, a preset) must equal it, and a spec file that has gone is not needed."""
+    name = config.model
     saved = state["spec"] if state is not None else None
     if saved is None:
-        return create_model(name, num_classes=num_classes)
+        return create_model(name, num_classes=num_classes, **_init_options(config))
     current = _named_spec(name)
-    difference = None if current is None else _first_difference(saved, as_json_data(current.to_dict()))
+    # Both read as specs first, so that a field added since the run started counts with its default.
+    difference = None if current is None else _first_difference(
+        as_json_data(ArchSpec.from_dict(saved).to_dict()), as_json_data(current.to_dict()))
     if difference:
         raise AttendNetsError(
             f"cannot resume: the spec of {name} has changed since the run started ({difference}); "
             "restore it, or start a new --output"
         )
     return build_from_meta({"spec": saved, "num_classes": num_classes})
+
+
+def _init_options(config: TrainConfig) -> dict[str, Any]:
+    """AttendNet's initialisation options that differ from their defaults; refused for other models."""
+    given = {k: v for k, v in dict(weight_init=config.weight_init, zero_init_last=config.zero_init_last).items()
+             if v != INIT_DEFAULTS[k]}
+    if given and not is_attendnet(config.model):
+        raise AttendNetsError(f"{', '.join(given)} applies to AttendNets only, not to {config.model}")
+    return given
 
 
 def _named_spec(name: str) -> ArchSpec | None:

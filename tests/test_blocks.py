@@ -49,6 +49,31 @@ def test_vac_scale_shapes_and_no_residual() -> None:
         VisualAttentionCondenser(8, 4, scale="pixel")
 
 
+def test_vac_ablation_forms_replace_only_the_attention_values() -> None:
+    """``attention="none"``: V''' = M'(V' * S) + V, with no condensation or embedding parameters;
+    ``"se"``: V''' = M'(SE(V') * S) + V with timm's squeeze-excite reducing to a quarter of V''s channels."""
+    torch.manual_seed(0)
+    full = VisualAttentionCondenser(6, 8, embed_groups=2)
+    x = torch.randn(2, 6, 9, 9)
+    for attention in ("none", "se"):
+        block = VisualAttentionCondenser(6, 8, attention=attention).eval()
+        assert block.attention == attention and block.embed is None and block.condense is None
+        with torch.no_grad():
+            block.scale.copy_(torch.rand_like(block.scale) + 0.5)
+            v = block.down_mix(x)
+            selected = v if attention == "none" else v * torch.sigmoid(block.se.fc2(F.relu(block.se.fc1(v.mean((2, 3), keepdim=True)))))
+            torch.testing.assert_close(block(x), x + block.up_mix(selected * block.scale))
+        own = {n.split(".")[0] for n, _ in block.named_parameters()}
+        assert own == {"none": {"down_mix", "scale", "up_mix"}, "se": {"down_mix", "se", "scale", "up_mix"}}[attention]
+    se = VisualAttentionCondenser(6, 8, attention="se").se
+    assert (se.fc1.in_channels, se.fc1.out_channels) == (8, 2)
+    assert sum(p.numel() for p in full.parameters()) > sum(p.numel() for p in block.parameters())
+    with pytest.raises(AttributeError, match="embed_grouped"):
+        _ = VisualAttentionCondenser(6, 8, attention="none").embed_grouped
+    with pytest.raises(ValueError, match="attention must be one of"):
+        VisualAttentionCondenser(6, 8, attention="spatial")
+
+
 def test_pepe_shapes_and_residual() -> None:
     same = PEPE(16, 8, 2, 8, 16)
     assert same.residual
@@ -88,8 +113,9 @@ TRACING_NOISE = ("ignore:`torch.jit.script` is deprecated", "ignore:The TorchScr
 @pytest.mark.parametrize(
     "make",
     [lambda: VisualAttentionCondenser(8, 4), lambda: VisualAttentionCondenser(8, 4, pool_size=3, embed_groups=2),
+     lambda: VisualAttentionCondenser(8, 4, attention="none"), lambda: VisualAttentionCondenser(8, 4, attention="se"),
      lambda: PEPE(8, 4, 2, 4, 8), lambda: PEPE(8, 4, 3, 4, 12, stride=2), lambda: ConvNormAct(8, 16, 3, stride=2)],
-    ids=["vac", "vac-pool-3", "pepe", "pepe-stride-2", "conv"],
+    ids=["vac", "vac-pool-3", "vac-no-attention", "vac-se", "pepe", "pepe-stride-2", "conv"],
 )
 def test_blocks_trace_with_fx_and_torchscript_unchanged(make) -> None:
     """torch.fx symbolic tracing (the condenser's crop is a leaf function) and TorchScript, also of the traced

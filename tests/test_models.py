@@ -423,6 +423,22 @@ def test_zero_init_last_is_off_by_default_and_zeroed_branches_train() -> None:
     assert all(torch.count_nonzero(weight.grad) > 0 for weight in zeroed.values())
 
 
+def test_weight_init_torch_keeps_each_layers_pytorch_default() -> None:
+    """``weight_init="torch"``: Kaiming-uniform fan-in weights (bound 1/sqrt(fan_in)) and uniform biases, where
+    the default draws Kaiming-normal fan-out convs and N(0, 0.01) fully-connected weights with zero biases."""
+    torch.manual_seed(0)
+    ours, torchs = (timm.create_model("attendnet_b", num_classes=10, weight_init=w) for w in ("kaiming", "torch"))
+    for model in (ours, torchs):
+        fc = model.classifier
+        bound = 1 / fc.in_features**0.5
+        uniform = bool(fc.weight.abs().max() <= bound) and bool(torch.count_nonzero(fc.bias) > 0)
+        assert uniform is (model is torchs)
+        stem = model.blocks[0].conv.weight
+        assert bool(stem.abs().max() <= 1 / (3 * 9) ** 0.5) is (model is torchs)
+    with pytest.raises(AttendNetsError, match="weight_init must be one of"):
+        timm.create_model("attendnet_b", weight_init="xavier")
+
+
 def test_one_training_step_with_timms_train_script_parts() -> None:
     """What timm's train.py does with a model, on 8 random 32 px images: drop path, gradient checkpointing,
     timm's optimizer, loader, transforms, loss and EMA."""

@@ -19,6 +19,7 @@ from attendnets.cli import build_parser, main
 from attendnets.cli import train as train_verb
 from attendnets.data import DATA_ENV
 from attendnets.errors import AttendNetsError
+from attendnets.model import WEIGHT_INITS
 from attendnets.training import TrainConfig, TrainingDiverged, train
 from tests.training_fixtures import interrupt_at_evaluation, small_config
 
@@ -144,6 +145,39 @@ def test_batch_norm_with_one_value_per_channel_is_one_line(tmp_path, synthetic_d
         train(config)
 
 
+def test_initialisation_options_reach_the_attendnet_and_are_refused_for_other_models(tmp_path, synthetic_data) -> None:
+    from attendnets.training import _build_model
+
+    def parse(*options: str) -> TrainConfig:
+        return train_verb.config_from_args(build_parser().parse_args(
+            ["train", "--output", str(tmp_path / "run"), "--data", str(synthetic_data), *options]))
+
+    config = parse("--model", "attendnet_b", "--weight-init", "torch", "--zero-init-last")
+    assert (config.weight_init, config.zero_init_last) == ("torch", True)
+    model = _build_model(config, 3, None)
+    assert torch.count_nonzero(model.classifier.bias) > 0  # PyTorch's default; ours starts biases at 0
+    assert torch.all(model.blocks[1].up_mix.norm.weight == 0)
+    with pytest.raises(AttendNetsError, match="^weight_init applies to AttendNets only, not to mobilenet_v1$"):
+        train(parse("--model", "mobilenet_v1", "--weight-init", "torch"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_saved_before_a_spec_field_existed_resumes_with_its_default(tmp_path, small_spec_file) -> None:
+    """A training state whose spec lacks a field added since (the condensers' ``attention``) still matches."""
+    from attendnets.spec import ArchSpec
+    from attendnets.training import _build_model
+
+    saved = ArchSpec.load(small_spec_file).to_dict()
+    for block in saved["blocks"]:
+        block.pop("attention", None)
+    config = TrainConfig(model=str(small_spec_file), output=str(tmp_path))
+    model = _build_model(config, 3, {"spec": saved})
+    assert [b.attention for b in model.spec.blocks if b.type == "vac"] == ["condenser"]
+    saved["blocks"][2]["pool"] = 4
+    with pytest.raises(AttendNetsError, match=r"the spec of .* has changed since the run started \(blocks\[2\]\.pool: 4 in the run, 2 now\)"):
+        _build_model(config, 3, {"spec": saved})
+
+
 @pytest.mark.parametrize("option", [
     ["--epochs", "0"], ["--img-size", "0"], ["--img-size", "-64"], ["--img-size", "15"], ["--subset", "0"],
     ["--subset", "-3"], ["--batch-size", "0"], ["--lr", "0"], ["--lr", "nan"], ["--weight-decay", "-0.1"],
@@ -175,6 +209,7 @@ def test_verb_restates_the_recipe_defaults() -> None:
     defaults = TrainConfig(model="", output="")
     assert {k: getattr(defaults, k) for k in train_verb.DEFAULTS} == train_verb.DEFAULTS
     assert train_verb.DATA_ENV == DATA_ENV
+    assert train_verb.WEIGHT_INITS == WEIGHT_INITS
 
 
 @pytest.mark.parametrize("verb", ["train", "demo"])

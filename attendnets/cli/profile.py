@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from attendnets.cli.options import POSITIVE, integer
 from attendnets.errors import AttendNetsError
-from attendnets.registry import BASELINES, PRESETS, REPORTED_ONLY, TABLE1, create_model, is_spec_path
+from attendnets.registry import BASELINES, PRESETS, REPORTED_ONLY, TABLE1, create_model, is_attendnet, is_spec_path
 
 if TYPE_CHECKING:
     from attendnets.complexity import Complexity
@@ -97,7 +97,7 @@ def _row_dict(row: Row, reference: Row | None, paper_setting: bool) -> dict:
             out["table1"]["macs_deviation"] = row.macs / reported.macs - 1
     if reference is not None:
         # The paper's convention: AttendNets stored at 8 bits, every other network at 32 bits.
-        bits = 8 if row.name in PRESETS or is_spec_path(row.name) else 32
+        bits = 8 if is_attendnet(row.name) else 32
         out["weight_bits"] = bits
         out["vs_" + REFERENCE] = {
             "fewer_params": reference.params / row.params,

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 
 # TrainConfig's defaults of the options below.
 DEFAULTS = {"img_size": 128, "epochs": 30, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.05, "warmup_epochs": 1,
-            "label_smoothing": 0.1, "crop_scale": (0.08, 1.0), "ema": True, "workers": 2, "seed": 0}
+            "label_smoothing": 0.1, "crop_scale": (0.08, 1.0), "ema": True, "workers": 2, "seed": 0,
+            "weight_init": "kaiming"}
+WEIGHT_INITS = ("kaiming", "torch")  # attendnets.model.WEIGHT_INITS
 DEMO_IMG_SIZE, DEMO_EPOCHS = 64, 8
 # The smallest crop every model trains at: the MobileNets and the presets reduce it 32x to a 1x1 map (batch
 # norm then needs a batch of 2 or more, which training says in one line).
@@ -101,6 +103,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subset", type=POSITIVE, metavar="N", help="use at most N images of each split (smoke runs)")
     parser.add_argument("--tensorboard", action="store_true", help="also log to OUTPUT/tensorboard (needs tensorboard)")
     parser.add_argument("--init", metavar="CKPT", help="start from this checkpoint's weights (same model and classes)")
+    parser.add_argument("--weight-init", choices=WEIGHT_INITS, default=d["weight_init"],
+                        help="AttendNets' initial weights: kaiming (convs Kaiming-normal fan-out, fully-connected "
+                        "N(0, 0.01), as torchvision's MobileNets; default) or torch (each layer's PyTorch default)")
+    parser.add_argument("--zero-init-last", action="store_true",
+                        help="AttendNets: zero the last BN of each residual condenser and PEPE, so they start as the identity")
     parser.add_argument("--qat", action="store_true", help="quantization-aware training with int8 fake-quantized weights")
     parser.add_argument("--qat-activations", action="store_true",
                         help="also fake-quantize conv/linear inputs to 8 bits (implies --qat)")
@@ -144,6 +151,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         init=args.init,
         qat=args.qat or args.qat_activations,
         qat_activations=args.qat_activations,
+        weight_init=args.weight_init,
+        zero_init_last=args.zero_init_last,
     )
 
 

@@ -223,7 +223,9 @@ class Explorer:
                 study.enqueue_trial(self.space.prototype_params(), user_attrs={"reference": PROTOTYPE})
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(study_name=name, storage=self.storage, sampler=sampler)
-        saved = study.user_attrs
+        saved = dict(study.user_attrs)
+        if "space" in saved:  # read as a space first: a spec field added since the study started takes its default
+            saved["space"] = as_json_data(SearchSpace.from_dict(saved["space"]).to_dict())
         for key, value in attrs.items():
             if key not in saved:
                 study.set_user_attr(key, value)

@@ -1,0 +1,131 @@
+"""Does the attention condenser earn its cost? The ablation the paper never ran, on Imagenette (issue 17).
+
+attendnet_b's margin over MobileNet-V1 could come from the condensers' attention or from the small residual
+design around it (down-mixing, up-mixing, residual). Every arm keeps attendnet_b's layout and trains with the
+comparison recipe (crops keeping 35-100% of the area, see docs/results/presets.md), 2 seeds:
+
+- ``attention``: attendnet_b as it is (benchmarks/presets.py's crop035 runs, reused: run that first);
+- ``no-attention``: every condenser without its attention values, ``V'' = V' * S`` (no condensation,
+  embedding or expansion): the same widths, fewer multiply-adds;
+- ``no-attention-wider``: the same with the freed multiply-adds given back as wider down-mixing;
+- ``squeeze-excite``: the attention values from timm's squeeze-excite block instead (channel attention in
+  place of condensed spatial attention), down-mixing widened as in ``no-attention-wider``;
+- ``mobilenet_v1``: the baseline the paper compares with (presets.py's crop035 runs, reused).
+
+Widening: a condenser's attention branch costs ``mid^2 (k^2/g + 1) / p^2`` multiply-adds per pixel of its
+input (embedding conv k x k in g groups, then 1x1, at 1/p^2 of the pixels) and its mixing ``2 C mid``; so
+``mid + mid^2 (k^2/g + 1) / (2 C p^2)`` channels of mixing alone cost what the condenser did.
+
+Runs are in ``runs/ablation/<arm>/attendnet_b-s<seed>`` (see benchmarks/arms.py); the report
+(docs/results/ablation.{md,json}) is written once every arm has both seeds, until then into the runs folder.
+
+    python benchmarks/ablation.py --data ../shared/datasets/imagenette2-224
+    python benchmarks/ablation.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from arms import CROP035, SEEDS, Arm, Study, add_arguments, complete, selected, table, with_blocks  # noqa: E402
+from common import RESULTS, ROOT, provenance, run_context  # noqa: E402
+from imagenette import EPOCHS  # noqa: E402
+
+from attendnets.data import resolve_data_dir  # noqa: E402
+from attendnets.files import atomic_write_json, atomic_write_text  # noqa: E402
+from attendnets.runtime import tune_malloc  # noqa: E402
+from attendnets.spec import ArchSpec, VACSpec, block_out_chs  # noqa: E402
+
+
+def equal_cost_mid(block: VACSpec, chs: int) -> int:
+    """Down-mixing width whose mixing alone costs what ``block`` (mixing and attention) costs on ``chs`` channels."""
+    attention = block.mid**2 * (block.embed_kernel**2 / block.embed_groups + 1) / block.pool**2
+    return int(block.mid + attention / (2 * chs) + 0.5)
+
+
+def without_attention(attention: str, widen: bool) -> Callable[[ArchSpec], ArchSpec]:
+    def change(spec: ArchSpec) -> ArchSpec:
+        inputs = [spec.in_chans]
+        for b in spec.blocks:
+            inputs.append(block_out_chs(b, inputs[-1]))
+
+        def replace(i: int, b: Any) -> Any:
+            if not isinstance(b, VACSpec):
+                return b
+            return dataclasses.replace(b, attention=attention, mid=equal_cost_mid(b, inputs[i]) if widen else b.mid)
+
+        return with_blocks(spec, replace)
+
+    return change
+
+
+ARMS = {
+    "attention": Arm("attendnet_b as it is", CROP035, reuse="presets/crop035"),
+    "no-attention": Arm("condensers without attention, V'' = V' * S", CROP035,
+                        spec=without_attention("none", False)),
+    "no-attention-wider": Arm("no attention, down-mixing widened to the condensers' multiply-adds", CROP035,
+                              spec=without_attention("none", True)),
+    "squeeze-excite": Arm("squeeze-excite instead of attention, down-mixing widened as above", CROP035,
+                          spec=without_attention("se", True)),
+    "mobilenet_v1": Arm("MobileNet-V1", CROP035, models=("mobilenet_v1",), reuse="presets/crop035"),
+}
+
+
+def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Each arm's 8-bit top-1 against attendnet_b's, seed by seed, with the spreads."""
+    def per_seed(arm: str, model: str = "attendnet_b") -> dict[int, float]:
+        return {s: r["int8_top1"] for s, r in rows.get(arm, {}).get(model, {}).get("seeds", {}).items()}
+
+    base = per_seed("attention")
+    lines = ["## Verdict", ""]
+    for arm in ("no-attention", "no-attention-wider", "squeeze-excite", "mobilenet_v1"):
+        other = per_seed(arm, "mobilenet_v1" if arm == "mobilenet_v1" else "attendnet_b")
+        shared = sorted(set(base) & set(other))
+        if not shared:
+            continue
+        gaps = [base[s] - other[s] for s in shared]
+        spread = max(max(base.values()) - min(base.values()), max(other.values()) - min(other.values()))
+        lines.append(f"- attention vs {arm}: {statistics.mean(gaps):+.2f} points at 8 bits (per seed: "
+                     f"{', '.join(f'{g:+.2f}' for g in gaps)}; largest seed spread of the two arms {spread:.2f}).")
+    return lines
+
+
+def write_report(rows: dict, context: dict, out_dir: Path, done: bool) -> None:
+    lines = ["# Does attention earn its cost? The attention ablation on Imagenette", "",
+             *([] if done else ["**PARTIAL: not every run has finished.**", ""]),
+             f"{EPOCHS} epochs at 128 px, the comparison recipe with crops keeping 35-100% of the image area; "
+             "val top-1 (3,925 images) of the best checkpoint in float and with post-training 8-bit weights "
+             "(`attendnets quantize`). Mean over seeds, in brackets the spread (max - min). Parameters and multiply-adds at the "
+             "paper's 224 px and 50 classes.", "",
+             *table(rows, ARMS, list(ARMS)), "", *verdict(rows), "", "## How it was run", "", *provenance(context), "",
+             "Each run's train, eval and quantize commands are in ablation.json."]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "ablation.md", "\n".join(lines) + "\n")
+    atomic_write_json(out_dir / "ablation.json", {**context, "complete": done, "arms": rows})
+    print(f"wrote {out_dir / 'ablation.md'}")
+
+
+def main() -> int:
+    tune_malloc()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, ARMS, ROOT / "runs" / "ablation")
+    args = parser.parse_args()
+    names, seeds = selected(args, ARMS)
+    study = Study(ARMS, args.runs, resolve_data_dir(args.data), args.workers)
+    if not args.report:
+        study.collect(names, seeds, train=True)
+    rows = study.collect(list(ARMS), SEEDS, train=False)
+    done = complete(rows, ARMS)
+    write_report(rows, run_context(), RESULTS if done else args.runs, done)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Arms of a controlled comparison on Imagenette: the comparison recipe changed in one respect, 2 seeds each.
+
+An arm is a change to benchmarks/imagenette.py's recipe (train options) and/or to attendnet_b's spec (a
+function of the preset, written as a spec file beside the arm's runs). Each run is ``attendnets train`` in its
+own process, one after another, in ``<runs>/<arm>/<model>-s<seed>`` (resumable: a finished run is skipped, a
+killed one continues with ``--resume``); its best checkpoint is then re-evaluated (``attendnets eval``) and
+quantized to 8-bit weights (``attendnets quantize``, post-training), both cached in the run folder. An arm may
+reuse another arm's runs (a shared baseline) instead of training its own.
+
+benchmarks/presets.py (recipe and preset arms) and benchmarks/ablation.py (the attention ablation) are the
+drivers; this module is what they share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common import ROOT
+from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, RECIPE, completed_epochs, evaluate
+
+from attendnets.complexity import profile_model
+from attendnets.files import atomic_write_json
+from attendnets.registry import create_model, load_preset
+from attendnets.spec import ArchSpec, PEPESpec, VACSpec
+
+SEEDS = (0, 1)
+# Crops keeping 35-100% of the image area: the comparison recipe's crop range since benchmarks/presets.py's
+# recipe arms (docs/results/presets.md); the preset and attention arms change the recipe from there.
+CROP035 = ("--crop-scale", "0.35", "1")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: ``options`` added to the comparison recipe, for ``models``; ``spec`` turns attendnet_b's preset
+    into the arm's architecture (``None``: the preset); ``reuse``: the runs are another study's, in this folder
+    under ``runs/`` (``presets/crop035``), trained by that study's driver."""
+
+    description: str
+    options: tuple[str, ...] = ()
+    models: tuple[str, ...] = ("attendnet_b",)
+    spec: Callable[[ArchSpec], ArchSpec] | None = None
+    reuse: str | None = None
+
+
+def with_blocks(spec: ArchSpec, change: Callable[[int, Any], Any]) -> ArchSpec:
+    """``spec`` with each block ``b`` at index ``i`` replaced by ``change(i, b)``."""
+    return dataclasses.replace(spec, blocks=[change(i, b) for i, b in enumerate(spec.blocks)])
+
+
+def vacs(spec: ArchSpec, **fields: Any) -> list[int]:
+    """Indices of the condensers (whose fields equal ``fields``)."""
+    return [i for i, b in enumerate(spec.blocks)
+            if isinstance(b, VACSpec) and all(getattr(b, k) == v for k, v in fields.items())]
+
+
+def pepes(spec: ArchSpec) -> list[int]:
+    return [i for i, b in enumerate(spec.blocks) if isinstance(b, PEPESpec)]
+
+
+class Study:
+    """Runs, results and report rows of a set of arms (``arms``: name -> :class:`Arm`)."""
+
+    def __init__(self, arms: dict[str, Arm], runs: Path, data: Path, workers: int) -> None:
+        self.arms, self.runs, self.data, self.workers = arms, runs, data, workers
+
+    def folder(self, arm: str, model: str, seed: int) -> Path:
+        reuse = self.arms[arm].reuse
+        if reuse is None and arm == "recipe" and seed == 0:  # benchmarks/imagenette.py's run is the recipe's seed 0
+            return ROOT / "runs" / "imagenette" / model
+        return (ROOT / "runs" / reuse if reuse else self.runs / arm) / f"{model}-s{seed}"
+
+    def model_argument(self, arm: str, model: str) -> str:
+        """``--model``'s value: the model's name, or the arm's spec file (written when it is not there yet)."""
+        spec = self.arms[arm].spec
+        if spec is None or model != "attendnet_b":
+            return model
+        path = self.runs / arm / f"{model}.json"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            changed = spec(load_preset(model))
+            description = f"{model} changed as the arm {arm} says: {self.arms[arm].description}"
+            dataclasses.replace(changed, name=f"{model}-{arm}", description=description).save(path)
+        return str(path)
+
+    def train_command(self, arm: str, model: str, seed: int) -> list[str]:
+        recipe = [a if prev != "--seed" else str(seed) for prev, a in zip(["", *RECIPE], RECIPE)]
+        return [sys.executable, "-m", "attendnets", "train", "--data", str(self.data), "--model",
+                self.model_argument(arm, model), "--epochs", str(EPOCHS), *recipe, *self.arms[arm].options,
+                "--workers", str(self.workers), "--output", str(self.folder(arm, model, seed))]
+
+    def train(self, arm: str, model: str, seed: int) -> None:
+        run, command = self.folder(arm, model, seed), self.train_command(arm, model, seed)
+        if completed_epochs(run) >= EPOCHS:
+            return
+        resume = ["--resume"] if (run / "config.json").is_file() else []
+        print(f"{'resuming' if resume else 'training'}: {shlex.join(command + resume)}", flush=True)
+        subprocess.run(command + resume, check=True, cwd=ROOT)
+
+    def result(self, arm: str, model: str, seed: int) -> dict[str, Any]:
+        """The run's best checkpoint re-evaluated in float and at 8-bit weights, and its last epoch's top-1."""
+        run = self.folder(arm, model, seed)
+        cache = run / "presets-eval.json"
+        if cache.is_file():
+            evaluation = json.loads(cache.read_text())
+        else:
+            evaluation, eval_command = evaluate(run, self.data, self.workers)
+            evaluation["command"] = shlex.join(["python", *eval_command[1:]])
+            atomic_write_json(cache, evaluation)
+        int8 = self.quantize(run)
+        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        last = history[-1]
+        return {"top1": evaluation["top1"], "int8_top1": int8["int8_top1"], "best_epoch": evaluation["epoch"],
+                "weights": evaluation["weights"], "last_raw_top1": last["val_top1"],
+                "last_ema_top1": last.get("ema_val_top1"), "run": str(run.relative_to(ROOT)),
+                "train_command": shlex.join(["python", *self.train_command(arm, model, seed)[1:]]),
+                "eval_command": evaluation["command"], "quantize_command": int8["command"]}
+
+    def quantize(self, run: Path) -> dict[str, Any]:
+        """Post-training 8-bit weights of the run's best checkpoint (``<run>-int8/``), evaluated on val."""
+        out = run.parent / f"{run.name}-int8"
+        command = [sys.executable, "-m", "attendnets", "quantize", "--checkpoint", str(run), "--output", str(out),
+                   "--data", str(self.data), "--workers", str(self.workers), "--json"]
+        if not (out / "quantize.json").is_file():
+            subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
+        return {**json.loads((out / "quantize.json").read_text()), "command": shlex.join(["python", *command[1:]])}
+
+    def complexity(self, arm: str, model: str) -> dict[str, int]:
+        """Parameters and multiply-adds at the paper's setting (224 px, 50 classes) and at the recipe's."""
+        name = self.model_argument(arm, model)
+        paper = profile_model(create_model(name, num_classes=50), img_size=224)
+        ours = profile_model(create_model(name, num_classes=NUM_CLASSES), img_size=IMG_SIZE)
+        return {"params_224_50": paper.params, "macs_224_50": paper.macs, "params": ours.params, "macs": ours.macs}
+
+    def collect(self, names: Sequence[str], seeds: Sequence[int], train: bool) -> dict[str, dict[str, Any]]:
+        """Train (when ``train``) and gather every finished run: ``{arm: {model: {seeds, complexity}}}``."""
+        rows: dict[str, dict[str, Any]] = {}
+        for arm in names:
+            for model in self.arms[arm].models:
+                for seed in seeds:
+                    if train and not self.arms[arm].reuse:
+                        self.train(arm, model, seed)
+                    if completed_epochs(self.folder(arm, model, seed)) >= EPOCHS:
+                        row = rows.setdefault(arm, {}).setdefault(model, {"seeds": {}})
+                        row["seeds"][seed] = self.result(arm, model, seed)
+                if model in rows.get(arm, {}):
+                    rows[arm][model]["complexity"] = self.complexity(arm, model)
+        return rows
+
+
+def mean_spread(values: list[float]) -> str:
+    """``mean% (max - min)`` of per-seed values; one value as it is; ``-`` for none."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}%"
+    return f"{statistics.mean(values):.2f}% ({max(values) - min(values):.2f})"
+
+
+def table(rows: dict[str, dict[str, Any]], arms: dict[str, Arm], names: Sequence[str]) -> list[str]:
+    """The markdown table of ``rows``, one line per arm and model in ``names``' order."""
+    lines = ["| arm | model | params / MACs (224 px, 50 classes) | best checkpoint top-1, float | 8-bit weights | "
+             "per seed (float / 8-bit) | last epoch, raw weights | last epoch, EMA |",
+             "|---|---|---|---|---|---|---|---|"]
+    for arm in names:
+        for model, row in rows.get(arm, {}).items():
+            runs = list(row["seeds"].values())
+            per_seed = ", ".join(f"s{s} {r['top1']:.2f} / {r['int8_top1']:.2f}" for s, r in row["seeds"].items())
+            ema = [r["last_ema_top1"] for r in runs if r["last_ema_top1"] is not None]
+            c = row["complexity"]
+            lines.append(
+                f"| {arm}: {arms[arm].description} | {model} | {c['params_224_50'] / 1e3:,.0f}K / "
+                f"{c['macs_224_50'] / 1e6:.1f}M | {mean_spread([r['top1'] for r in runs])} | "
+                f"{mean_spread([r['int8_top1'] for r in runs])} | {per_seed} | "
+                f"{mean_spread([r['last_raw_top1'] for r in runs])} | {mean_spread(ema)} |")
+    return lines
+
+
+def add_arguments(parser: argparse.ArgumentParser, arms: dict[str, Arm], runs: Path) -> None:
+    """The options every study driver takes."""
+    parser.add_argument("--data", help="Imagenette root with train/ and val/ (default: $ATTENDNETS_DATA)")
+    parser.add_argument("--arms", default=",".join(arms), help=f"comma-separated, in order (default {','.join(arms)})")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated (default 0,1)")
+    parser.add_argument("--workers", type=int, default=2, help="data loader processes (default 2)")
+    parser.add_argument("--runs", type=Path, default=runs, help=f"runs folder (default {runs.relative_to(ROOT)})")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: write the report of the runs finished so far (into the runs folder)")
+
+
+def selected(args: argparse.Namespace, arms: dict[str, Arm]) -> tuple[list[str], list[int]]:
+    names, seeds = args.arms.split(","), [int(s) for s in args.seeds.split(",")]
+    unknown = [a for a in names if a not in arms]
+    if unknown:
+        raise SystemExit(f"unknown arm(s) {', '.join(unknown)}; arms: {', '.join(arms)}")
+    return names, seeds
+
+
+def complete(rows: dict[str, dict[str, Any]], arms: dict[str, Arm]) -> bool:
+    """Whether every arm has every model at every seed."""
+    return all(len(rows.get(a, {}).get(m, {}).get("seeds", {})) == len(SEEDS)
+               for a, arm in arms.items() for m in arm.models)
