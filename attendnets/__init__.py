@@ -1,7 +1,7 @@
 """AttendNets: tiny 8-bit image-recognition networks built from visual attention condensers.
 
-Importing the package registers ``attendnet_a``, ``attendnet_b`` and ``attendnet`` (any spec) with timm, so
-``import attendnets; timm.create_model("attendnet_b")`` works, yet the import itself loads neither torch nor
+Importing the package registers the presets (``attendnet_a``, ``attendnet_b``, ``attendnet_found_macs``) and
+``attendnet`` (any spec) with timm, so ``import attendnets; timm.create_model("attendnet_b")`` works, yet the import itself loads neither torch nor
 timm (the command line answers ``--help`` at once):
 
 - the public names below are loaded on first use (PEP 562 module ``__getattr__``);

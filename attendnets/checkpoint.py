@@ -26,6 +26,7 @@ from torch import nn
 from attendnets.errors import AttendNetsError
 from attendnets.files import atomic_write, atomic_write_text
 from attendnets.model import AttendNet
+from attendnets.quantize import dequantize_state_dict, int8_state_dict
 from attendnets.registry import create_model, is_spec_path
 
 FORMAT = "attendnets-checkpoint"
@@ -55,12 +56,20 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return path.with_name(path.name + WEIGHTS_SUFFIX), path.with_name(path.name + META_SUFFIX)
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> None:
-    """Write ``path.safetensors`` (weights and buffers, contiguous) and ``path.json`` (``meta``)."""
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any], int8: bool = False) -> None:
+    """Write ``path.safetensors`` (weights and buffers, contiguous) and ``path.json`` (``meta``).
+
+    ``int8`` stores every conv/linear weight as int8 with fp32 scales per output channel (a quarter of the
+    bytes; see :func:`~attendnets.quantize.int8_state_dict`): for a model whose weights are already 8-bit
+    (``attendnets quantize``'s output) nothing is lost, and :func:`load_weights` reads either kind."""
     weights, sidecar = checkpoint_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(weights, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata={"format": FORMAT}))
+    if int8:
+        tensors = int8_state_dict(model, buffers=True)
+    else:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, **({"storage": "int8"} if int8 else {})}
+    atomic_write(weights, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=metadata))
     from attendnets import __version__
 
     text = json.dumps({"format": FORMAT, "attendnets_version": __version__, **meta}, indent=2) + "\n"
@@ -107,7 +116,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
     if not weights.is_file():
         raise AttendNetsError(f"checkpoint weights {weights} are missing")
     try:
-        state = safetensors.torch.load_file(weights)
+        state = dequantize_state_dict(safetensors.torch.load_file(weights), weights)
+    except AttendNetsError:
+        raise
     except Exception as err:  # safetensors raises its own error types for damaged files
         raise AttendNetsError(f"cannot read checkpoint weights {weights}: {err}") from None
     own = model.state_dict()

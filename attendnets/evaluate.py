@@ -113,6 +113,20 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on ``DATA/split``: the :meth:`Tally.summary` plus what was evaluated."""
     model, meta = load_checkpoint(checkpoint)
+    return {"checkpoint": str(checkpoint), **evaluate_with_meta(model, meta, data, split, batch_size, workers, strict)}
+
+
+def evaluate_with_meta(
+    model: nn.Module,
+    meta: dict[str, Any],
+    data: str | os.PathLike | None,
+    split: str = "val",
+    batch_size: int = 64,
+    workers: int = 2,
+    strict: bool = False,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``DATA/split`` as the checkpoint sidecar ``meta`` says (its classes and
+    preprocessing): the :meth:`Tally.summary` plus what was evaluated."""
     classes, samples = open_split(data, split, strict)
     if classes != meta["class_names"]:
         raise AttendNetsError(
@@ -123,7 +137,6 @@ def evaluate_checkpoint(
     model = model.to(memory_format=torch.channels_last)
     tally = evaluate_model(model, loader, len(classes), torch.device("cpu"))
     return {
-        "checkpoint": str(checkpoint),
         "split": split,
         "model": meta.get("model") or meta["spec"]["name"],
         "epoch": meta.get("epoch"),

@@ -237,11 +237,12 @@ def quantize_weights(model: nn.Module) -> tuple[nn.Module, WeightMemory]:
     return quantized, weight_memory(quantized)
 
 
-def int8_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def int8_state_dict(model: nn.Module, buffers: bool = False) -> dict[str, torch.Tensor]:
     """The parameters of ``model`` as stored at 8 bits: each conv/linear weight as int8 ``<module>.weight``
     with its fp32 per-output-channel scales in ``<module>.weight_scale``, every other parameter fp32.
 
-    Buffers (batch-norm statistics) are not included, as in :class:`WeightMemory`."""
+    Buffers (batch-norm statistics) are included only with ``buffers`` (an 8-bit checkpoint needs them;
+    :class:`WeightMemory` does not count them)."""
     tensors: dict[str, torch.Tensor] = {}
     covered: set[int] = set()
     for name, module in _quantized_modules(model):
@@ -252,7 +253,22 @@ def int8_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, param in model.named_parameters():
         if id(param) not in covered:
             tensors[name] = param.detach().float().cpu().contiguous()
+    if buffers:
+        tensors.update((name, b.detach().cpu().contiguous()) for name, b in model.named_buffers())
     return tensors
+
+
+def dequantize_state_dict(stored: dict[str, torch.Tensor], source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The float tensors that :func:`int8_state_dict` tensors stand for (other tensors pass unchanged);
+    ``source`` names where they came from in the error for an int8 tensor without its scales."""
+    scales = {name + SCALE_SUFFIX for name, t in stored.items() if t.dtype == torch.int8}
+    if not scales <= set(stored):
+        raise AttendNetsError(f"{source} lacks the scales of {sorted(scales - set(stored))[0]}")
+    return {
+        name: dequantize_per_channel(t, stored[name + SCALE_SUFFIX]) if t.dtype == torch.int8 else t
+        for name, t in stored.items()
+        if name not in scales
+    }
 
 
 def save_int8(model: nn.Module, path: str | os.PathLike) -> WeightMemory:
@@ -275,14 +291,7 @@ def load_int8(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise AttendNetsError(f"cannot read int8 weight file {path}: {err}") from None
     if fmt != INT8_FORMAT:
         raise AttendNetsError(f"{path} is not an attendnets int8 weight file (format {fmt!r})")
-    scales = {name + SCALE_SUFFIX for name, t in stored.items() if t.dtype == torch.int8}
-    if not scales <= set(stored):
-        raise AttendNetsError(f"{path} lacks the scales of {sorted(scales - set(stored))[0]}")
-    return {
-        name: dequantize_per_channel(t, stored[name + SCALE_SUFFIX]) if t.dtype == torch.int8 else t
-        for name, t in stored.items()
-        if name not in scales
-    }
+    return dequantize_state_dict(stored, path)
 
 
 def memory_record(memory: WeightMemory) -> dict[str, float]:

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from attendnets.spec import ArchSpec
 
 PRESET_DIR = Path(__file__).parent / "presets"
-PRESETS = ("attendnet_a", "attendnet_b")
+PAPER_PRESETS = ("attendnet_a", "attendnet_b")  # reconstructions of the paper's networks (Table 1's setting)
+FOUND_PRESETS = ("attendnet_found_macs",)  # designs our exploration found (attendnets explore), not the paper's
+PRESETS = (*PAPER_PRESETS, *FOUND_PRESETS)
 
 # Short names for the baselines of Table 1, resolved to timm's implementations.
 BASELINES = {"mobilenet_v1": "mobilenetv1_100", "mobilenet_v2": "mobilenetv2_100"}
@@ -47,7 +49,7 @@ REPORTED_ONLY = ("attonet_a", "attonet_b")  # no public architecture: shown with
 
 
 def load_preset(name: str) -> ArchSpec:
-    """The spec of a preset (``attendnet_a`` or ``attendnet_b``)."""
+    """The spec of a preset (one of :data:`PRESETS`)."""
     if name not in PRESETS:
         raise AttendNetsError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
     from attendnets.spec import ArchSpec

@@ -1,20 +1,23 @@
-"""Our models registered with timm: importing this module registers ``attendnet_a``, ``attendnet_b`` and
-``attendnet`` (any spec; AttendNet-B's without one). ``import attendnets`` sees to it that this happens
+"""Our models registered with timm: importing this module registers the presets (``attendnet_a``,
+``attendnet_b``, ``attendnet_found_macs``) and ``attendnet`` (any spec; AttendNet-B's without one). ``import attendnets`` sees to it that this happens
 whenever timm is imported (see :mod:`attendnets`), so::
 
     timm.create_model("attendnet_b", num_classes=10, drop_path_rate=0.1)
     timm.create_model("attendnet", spec="my_design.json")   # any spec file, dict or ArchSpec
+    timm.create_model("attendnet_b", pretrained=True)         # the shipped Imagenette weights (attendnets.pretrained)
     timm.create_model("attendnet_b", pretrained=True,        # one of our checkpoints (its JSON sidecar beside it)
                       pretrained_cfg_overlay=dict(file="runs/b/best.safetensors"))
 
-No weights are published: ``pretrained=True`` needs a weights source such as ``file``. The pretrained cfg a
-model gets follows its spec (input size, class count, first conv, final feature map size) and, when the file
-is one of our checkpoints, the checkpoint's class count and input channels, so that timm keeps its classifier
-(same class count) or drops it (another one) as for any pretrained model.
+A preset with shipped weights is registered with the pretrained tag ``imagenette`` (``attendnet_b.imagenette``),
+its default; ``attendnet`` has none. The pretrained cfg a model gets follows its spec (input size, class count,
+first conv, final feature map size) and, when the file is one of our checkpoints, the checkpoint's class count,
+input channels and preprocessing, so that timm keeps its classifier (same class count) or drops it (another
+one) as for any pretrained model. 8-bit checkpoints load as the float weights they stand for.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -24,39 +27,45 @@ from attendnets.checkpoint import checkpoint_paths, describe, read_meta
 from attendnets.data import CROP_PCT, INTERPOLATION, MEAN, STD
 from attendnets.errors import AttendNetsError
 from attendnets.model import AttendNet, spec_geometry
-from attendnets.registry import load_preset
+from attendnets.pretrained import TAG, shipped, timm_cfg
+from attendnets.quantize import dequantize_state_dict
+from attendnets.registry import PRESETS, load_preset
 from attendnets.spec import ArchSpec
 
 DEFAULT_SPEC = "attendnet_b"  # what timm.create_model("attendnet") builds without a spec
 WEIGHT_SOURCES = ("file", "state_dict", "url", "hf_hub_id")
+PREPROCESSING = ("mean", "std", "interpolation", "crop_pct")  # cfg entries a checkpoint's sidecar gives
 
 
 def _cfg(**kwargs) -> dict:
     return {
         "url": "",
-        "num_classes": 50,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
         "crop_pct": CROP_PCT,
         "interpolation": INTERPOLATION,
         "mean": MEAN,
         "std": STD,
-        "first_conv": "blocks.0.0",
         "classifier": "classifier",
         "license": "apache-2.0",
         **kwargs,
     }
 
 
-# The registry's cfgs, for the presets at 224 px (tests/test_models.py holds them equal to spec_cfg's);
-# each model gets the cfg of its own spec (spec_cfg) as an overlay.
-default_cfgs = generate_default_cfgs(
-    {
-        "attendnet_a": _cfg(),
-        "attendnet_b": _cfg(),
-        "attendnet": _cfg(),
-    }
-)
+def _registry_cfgs() -> dict[str, dict]:
+    """The registry's cfgs: a preset with a shipped checkpoint has that checkpoint's, under the tag
+    ``imagenette``; the other presets their spec's, and ``attendnet`` its default spec's. Each model gets the
+    cfg of its own spec (spec_cfg) as an overlay."""
+    weights = shipped()
+    cfgs = {}
+    for name in (*PRESETS, "attendnet"):
+        spec = load_preset(DEFAULT_SPEC if name == "attendnet" else name)
+        if name in weights:
+            shipped_cfg = timm_cfg(weights[name])
+            size = shipped_cfg["input_size"][-1]
+            spec = dataclasses.replace(spec, img_size=size, num_classes=shipped_cfg["num_classes"])
+            cfgs[f"{name}.{TAG}"] = _cfg(**{**spec_cfg(spec), **shipped_cfg})
+        else:
+            cfgs[name] = _cfg(**spec_cfg(spec))
+    return cfgs
 
 
 def spec_cfg(spec: ArchSpec, in_chans: int | None = None) -> dict[str, Any]:
@@ -73,6 +82,9 @@ def spec_cfg(spec: ArchSpec, in_chans: int | None = None) -> dict[str, Any]:
     )
 
 
+default_cfgs = generate_default_cfgs(_registry_cfgs())
+
+
 def _checkpoint_meta(file: Any) -> dict[str, Any] | None:
     """The JSON sidecar of one of our checkpoints, when ``file`` (a weights source) is one and has it."""
     if not isinstance(file, (str, Path)):
@@ -86,7 +98,7 @@ def _pretrained_spec(variant: str, spec: ArchSpec | None, cfg: dict[str, Any]) -
     weights source, and a checkpoint of another architecture than ``spec`` (which it gives when ``None``)."""
     if not any(cfg.get(k) for k in WEIGHT_SOURCES):
         raise AttendNetsError(
-            f"no pretrained weights are published for {variant}: give a checkpoint, e.g. "
+            f"no pretrained weights are shipped for {variant}: give a checkpoint, e.g. "
             f"timm.create_model({variant!r}, pretrained=True, pretrained_cfg_overlay=dict(file='run/best.safetensors'))"
         )
     meta = _checkpoint_meta(cfg.get("file"))
@@ -113,17 +125,26 @@ def _create(variant: str, spec: ArchSpec | None, pretrained: bool, **kwargs: Any
     # The cfg's input channels: the weights' when loading (timm adapts the first conv to in_chans), else the model's.
     weights_chans = (meta or {}).get("in_chans", spec.in_chans)
     derived = spec_cfg(spec, weights_chans if pretrained else kwargs.get("in_chans"))
-    if meta:
-        derived["num_classes"] = meta["num_classes"]  # the weights' classes: timm keeps or drops the classifier
+    if meta:  # the weights' classes (timm keeps or drops the classifier) and preprocessing, where it says
+        derived["num_classes"] = meta["num_classes"]
+        if "img_size" in meta:
+            derived["input_size"] = (weights_chans, meta["img_size"], meta["img_size"])
+        derived.update({k: tuple(v) if isinstance(v, list) else v for k, v in meta.items() if k in PREPROCESSING})
     return build_model_with_cfg(
         AttendNet,
         variant,
         pretrained=pretrained,
         pretrained_cfg_overlay={**derived, **overlay},
+        pretrained_filter_fn=_float_weights,
         spec=spec,
         feature_cfg=dict(flatten_sequential=True),
         **kwargs,
     )
+
+
+def _float_weights(state_dict: dict[str, Any], model: AttendNet) -> dict[str, Any]:
+    """timm's filter of loaded weights: an 8-bit checkpoint's int8 tensors as the float ones they stand for."""
+    return dequantize_state_dict(state_dict, "the pretrained weights")
 
 
 @register_model
@@ -136,6 +157,13 @@ def attendnet_a(pretrained: bool = False, **kwargs) -> AttendNet:
 def attendnet_b(pretrained: bool = False, **kwargs) -> AttendNet:
     """AttendNet-B (reconstruction matching Table 1: 782K params, 191.3M MACs at 224 px, 50 classes)."""
     return _create("attendnet_b", load_preset("attendnet_b"), pretrained, **kwargs)
+
+
+@register_model
+def attendnet_found_macs(pretrained: bool = False, **kwargs) -> AttendNet:
+    """An AttendNet our exploration found on Imagenette (accuracy against multiply-adds), not the paper's:
+    440K params, 49.9M MACs at 128 px, 10 classes."""
+    return _create("attendnet_found_macs", load_preset("attendnet_found_macs"), pretrained, **kwargs)
 
 
 @register_model

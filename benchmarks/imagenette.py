@@ -1,4 +1,4 @@
-"""Accuracy on Imagenette: AttendNet-A/B against MobileNet-V1/V2, from scratch, one recipe for all.
+"""Accuracy on Imagenette: AttendNet-A/B and our found preset against MobileNet-V1/V2, from scratch, one recipe.
 
 Each model is trained by ``attendnets train`` in its own process (one after another: never two heavy
 processes at once), then its best checkpoint is re-evaluated by ``attendnets eval --json``. The recipe:
@@ -32,7 +32,7 @@ from attendnets.complexity import profile_model  # noqa: E402
 from attendnets.data import resolve_data_dir  # noqa: E402
 from attendnets.registry import create_model  # noqa: E402
 
-MODELS = ("attendnet_a", "attendnet_b", "mobilenet_v1", "mobilenet_v2")
+MODELS = ("attendnet_a", "attendnet_b", "attendnet_found_macs", "mobilenet_v1", "mobilenet_v2")
 IMG_SIZE = 128
 EPOCHS = 15
 RECIPE = ["--img-size", str(IMG_SIZE), "--batch-size", "64", "--lr", "2e-3", "--weight-decay", "0.05",

@@ -63,7 +63,8 @@ def test_unreadable_images_are_skipped(trained, float_onnx, tmp_path, capsys) ->
 
 def test_bad_inputs(trained, float_onnx, tmp_path, capsys) -> None:
     image = str(_val_images(trained)[0])
-    for models in ([], ["--onnx", str(float_onnx), "--checkpoint", str(trained.checkpoint)]):
+    for models in (["--onnx", str(float_onnx), "--checkpoint", str(trained.checkpoint)],
+                   ["--model", "attendnet_b", "--checkpoint", str(trained.checkpoint)]):
         with pytest.raises(SystemExit) as exit_:
             main(["predict", image, *models])
         assert exit_.value.code == 2

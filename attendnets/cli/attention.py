@@ -20,12 +20,13 @@ channel group of its embedding's grouped conv. --json prints per image the top c
 the mean, spread and share of pixels above 0.5 of each map.
 
 Give the model as --checkpoint CKPT (a trained checkpoint or run folder) or --model NAME (a preset or
-spec file; untrained weights unless --pretrained, which needs published weights).
+spec file; untrained weights unless --pretrained: the Imagenette-trained weights shipped with attendnets).
 
 examples:
   attendnets attention photo.jpg --checkpoint runs/b
   attendnets attention a.jpg b.jpg --checkpoint runs/b --output maps.png --groups
   attendnets attention photo.jpg --checkpoint runs/b --json
+  attendnets attention photo.jpg --model attendnet_b --pretrained
 """
 
 
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", metavar="CKPT", help="checkpoint or run folder")
     model.add_argument("--model", metavar="NAME", help="preset name or spec file (see --pretrained)")
-    parser.add_argument("--pretrained", action="store_true", help="with --model: load its published weights")
+    parser.add_argument("--pretrained", action="store_true", help="with --model: its weights shipped with attendnets")
     parser.add_argument("--output", metavar="PNG", default="attention.png", help="the grid (default attention.png)")
     parser.add_argument("--groups", action="store_true", help="also write one PNG per image with each group's map")
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
@@ -79,10 +80,11 @@ def _attention(args: argparse.Namespace, written: list[Path]) -> dict:
     from attendnets.errors import AttendNetsError
     from attendnets.files import atomic_write
     from attendnets.plots import plot_attention
+    from attendnets.pretrained import class_labels, shipped_checkpoint
     from attendnets.registry import create_model
 
-    if args.checkpoint:
-        model, meta = load_checkpoint(args.checkpoint)
+    if args.checkpoint or args.pretrained:
+        model, meta = load_checkpoint(args.checkpoint or shipped_checkpoint(args.model))
     else:
         model = create_model(args.model, pretrained=args.pretrained)
         meta = {**default_preprocessing(model.spec.img_size),
@@ -111,6 +113,7 @@ def _attention(args: argparse.Namespace, written: list[Path]) -> dict:
         "class_names": meta["class_names"],
         "images": [
             {"image": str(path), "top_class": meta["class_names"][int(probabilities[i].argmax())],
+             "top_label": class_labels(meta)[int(probabilities[i].argmax())],
              "probability": float(probabilities[i].max()), "condensers": attention_summary(maps, i)}
             for i, path in enumerate(args.images)
         ],

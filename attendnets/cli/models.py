@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from attendnets.registry import BASELINES, PRESETS, REPORTED_ONLY, TABLE1, load_preset
+from attendnets.registry import BASELINES, PAPER_PRESETS, PRESETS, REPORTED_ONLY, TABLE1, load_preset
 
 HELP = "list the models that can be built (presets, baselines, reported-only)"
 DESCRIPTION = """\
@@ -28,7 +28,8 @@ def model_list() -> list[dict]:
     records = []
     for name in PRESETS:
         spec = load_preset(name)
-        records.append({"model": name, "kind": "preset", "builds": True, "description": spec.description})
+        kind = "preset" if name in PAPER_PRESETS else "found preset"
+        records.append({"model": name, "kind": kind, "builds": True, "description": spec.description})
     for name, timm_name in BASELINES.items():
         records.append(
             {"model": name, "kind": "baseline", "builds": True, "description": f"timm's {timm_name}"}

@@ -10,13 +10,15 @@ from typing import Any
 from attendnets.cli.options import POSITIVE
 from attendnets.errors import AttendNetsError
 
-HELP = "top classes of images, from a checkpoint or an exported file (ONNX, TFLite, ExecuTorch)"
+HELP = "top classes of images, from a shipped model, a checkpoint or an exported file (ONNX, TFLite, ExecuTorch)"
 DESCRIPTION = """\
 Preprocess each IMAGE as the model says (the checkpoint sidecar, or the metadata of a file written by
 attendnets export: resize, centre crop, normalise) and print its top classes with their softmax
-probabilities. Give exactly one model: --checkpoint CKPT (PyTorch; a checkpoint or a run folder) or
---file FILE, run on CPU in its runtime (float or int8): .onnx in ONNX Runtime, .tflite in LiteRT (or
-TFLite Micro with --runtime tflm), .pte in ExecuTorch.
+probabilities. The model is at most one of: --model NAME, a model shipped with attendnets (trained on
+Imagenette, so it knows only Imagenette's 10 classes: tench, English springer, cassette player, chain saw,
+church, French horn, garbage truck, gas pump, golf ball, parachute; the default, attendnet_b);
+--checkpoint CKPT (PyTorch; a checkpoint or a run folder); --file FILE, run on CPU in its runtime (float
+or int8): .onnx in ONNX Runtime, .tflite in LiteRT (or TFLite Micro with --runtime tflm), .pte in ExecuTorch.
 
 Images are read and classified --batch-size at a time, each one's classes printed as soon as its batch
 is done (with --json, one JSON list at the end), with a progress bar on stderr when it is a terminal. An
@@ -24,6 +26,8 @@ image that cannot be read is reported on stderr and skipped; the exit status is 
 could be read).
 
 examples:
+  attendnets predict photo.jpg
+  attendnets predict photo.jpg --model attendnet_a --top 3
   attendnets predict photo.jpg --checkpoint runs/b
   attendnets predict a.jpg b.png --file runs/b/best.int8.onnx --top 3
   attendnets predict photo.jpg --file runs/b/best.int8.tflite
@@ -33,7 +37,8 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    model = parser.add_mutually_exclusive_group(required=True)
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model", metavar="NAME", help="a shipped model (default attendnet_b, see above)")
     model.add_argument("--checkpoint", metavar="CKPT", help="checkpoint or run folder (PyTorch)")
     model.add_argument("--file", "--onnx", dest="file", metavar="FILE",
                        help="a .onnx, .tflite or .pte file written by attendnets export")
@@ -41,14 +46,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", help="with --file FILE.tflite: litert (default) or tflm (TFLite Micro)")
     parser.add_argument("--threads", type=POSITIVE, help="runtime threads with --file (default: the runtime's own)")
     parser.add_argument("--batch-size", type=POSITIVE, default=32, help="images read and classified at once (default 32)")
-    parser.add_argument("--json", action="store_true", help="print a JSON list of {image, top: [{class, probability}]}")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON list of {image, top: [{class, label, probability}]}")
 
 
 def run(args: argparse.Namespace) -> int:
     from attendnets.predict import iter_predictions, load_classifier
+    from attendnets.pretrained import DEFAULT_MODEL, class_labels, shipped_checkpoint
 
-    classifier = load_classifier(args.checkpoint, args.file, args.threads, args.runtime)
-    width = max(len(name) for name in classifier.class_names)
+    checkpoint, name = args.checkpoint, None
+    if args.file is None and checkpoint is None:
+        name = args.model or DEFAULT_MODEL
+        checkpoint = shipped_checkpoint(name)
+    classifier = load_classifier(checkpoint, args.file, args.threads, args.runtime)
+    if name and not args.json:
+        print(f"{name} (shipped with attendnets) knows only Imagenette's {len(classifier.class_names)} classes: "
+              "it names one of them for any image", file=sys.stderr)
+    labels = dict(zip(classifier.class_names, class_labels(classifier.meta)))
+    width = max(len(label) for label in labels.values())
     records, problems = [], 0
     with _Progress(len(args.images)) as progress:
         for record in iter_predictions(classifier, args.images, args.top, args.batch_size):
@@ -57,9 +72,9 @@ def run(args: argparse.Namespace) -> int:
                 problems += 1
                 progress.warn(f"attendnets predict: warning: {record['problem']}")
             elif args.json:
-                records.append(record)
+                records.append({**record, "top": [{**g, "label": labels[g["class"]]} for g in record["top"]]})
             else:
-                print(_text(record, width), flush=True)
+                print(_text(record, labels, width), flush=True)
     if problems == len(args.images):
         raise AttendNetsError(f"none of the {len(args.images)} image(s) could be read")
     if args.json:
@@ -67,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _text(record: dict[str, Any], width: int) -> str:
-    ranks = [f"  {rank}. {guess['class']:<{width}}  {100 * guess['probability']:5.1f}%"
+def _text(record: dict[str, Any], labels: dict[str, str], width: int) -> str:
+    ranks = [f"  {rank}. {labels[guess['class']]:<{width}}  {100 * guess['probability']:5.1f}%"
              for rank, guess in enumerate(record["top"], 1)]
     return "\n".join([record["image"], *ranks])
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from attendnets.cli.options import POSITIVE, integer
 from attendnets.errors import AttendNetsError
-from attendnets.registry import BASELINES, PRESETS, REPORTED_ONLY, TABLE1, create_model, is_attendnet, is_spec_path
+from attendnets.registry import BASELINES, PAPER_PRESETS, REPORTED_ONLY, TABLE1, create_model, is_attendnet, is_spec_path
 
 if TYPE_CHECKING:
     from attendnets.complexity import Complexity
@@ -36,7 +36,7 @@ examples:
   attendnets profile resnet18          # any timm model
 """
 
-DEFAULT_MODELS = (*PRESETS, *BASELINES, *REPORTED_ONLY)
+DEFAULT_MODELS = (*PAPER_PRESETS, *BASELINES, *REPORTED_ONLY)
 REFERENCE = "mobilenet_v1"
 IMG_SIZE = integer(8)  # the smallest input every model reduces to at least one pixel
 

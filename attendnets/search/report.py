@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from attendnets.errors import AttendNetsError
 from attendnets.files import atomic_write, atomic_write_json, atomic_write_text
 from attendnets.plots import plot_pareto
-from attendnets.registry import BASELINES, PRESETS, create_model
+from attendnets.registry import BASELINES, PAPER_PRESETS, PRESETS, create_model
 from attendnets.search.requirements import COST_LABELS, LATENCY, Deployment, Requirements, latency_meter, measure_costs
 from attendnets.search.storage import open_storage, read_study_file, rung_name, study_names
 from attendnets.search.trials import TrialStatus, is_feasible, pareto_front, status_of, was_scored
@@ -31,7 +31,7 @@ from attendnets.spec import ArchSpec
 
 COST_COLUMNS = ("params", "weight_kb", "macs", "peak_activation_kb", "peak_activation_kb_fp32", "latency_ms",
                 "latency_ratio")
-REFERENCE_MODELS = (*PRESETS, *BASELINES)
+REFERENCE_MODELS = (*PAPER_PRESETS, *BASELINES)
 REFERENCES_FILE = "references.json"
 
 
