@@ -108,9 +108,12 @@ def build_from_meta(meta: dict[str, Any]) -> nn.Module:
     raise AttendNetsError("checkpoint sidecar names neither a model nor a spec")
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
+def load_weights(model: nn.Module, path: str | os.PathLike, new_classifier: bool = False) -> dict[str, Any]:
     """Load a checkpoint's weights into ``model``; a checkpoint of another architecture or class count
-    is refused with a one-line explanation. Returns the sidecar."""
+    is refused with a one-line explanation. Returns the sidecar.
+
+    ``new_classifier``: keep ``model``'s own classifier (the one its timm cfg names) and load the rest, so
+    that a model for other classes starts from the checkpoint's features, as timm's pretrained loading does."""
     weights, _ = checkpoint_paths(path)
     meta = read_meta(path)
     if not weights.is_file():
@@ -122,6 +125,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
     except Exception as err:  # safetensors raises its own error types for damaged files
         raise AttendNetsError(f"cannot read checkpoint weights {weights}: {err}") from None
     own = model.state_dict()
+    if new_classifier:
+        head = getattr(model, "pretrained_cfg", {}).get("classifier", "classifier") + "."
+        own = {k: v for k, v in own.items() if not k.startswith(head)}
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         raise AttendNetsError(
@@ -141,7 +148,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint {weights.name} holds another architecture, {describe(meta)}: {len(wrong)} tensor(s) "
             f"differ in shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})"
         )
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=not new_classifier)
     return meta
 
 

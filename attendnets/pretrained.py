@@ -61,8 +61,8 @@ def timm_cfg(path: Path) -> dict[str, Any]:
         "label_names": tuple(meta["class_names"]),
         "label_descriptions": meta.get("class_labels"),
         "license": "apache-2.0",
-        "description": f"trained on Imagenette (10 ImageNet classes, non-commercial research use) at {meta['img_size']} px "
-        "with 8-bit weights",
+        "description": "trained on Imagenette (10 ImageNet classes, non-commercial research use) at "
+        f"{meta['img_size']} px with 8-bit weights",
         "notes": (f"val top-1 {release['top1']:.2f}% float, {release['int8_top1']:.2f}% at 8-bit weights",
                   f"trained with: {release['train_command']}", f"at commit {release['commit']}"),
     }

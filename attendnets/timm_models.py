@@ -1,6 +1,6 @@
 """Our models registered with timm: importing this module registers the presets (``attendnet_a``,
-``attendnet_b``, ``attendnet_found_macs``) and ``attendnet`` (any spec; AttendNet-B's without one). ``import attendnets`` sees to it that this happens
-whenever timm is imported (see :mod:`attendnets`), so::
+``attendnet_b``, ``attendnet_found_macs``) and ``attendnet`` (any spec; AttendNet-B's without one).
+``import attendnets`` sees to it that this happens whenever timm is imported (see :mod:`attendnets`), so::
 
     timm.create_model("attendnet_b", num_classes=10, drop_path_rate=0.1)
     timm.create_model("attendnet", spec="my_design.json")   # any spec file, dict or ArchSpec

@@ -64,6 +64,7 @@ from attendnets.checkpoint import (
     load_train_state,
     load_weights,
     model_meta,
+    read_meta,
     save_checkpoint,
     save_train_state,
 )
@@ -122,7 +123,7 @@ class TrainConfig:
     strict: bool = False
     tensorboard: bool = False
     subset: int | None = None  # at most this many images of each split (smoke runs)
-    init: str | None = None  # start from this checkpoint's weights (same architecture and classes)
+    init: str | None = None  # start from this checkpoint's weights (same architecture; other classes: a new head)
     qat: bool = False  # quantization-aware training: int8 fake-quantized conv/linear weights
     qat_activations: bool = False  # and 8-bit fake-quantized conv/linear inputs (needs qat)
     weight_init: str = "kaiming"  # AttendNets: AttendNet's weight_init ("kaiming" or "torch")
@@ -282,16 +283,15 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
 
 
 def _load_init(model: nn.Module, path: str, classes: list[str]) -> None:
-    """Load the weights of the checkpoint a run starts from; it must be for the same model and classes."""
+    """Load the weights of the checkpoint a run starts from, which must be of the same architecture: all of
+    them for the same classes; for other classes all but the classifier, which starts anew (fine-tuning)."""
     try:
-        meta = load_weights(model, path)
+        same_classes = read_meta(path).get("class_names") == classes
+        load_weights(model, path, new_classifier=not same_classes)
     except AttendNetsError as err:
         raise AttendNetsError(f"cannot start from {path}: {err}") from None
-    if meta.get("class_names") != classes:
-        raise AttendNetsError(
-            f"cannot start from {path}: it was trained on the classes {short_list(meta.get('class_names') or [])}, "
-            f"the data has {short_list(classes)}"
-        )
+    if not same_classes:
+        log.info("starting from %s with a new classifier for the %d classes of the data", path, len(classes))
 
 
 class _Run:

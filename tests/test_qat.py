@@ -114,17 +114,29 @@ def test_qat_run_resumes_exactly(tmp_path, synthetic_data, small_spec_file, monk
                            resume=True))
 
 
-def test_init_must_match_model_and_classes(tmp_path, synthetic_data, small_spec_file, capsys) -> None:
-    five = _checkpoint(tmp_path / "five", classes=CLASSES + ["waves"])
-    with pytest.raises(AttendNetsError, match=r"cannot start from .*five: checkpoint five.safetensors is for 5 classes, "
-                                              "the model has 4"):
-        train(small_config(synthetic_data, small_spec_file, tmp_path / "a", init=str(five)))
-    renamed = _checkpoint(tmp_path / "renamed", classes=["a", "b", "c", "d"])
-    with pytest.raises(AttendNetsError, match="it was trained on the classes"):
-        train(small_config(synthetic_data, small_spec_file, tmp_path / "b", init=str(renamed)))
+def test_init_for_other_classes_keeps_the_features_and_starts_a_new_classifier(tmp_path, synthetic_data,
+                                                                               small_spec_file, capsys) -> None:
+    from attendnets.training import _load_init
+
+    same = _checkpoint(tmp_path / "same")
+    for other in (CLASSES + ["waves"], ["a", "b", "c", "d"]):  # another count; the same count, other classes
+        source = _checkpoint(tmp_path / f"{len(other)}-{other[0]}", classes=other)
+        saved, _ = load_checkpoint(source)
+        torch.manual_seed(1)
+        model = build_model(ArchSpec.from_dict(SMALL_SPEC))
+        head = model.classifier.weight.clone()
+        _load_init(model, str(source), CLASSES)
+        kept = {k: torch.equal(v, saved.state_dict()[k]) for k, v in model.state_dict().items()
+                if not k.startswith("classifier.")}
+        assert all(kept.values()) and torch.equal(model.classifier.weight, head)  # the model's own new head
+    model = build_model(ArchSpec.from_dict(SMALL_SPEC))
+    _load_init(model, str(same), CLASSES)
+    assert torch.equal(model.classifier.weight, load_checkpoint(same)[0].classifier.weight)  # same classes: all
+    result = train(small_config(synthetic_data, small_spec_file, tmp_path / "a", init=str(tmp_path / "5-checks"), epochs=1))
+    assert result.epochs_run == 1
     with pytest.raises(AttendNetsError, match=r"need quantization-aware training \(qat\)"):
         train(small_config(synthetic_data, small_spec_file, tmp_path / "c", qat_activations=True))
-    args = ["train", "--data", str(synthetic_data), "--model", "attendnet_b", "--init", str(five),
+    args = ["train", "--data", str(synthetic_data), "--model", "attendnet_b", "--init", str(same),
             "--output", str(tmp_path / "d"), "--workers", "0"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()

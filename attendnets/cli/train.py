@@ -102,12 +102,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     parser.add_argument("--subset", type=POSITIVE, metavar="N", help="use at most N images of each split (smoke runs)")
     parser.add_argument("--tensorboard", action="store_true", help="also log to OUTPUT/tensorboard (needs tensorboard)")
-    parser.add_argument("--init", metavar="CKPT", help="start from this checkpoint's weights (same model and classes)")
+    parser.add_argument("--init", metavar="CKPT",
+                        help="start from this checkpoint's weights (same architecture; for other classes all but the "
+                        "classifier, which starts anew: fine-tuning, e.g. from attendnets/weights/attendnet_b.imagenette)")
     parser.add_argument("--weight-init", choices=WEIGHT_INITS, default=d["weight_init"],
                         help="AttendNets' initial weights: kaiming (convs Kaiming-normal fan-out, fully-connected "
                         "N(0, 0.01), as torchvision's MobileNets; default) or torch (each layer's PyTorch default)")
     parser.add_argument("--zero-init-last", action="store_true",
-                        help="AttendNets: zero the last BN of each residual condenser and PEPE, so they start as the identity")
+                        help="AttendNets: zero the last BN of each residual condenser and PEPE, so that they start "
+                        "as the identity")
     parser.add_argument("--qat", action="store_true", help="quantization-aware training with int8 fake-quantized weights")
     parser.add_argument("--qat-activations", action="store_true",
                         help="also fake-quantize conv/linear inputs to 8 bits (implies --qat)")
