@@ -25,22 +25,17 @@ Runs are in ``runs/ablation/<arm>/attendnet_b-s<seed>`` (see benchmarks/arms.py)
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arms import CROP035, SEEDS, Arm, Study, add_arguments, complete, selected, table, with_blocks  # noqa: E402
-from common import RESULTS, ROOT, provenance, run_context  # noqa: E402
+from arms import CROP035, Arm, run_study, with_blocks  # noqa: E402
 from imagenette import EPOCHS  # noqa: E402
 
-from attendnets.data import resolve_data_dir  # noqa: E402
-from attendnets.files import atomic_write_json, atomic_write_text  # noqa: E402
-from attendnets.runtime import tune_malloc  # noqa: E402
 from attendnets.spec import ArchSpec, VACSpec, block_out_chs  # noqa: E402
 
 
@@ -97,34 +92,12 @@ def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write_report(rows: dict, context: dict, out_dir: Path, done: bool) -> None:
-    lines = ["# Does attention earn its cost? The attention ablation on Imagenette", "",
-             *([] if done else ["**PARTIAL: not every run has finished.**", ""]),
-             f"{EPOCHS} epochs at 128 px, the comparison recipe with crops keeping 35-100% of the image area; "
-             "val top-1 (3,925 images) of the best checkpoint in float and with post-training 8-bit weights "
-             "(`attendnets quantize`). Mean over seeds, in brackets the spread (max - min). Parameters and multiply-adds at the "
-             "paper's 224 px and 50 classes.", "",
-             *table(rows, ARMS, list(ARMS)), "", *verdict(rows), "", "## How it was run", "", *provenance(context), "",
-             "Each run's train, eval and quantize commands are in ablation.json."]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "ablation.md", "\n".join(lines) + "\n")
-    atomic_write_json(out_dir / "ablation.json", {**context, "complete": done, "arms": rows})
-    print(f"wrote {out_dir / 'ablation.md'}")
-
-
 def main() -> int:
-    tune_malloc()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, ARMS, ROOT / "runs" / "ablation")
-    args = parser.parse_args()
-    names, seeds = selected(args, ARMS)
-    study = Study(ARMS, args.runs, resolve_data_dir(args.data), args.workers)
-    if not args.report:
-        study.collect(names, seeds, train=True)
-    rows = study.collect(list(ARMS), SEEDS, train=False)
-    done = complete(rows, ARMS)
-    write_report(rows, run_context(), RESULTS if done else args.runs, done)
-    return 0
+    return run_study(__doc__, ARMS, "ablation", "Does attention earn its cost? The attention ablation on Imagenette",
+                     f"{EPOCHS} epochs at 128 px, the comparison recipe with crops keeping 35-100% of the image area; "
+                     "val top-1 (3,925 images) of the best checkpoint in float and with post-training 8-bit weights "
+                     "(`attendnets quantize`). Mean over seeds, in brackets the spread (max - min). Parameters and "
+                     "multiply-adds at the paper's 224 px and 50 classes.", verdict)
 
 
 if __name__ == "__main__":

@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import ROOT
+from common import RESULTS, ROOT, provenance, run_context
 from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, RECIPE, completed_epochs, evaluate
 
 from attendnets.complexity import profile_model
-from attendnets.files import atomic_write_json
+from attendnets.data import resolve_data_dir
+from attendnets.files import atomic_write_json, atomic_write_text
 from attendnets.registry import create_model, load_preset
+from attendnets.runtime import tune_malloc
 from attendnets.spec import ArchSpec, PEPESpec, VACSpec
 
 SEEDS = (0, 1)
@@ -183,6 +185,33 @@ def table(rows: dict[str, dict[str, Any]], arms: dict[str, Arm], names: Sequence
                 f"{mean_spread([r['int8_top1'] for r in runs])} | {per_seed} | "
                 f"{mean_spread([r['last_raw_top1'] for r in runs])} | {mean_spread(ema)} |")
     return lines
+
+
+def run_study(doc: str, arms: dict[str, Arm], stem: str, title: str, intro: str,
+              findings: Callable[[dict[str, Any]], list[str]] = lambda rows: []) -> int:
+    """A study driver's main: parse its options, train the arms asked for, and write ``<stem>.{md,json}`` (into
+    docs/results once every arm has both seeds, else into the runs folder) with ``title``, ``intro``, the table
+    and ``findings(rows)``."""
+    tune_malloc()
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, arms, ROOT / "runs" / stem)
+    args = parser.parse_args()
+    names, seeds = selected(args, arms)
+    study = Study(arms, args.runs, resolve_data_dir(args.data), args.workers)
+    if not args.report:
+        study.collect(names, seeds, train=True)
+    rows = study.collect(list(arms), SEEDS, train=False)  # the report shows every finished run
+    done = complete(rows, arms)
+    context = run_context()
+    lines = [f"# {title}", "", *([] if done else ["**PARTIAL: not every run has finished.**", ""]), intro, "",
+             *table(rows, arms, list(arms)), "", *findings(rows), "", "## How it was run", "", *provenance(context), "",
+             f"Each run's train, eval and quantize commands are in {stem}.json."]
+    out_dir = RESULTS if done else args.runs
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / f"{stem}.md", "\n".join(lines) + "\n")
+    atomic_write_json(out_dir / f"{stem}.json", {**context, "complete": done, "arms": rows})
+    print(f"wrote {out_dir / f'{stem}.md'}")
+    return 0
 
 
 def add_arguments(parser: argparse.ArgumentParser, arms: dict[str, Arm], runs: Path) -> None:

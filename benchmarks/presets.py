@@ -24,19 +24,14 @@ Runs are in ``runs/presets/<arm>/<model>-s<seed>`` (see benchmarks/arms.py). The
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arms import CROP035, SEEDS, Arm, Study, add_arguments, complete, pepes, selected, table, vacs, with_blocks  # noqa: E402
-from common import RESULTS, ROOT, provenance, run_context  # noqa: E402
+from arms import CROP035, Arm, pepes, run_study, vacs, with_blocks  # noqa: E402
 from imagenette import EPOCHS  # noqa: E402
 
-from attendnets.data import resolve_data_dir  # noqa: E402
-from attendnets.files import atomic_write_json, atomic_write_text  # noqa: E402
-from attendnets.runtime import tune_malloc  # noqa: E402
 from attendnets.spec import ArchSpec  # noqa: E402
 
 BOTH = ("attendnet_b", "mobilenet_v1")
@@ -67,34 +62,13 @@ ARMS = {
 }
 
 
-def write_report(rows: dict, context: dict, out_dir: Path, done: bool) -> None:
-    lines = ["# Recipe and preset arms on Imagenette: do our recipe and presets leave accuracy on the table?", "",
-             *([] if done else ["**PARTIAL: not every run has finished.**", ""]),
-             f"{EPOCHS} epochs at 128 px, the comparison recipe of benchmarks/imagenette.py changed as each arm says; "
-             "val top-1 (3,925 images) of the best checkpoint in float and with post-training 8-bit weights "
-             "(`attendnets quantize`), and of the last epoch's raw and EMA weights (a run without EMA ends with the "
-             "raw ones). Mean over seeds, in brackets the spread (max - min).", "",
-             *table(rows, ARMS, list(ARMS)), "", "## How it was run", "", *provenance(context), "",
-             "Each run's train, eval and quantize commands are in presets.json."]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "presets.md", "\n".join(lines) + "\n")
-    atomic_write_json(out_dir / "presets.json", {**context, "complete": done, "arms": rows})
-    print(f"wrote {out_dir / 'presets.md'}")
-
-
 def main() -> int:
-    tune_malloc()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, ARMS, ROOT / "runs" / "presets")
-    args = parser.parse_args()
-    names, seeds = selected(args, ARMS)
-    study = Study(ARMS, args.runs, resolve_data_dir(args.data), args.workers)
-    if not args.report:
-        study.collect(names, seeds, train=True)
-    rows = study.collect(list(ARMS), SEEDS, train=False)  # the report shows every finished run
-    done = complete(rows, ARMS)
-    write_report(rows, run_context(), RESULTS if done else args.runs, done)
-    return 0
+    return run_study(__doc__, ARMS, "presets",
+                     "Recipe and preset arms on Imagenette: do our recipe and presets leave accuracy on the table?",
+                     f"{EPOCHS} epochs at 128 px, the comparison recipe of benchmarks/imagenette.py changed as each arm "
+                     "says; val top-1 (3,925 images) of the best checkpoint in float and with post-training 8-bit weights "
+                     "(`attendnets quantize`), and of the last epoch's raw and EMA weights (a run without EMA ends with "
+                     "the raw ones). Mean over seeds, in brackets the spread (max - min).")
 
 
 if __name__ == "__main__":
