@@ -119,11 +119,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike, new_classifier: bool
     if not weights.is_file():
         raise AttendNetsError(f"checkpoint weights {weights} are missing")
     try:
-        state = dequantize_state_dict(safetensors.torch.load_file(weights), weights)
-    except AttendNetsError:
-        raise
+        stored = safetensors.torch.load_file(weights)
     except Exception as err:  # safetensors raises its own error types for damaged files
         raise AttendNetsError(f"cannot read checkpoint weights {weights}: {err}") from None
+    state = dequantize_state_dict(stored, weights)
     own = model.state_dict()
     if new_classifier:
         head = getattr(model, "pretrained_cfg", {}).get("classifier", "classifier") + "."

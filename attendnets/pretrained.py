@@ -12,7 +12,6 @@ Imagenette is a subset of ImageNet, whose images are for non-commercial research
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -45,19 +44,13 @@ def class_labels(meta: dict[str, Any]) -> list[str]:
     return [f"{labels[c]} ({c})" if c in labels else c for c in meta["class_names"]]
 
 
-def timm_cfg(path: Path) -> dict[str, Any]:
-    """The timm pretrained cfg entries of a shipped checkpoint: its file, classes, preprocessing and a note of
-    how it was trained and how it scores."""
-    meta = json.loads(path.with_name(path.name + ".json").read_text())
+def release_cfg(weights: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The timm pretrained cfg entries of a shipped checkpoint (``weights``: its file; ``meta``: its sidecar)
+    beyond its spec's and preprocessing's: the file, class names and labels, and a note of how it was trained
+    and how it scores."""
     release = meta["release"]
     return {
-        "file": str(path.with_name(path.name + ".safetensors")),
-        "num_classes": meta["num_classes"],
-        "input_size": (meta.get("in_chans", 3), meta["img_size"], meta["img_size"]),
-        "crop_pct": meta["crop_pct"],
-        "interpolation": meta["interpolation"],
-        "mean": tuple(meta["mean"]),
-        "std": tuple(meta["std"]),
+        "file": str(weights),
         "label_names": tuple(meta["class_names"]),
         "label_descriptions": meta.get("class_labels"),
         "license": "apache-2.0",

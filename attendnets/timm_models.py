@@ -27,7 +27,7 @@ from attendnets.checkpoint import checkpoint_paths, describe, read_meta
 from attendnets.data import CROP_PCT, INTERPOLATION, MEAN, STD
 from attendnets.errors import AttendNetsError
 from attendnets.model import AttendNet, spec_geometry
-from attendnets.pretrained import TAG, shipped, timm_cfg
+from attendnets.pretrained import TAG, release_cfg, shipped
 from attendnets.quantize import dequantize_state_dict
 from attendnets.registry import PRESETS, load_preset
 from attendnets.spec import ArchSpec
@@ -59,10 +59,11 @@ def _registry_cfgs() -> dict[str, dict]:
     for name in (*PRESETS, "attendnet"):
         spec = load_preset(DEFAULT_SPEC if name == "attendnet" else name)
         if name in weights:
-            shipped_cfg = timm_cfg(weights[name])
-            size = shipped_cfg["input_size"][-1]
-            spec = dataclasses.replace(spec, img_size=size, num_classes=shipped_cfg["num_classes"])
-            cfgs[f"{name}.{TAG}"] = _cfg(**{**spec_cfg(spec), **shipped_cfg})
+            meta = read_meta(weights[name])
+            file, _ = checkpoint_paths(weights[name])
+            spec = dataclasses.replace(spec, img_size=meta["img_size"], num_classes=meta["num_classes"])
+            cfgs[f"{name}.{TAG}"] = _cfg(**{**spec_cfg(spec), **checkpoint_cfg(meta, spec.in_chans),
+                                            **release_cfg(file, meta)})
         else:
             cfgs[name] = _cfg(**spec_cfg(spec))
     return cfgs
@@ -80,6 +81,16 @@ def spec_cfg(spec: ArchSpec, in_chans: int | None = None) -> dict[str, Any]:
         first_conv=first_conv,
         pool_size=(size, size),
     )
+
+
+def checkpoint_cfg(meta: dict[str, Any], in_chans: int) -> dict[str, Any]:
+    """The pretrained-cfg entries one of our checkpoints' sidecars gives: its class count and, where it says,
+    its input size (with ``in_chans`` channels) and preprocessing."""
+    cfg: dict[str, Any] = {"num_classes": meta["num_classes"]}
+    if "img_size" in meta:
+        cfg["input_size"] = (in_chans, meta["img_size"], meta["img_size"])
+    cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in meta.items() if k in PREPROCESSING})
+    return cfg
 
 
 default_cfgs = generate_default_cfgs(_registry_cfgs())
@@ -125,11 +136,8 @@ def _create(variant: str, spec: ArchSpec | None, pretrained: bool, **kwargs: Any
     # The cfg's input channels: the weights' when loading (timm adapts the first conv to in_chans), else the model's.
     weights_chans = (meta or {}).get("in_chans", spec.in_chans)
     derived = spec_cfg(spec, weights_chans if pretrained else kwargs.get("in_chans"))
-    if meta:  # the weights' classes (timm keeps or drops the classifier) and preprocessing, where it says
-        derived["num_classes"] = meta["num_classes"]
-        if "img_size" in meta:
-            derived["input_size"] = (weights_chans, meta["img_size"], meta["img_size"])
-        derived.update({k: tuple(v) if isinstance(v, list) else v for k, v in meta.items() if k in PREPROCESSING})
+    if meta:  # the weights' classes (timm keeps or drops the classifier) and preprocessing
+        derived.update(checkpoint_cfg(meta, weights_chans))
     return build_model_with_cfg(
         AttendNet,
         variant,

@@ -135,7 +135,7 @@ class TrainConfig:
     std: tuple[float, ...] = STD
 
 
-INIT_DEFAULTS = {"weight_init": "kaiming", "zero_init_last": False}
+INIT_OPTIONS = ("weight_init", "zero_init_last")  # TrainConfig fields passed to an AttendNet's constructor
 
 # A resumed run must be the run that was started: these fields may not change.
 RECIPE_FIELDS = ("model", "img_size", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
@@ -582,8 +582,8 @@ def _build_model(config: TrainConfig, num_classes: int, state: dict[str, Any] | 
 
 def _init_options(config: TrainConfig) -> dict[str, Any]:
     """AttendNet's initialisation options that differ from their defaults; refused for other models."""
-    given = {k: v for k, v in dict(weight_init=config.weight_init, zero_init_last=config.zero_init_last).items()
-             if v != INIT_DEFAULTS[k]}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    given = {k: getattr(config, k) for k in INIT_OPTIONS if getattr(config, k) != defaults[k]}
     if given and not is_attendnet(config.model):
         raise AttendNetsError(f"{', '.join(given)} applies to AttendNets only, not to {config.model}")
     return given

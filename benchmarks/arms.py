@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, ROOT, provenance, run_context
-from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, RECIPE, completed_epochs, evaluate
+from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, RECIPE, completed_epochs, evaluate, quantize
 
 from attendnets.complexity import profile_model
 from attendnets.data import resolve_data_dir
@@ -118,7 +118,7 @@ class Study:
             evaluation, eval_command = evaluate(run, self.data, self.workers)
             evaluation["command"] = shlex.join(["python", *eval_command[1:]])
             atomic_write_json(cache, evaluation)
-        int8 = self.quantize(run)
+        int8 = quantize(run, self.data, self.workers)
         history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         last = history[-1]
         return {"top1": evaluation["top1"], "int8_top1": int8["int8_top1"], "best_epoch": evaluation["epoch"],
@@ -126,15 +126,6 @@ class Study:
                 "last_ema_top1": last.get("ema_val_top1"), "run": str(run.relative_to(ROOT)),
                 "train_command": shlex.join(["python", *self.train_command(arm, model, seed)[1:]]),
                 "eval_command": evaluation["command"], "quantize_command": int8["command"]}
-
-    def quantize(self, run: Path) -> dict[str, Any]:
-        """Post-training 8-bit weights of the run's best checkpoint (``<run>-int8/``), evaluated on val."""
-        out = run.parent / f"{run.name}-int8"
-        command = [sys.executable, "-m", "attendnets", "quantize", "--checkpoint", str(run), "--output", str(out),
-                   "--data", str(self.data), "--workers", str(self.workers), "--json"]
-        if not (out / "quantize.json").is_file():
-            subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
-        return {**json.loads((out / "quantize.json").read_text()), "command": shlex.join(["python", *command[1:]])}
 
     def complexity(self, arm: str, model: str) -> dict[str, int]:
         """Parameters and multiply-adds at the paper's setting (224 px, 50 classes) and at the recipe's."""

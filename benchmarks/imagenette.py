@@ -80,6 +80,18 @@ def evaluate(run: Path, data: Path, workers: int) -> tuple[dict, list[str]]:
     return json.loads(out), command
 
 
+def quantize(run: Path, data: Path, workers: int) -> dict:
+    """Post-training 8-bit weights of the run's best checkpoint, in ``<run>-int8/``, evaluated on val: the
+    ``attendnets quantize`` report (cached: a run is quantized once), its command and the 8-bit checkpoint."""
+    out = run.parent / f"{run.name}-int8"
+    command = [sys.executable, "-m", "attendnets", "quantize", "--checkpoint", str(run), "--output", str(out),
+               "--data", str(data), "--workers", str(workers), "--json"]
+    if not (out / "quantize.json").is_file():
+        subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
+    return {**json.loads((out / "quantize.json").read_text()), "command": shlex.join(["python", *command[1:]]),
+            "checkpoint": str(out / "best")}
+
+
 def summarise(model: str, run: Path, data: Path, args: argparse.Namespace, train_command: list[str]) -> dict:
     result, eval_command = evaluate(run, data, args.workers)
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]

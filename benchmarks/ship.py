@@ -20,17 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, run_context  # noqa: E402
-from imagenette import IMG_SIZE, NUM_CLASSES  # noqa: E402
+from imagenette import IMG_SIZE, NUM_CLASSES, quantize  # noqa: E402
 
-from attendnets.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from attendnets.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint  # noqa: E402
 from attendnets.complexity import profile_model  # noqa: E402
 from attendnets.data import resolve_data_dir  # noqa: E402
 from attendnets.errors import AttendNetsError  # noqa: E402
@@ -67,17 +65,6 @@ def trained_run(model: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     return ROOT / "runs" / "imagenette" / model, rows[model], report
 
 
-def quantized(run: Path, data: Path, workers: int) -> tuple[Path, dict[str, Any]]:
-    """The run's best checkpoint at 8-bit weights (``<run>-int8/best``) and its quantize report."""
-    out = run.parent / f"{run.name}-int8"
-    command = [sys.executable, "-m", "attendnets", "quantize", "--checkpoint", str(run), "--output", str(out),
-               "--data", str(data), "--workers", str(workers), "--json"]
-    if not (out / "quantize.json").is_file():
-        subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
-    report = json.loads((out / "quantize.json").read_text())
-    return out / "best", {**report, "command": shlex.join(["python", *command[1:]])}
-
-
 def portable(command: str, data: Path) -> str:
     """``command`` as run from the project root, with the data folder as a path relative to it."""
     return command.replace(str(data), os.path.relpath(data, ROOT)).replace(f"{ROOT}/", "")
@@ -88,8 +75,8 @@ def ship(model: str, data: Path, workers: int) -> dict[str, Any]:
     import timm
 
     run, row, report = trained_run(model)
-    checkpoint, int8 = quantized(run, data, workers)
-    net, meta = load_checkpoint(checkpoint)
+    int8 = quantize(run, data, workers)
+    net, meta = load_checkpoint(int8["checkpoint"])
     release = {"train_command": portable(row["train_command"], data), "commit": report["commit"],
                "top1": int8["float_top1"], "int8_top1": int8["int8_top1"],
                "quantize_command": portable(int8["command"], data), "machine": report["machine"]}
@@ -98,11 +85,11 @@ def ship(model: str, data: Path, workers: int) -> dict[str, Any]:
         meta["ptq"] = {**meta["ptq"], "source": os.path.relpath(meta["ptq"]["source"], ROOT)}
     path = WEIGHTS_DIR / f"{model}.{TAG}"
     save_checkpoint(path, net, {**meta, "class_labels": labels, "release": release}, int8=True)
-    loaded = timm.create_model(model, pretrained=True, pretrained_cfg_overlay=dict(file=str(path) + ".safetensors"))
+    weights, _ = checkpoint_paths(path)
+    loaded = timm.create_model(model, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
     check = evaluate_with_meta(loaded, meta, data, workers=workers)
     if abs(check["top1"] - int8["int8_top1"]) > 1e-9:
         raise AttendNetsError(f"{path}: loaded through timm it scores {check['top1']:.2f}%, not {int8['int8_top1']:.2f}%")
-    weights = path.with_name(path.name + ".safetensors")
     return {"model": model, "file": str(weights.relative_to(ROOT)), "file_kb": weights.stat().st_size / 1024,
             "timm_top1": check["top1"], **release}
 

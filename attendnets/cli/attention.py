@@ -86,7 +86,7 @@ def _attention(args: argparse.Namespace, written: list[Path]) -> dict:
     if args.checkpoint or args.pretrained:
         model, meta = load_checkpoint(args.checkpoint or shipped_checkpoint(args.model))
     else:
-        model = create_model(args.model, pretrained=args.pretrained)
+        model = create_model(args.model)
         meta = {**default_preprocessing(model.spec.img_size),
                 "class_names": [f"class{i}" for i in range(model.num_classes)]}
     transform = eval_transform(meta)
