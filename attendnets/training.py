@@ -1,11 +1,12 @@
 """Training any model (preset, baseline, timm name or spec file) on an image folder, on CPU or GPU, in one
 process or several (``torchrun``).
 
-The recipe, with defaults chosen for small datasets on a CPU: random-resized crop and horizontal flip,
-AdamW without weight decay on biases and norms, a cosine schedule stepped every batch after a linear
-warm-up, label smoothing, an exponential moving average (EMA) of the weights, and channels_last memory
-layout. Every epoch both the raw and the EMA weights are evaluated on ``val/``; the better of the two is
-saved as the ``last`` checkpoint, and as ``best`` when it beats every earlier epoch.
+The recipe, with defaults chosen for small datasets on a CPU: random-resized crop (35-100% of the area)
+and horizontal flip (more of timm's augmentations on request: :mod:`attendnets.augment`), AdamW without
+weight decay on biases and norms, a cosine schedule stepped every batch after a linear warm-up, label
+smoothing, an exponential moving average (EMA) of the weights, and channels_last memory layout. Every
+epoch both the raw and the EMA weights are evaluated on ``val/``; the better of the two is saved as the
+``last`` checkpoint, and as ``best`` when it beats every earlier epoch.
 
 ``qat`` trains with int8 fake-quantized weights (and, with ``qat_activations``, 8-bit fake-quantized
 conv/linear inputs; see :mod:`attendnets.quantize`), usually from a trained checkpoint given as ``init``.
@@ -49,7 +50,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from timm.data import create_transform
-from timm.loss import LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
@@ -59,6 +59,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from attendnets.augment import TrainingLoss, check_augmentation, train_transform
 from attendnets.checkpoint import (
     build_from_meta,
     load_train_state,
@@ -114,7 +115,15 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: int = 1
     label_smoothing: float = 0.1
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # random-resized crop: share of the image area kept (timm's)
+    # Augmentation (attendnets.augment): random-resized crop keeping this share of the image area, flip
+    # probability, colour jitter strength, timm policy string, random-erasing probability, mixup/cutmix alphas.
+    crop_scale: tuple[float, float] = (0.35, 1.0)
+    hflip: float = 0.5
+    color_jitter: float = 0.0
+    auto_augment: str | None = None
+    random_erase: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
     ema: bool = True
     ema_decay: float = 0.9998  # the ceiling; the EMA warms up from 0 (timm's ModelEmaV3 warm-up)
     workers: int = 2
@@ -140,7 +149,10 @@ INIT_OPTIONS = ("weight_init", "zero_init_last")  # TrainConfig fields passed to
 # A resumed run must be the run that was started: these fields may not change.
 RECIPE_FIELDS = ("model", "img_size", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
                  "label_smoothing", "ema", "ema_decay", "seed", "subset", "interpolation", "crop_pct", "init",
-                 "qat", "qat_activations", "crop_scale", "weight_init", "zero_init_last")
+                 "qat", "qat_activations", "crop_scale", "weight_init", "zero_init_last", "hflip", "color_jitter",
+                 "auto_augment", "random_erase", "mixup", "cutmix")
+# What a run saved before a field existed did, where that differs from the field's default today.
+BEFORE_FIELD = {"crop_scale": (0.08, 1.0)}
 
 
 class TrainingDiverged(AttendNetsError):
@@ -252,8 +264,7 @@ def _loaders(config: TrainConfig, proc: Process) -> tuple[DataLoader, DataLoader
     if steps == 0:
         raise TooFewImages(len(folders.train), config.batch_size, proc.world)
     common = dict(interpolation=config.interpolation, mean=config.mean, std=config.std)
-    train_tf = create_transform(config.img_size, is_training=True, scale=tuple(config.crop_scale), hflip=0.5,
-                                color_jitter=None, **common)
+    train_tf = train_transform(config)
     val_tf = create_transform(config.img_size, is_training=False, crop_pct=config.crop_pct, **common)
     train_set = ImageList(folders.train, folders.classes, train_tf)
     # Each process evaluates its own slice of val/; the counts are summed, so no image is counted twice.
@@ -267,17 +278,23 @@ def _loaders(config: TrainConfig, proc: Process) -> tuple[DataLoader, DataLoader
     return train_loader, val_loader, sampler, folders.classes
 
 
+def recipe_changes(saved: dict[str, Any], config: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """``(field, saved value, value now)`` for each recipe field where ``config`` differs from a run's saved
+    config (``config.json``); a field the run saved no value for had the behaviour it had before it existed."""
+    now = as_json_data(dataclasses.asdict(config))
+    fields = dataclasses.fields(TrainConfig)
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    started = {**as_json_data({**defaults, **BEFORE_FIELD}), **saved}
+    return [(f, started.get(f), now[f]) for f in RECIPE_FIELDS if started.get(f) != now[f]]
+
+
 def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
     """The recipe of a resumed run must be the one it was started with (``saved``: its config)."""
-    now = as_json_data(dataclasses.asdict(config))
-    # Fields added since the run started take their defaults (the behaviour the run had).
-    fields = dataclasses.fields(TrainConfig)
-    started = {**as_json_data({f.name: f.default for f in fields if f.default is not dataclasses.MISSING}), **saved}
-    changed = [f for f in RECIPE_FIELDS if started.get(f) != now[f]]
+    changed = recipe_changes(saved, config)
     if changed:
-        f = changed[0]
+        f, was, now = changed[0]
         raise AttendNetsError(
-            f"cannot resume: the run was started with {f}={started.get(f)!r}, now {now[f]!r}; "
+            f"cannot resume: the run was started with {f}={was!r}, now {now!r}; "
             "resume with the original options or start a new --output"
         )
 
@@ -319,7 +336,7 @@ class _Run:
         if config.qat:
             prepare_qat(self.model, activations=config.qat_activations)  # before the optimizer: it holds the originals
         self.optimizer, self.scheduler = _optimizer_and_schedule(self.model, config, len(self.train_loader))
-        self.criterion = LabelSmoothingCrossEntropy(config.label_smoothing)
+        self.loss = TrainingLoss(config, len(self.classes))
         self.start_epoch, self.best_top1, self.best_epoch = 0, -1.0, 0
         if state is not None:
             self._restore(state)
@@ -386,7 +403,7 @@ class _Run:
         config, proc, ema = self.config, self.proc, self.ema
         self.sampler.set_epoch(epoch)
         epoch_start = time.perf_counter()
-        stats = _train_epoch(self.net, self.model, ema, self.train_loader, self.criterion, self.optimizer,
+        stats = _train_epoch(self.net, self.model, ema, self.train_loader, self.loss, self.optimizer,
                              self.scheduler, epoch, config, proc)
         _sync_buffers(proc, self.model, ema.module if ema else None)
         if ema is not None and config.qat_activations:
@@ -480,6 +497,7 @@ def _check_start(config: TrainConfig, proc: Process) -> dict[str, Any] | None:
     if config.qat_activations and not config.qat:
         raise AttendNetsError("fake-quantized activations (qat_activations) need quantization-aware training (qat)")
     _init_options(config)
+    check_augmentation(config)
     has_state = check_output(config.output, config.resume)
     if config.tensorboard and proc.main:
         try:
@@ -663,7 +681,7 @@ def _train_epoch(
     model: nn.Module,
     ema: ModelEmaV3 | None,
     loader: DataLoader,
-    criterion: nn.Module,
+    loss_of: TrainingLoss,
     optimizer: torch.optim.Optimizer,
     scheduler,
     epoch: int,
@@ -686,7 +704,7 @@ def _train_epoch(
     for inputs, targets in bar:
         inputs = inputs.to(proc.device, non_blocking=True, memory_format=torch.channels_last)
         targets = targets.to(proc.device, non_blocking=True)
-        loss = criterion(net(inputs), targets)
+        loss = loss_of(net, inputs, targets)
         mean_loss = loss.detach().clone()
         if proc.world > 1:
             dist.all_reduce(mean_loss)

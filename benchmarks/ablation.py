@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arms import CROP035, Arm, run_study, with_blocks  # noqa: E402
+from arms import Arm, run_study, with_blocks  # noqa: E402
 from imagenette import EPOCHS  # noqa: E402
 
 from attendnets.spec import ArchSpec, VACSpec, block_out_chs  # noqa: E402
@@ -62,14 +62,13 @@ def without_attention(attention: str, widen: bool) -> Callable[[ArchSpec], ArchS
 
 
 ARMS = {
-    "attention": Arm("attendnet_b as it is", CROP035, reuse="presets/crop035"),
-    "no-attention": Arm("condensers without attention, V'' = V' * S", CROP035,
-                        spec=without_attention("none", False)),
-    "no-attention-wider": Arm("no attention, down-mixing widened to the condensers' multiply-adds", CROP035,
+    "attention": Arm("attendnet_b as it is", reuse="presets/crop035"),
+    "no-attention": Arm("condensers without attention, V'' = V' * S", spec=without_attention("none", False)),
+    "no-attention-wider": Arm("no attention, down-mixing widened to the condensers' multiply-adds",
                               spec=without_attention("none", True)),
-    "squeeze-excite": Arm("squeeze-excite instead of attention, down-mixing widened as above", CROP035,
+    "squeeze-excite": Arm("squeeze-excite instead of attention, down-mixing widened as above",
                           spec=without_attention("se", True)),
-    "mobilenet_v1": Arm("MobileNet-V1", CROP035, models=("mobilenet_v1",), reuse="presets/crop035"),
+    "mobilenet_v1": Arm("MobileNet-V1", models=("mobilenet_v1",), reuse="presets/crop035"),
 }
 
 

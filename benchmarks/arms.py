@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, ROOT, provenance, run_context
-from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, RECIPE, completed_epochs, evaluate, quantize
+from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, completed_epochs, evaluate, quantize, recipe
 
 from attendnets.complexity import profile_model
 from attendnets.data import resolve_data_dir
@@ -36,9 +36,9 @@ from attendnets.runtime import tune_malloc
 from attendnets.spec import ArchSpec, PEPESpec, VACSpec
 
 SEEDS = (0, 1)
-# Crops keeping 35-100% of the image area: the comparison recipe's crop range since benchmarks/presets.py's
-# recipe arms (docs/results/presets.md); the preset and attention arms change the recipe from there.
-CROP035 = ("--crop-scale", "0.35", "1")
+# timm's crop range, 8-100% of the image area: the comparison recipe's before benchmarks/presets.py's recipe
+# arms chose 35-100% (docs/results/presets.md). An arm's --crop-scale replaces the recipe's.
+TIMM_CROP = ("--crop-scale", "0.08", "1")
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,6 @@ class Study:
 
     def folder(self, arm: str, model: str, seed: int) -> Path:
         reuse = self.arms[arm].reuse
-        if reuse is None and arm == "recipe" and seed == 0:  # benchmarks/imagenette.py's run is the recipe's seed 0
-            return ROOT / "runs" / "imagenette" / model
         return (ROOT / "runs" / reuse if reuse else self.runs / arm) / f"{model}-s{seed}"
 
     def model_argument(self, arm: str, model: str) -> str:
@@ -95,9 +93,12 @@ class Study:
         return str(path)
 
     def train_command(self, arm: str, model: str, seed: int) -> list[str]:
-        recipe = [a if prev != "--seed" else str(seed) for prev, a in zip(["", *RECIPE], RECIPE)]
+        options, base = self.arms[arm].options, recipe(seed)
+        if "--crop-scale" in options:
+            at = base.index("--crop-scale")
+            del base[at : at + 3]
         return [sys.executable, "-m", "attendnets", "train", "--data", str(self.data), "--model",
-                self.model_argument(arm, model), "--epochs", str(EPOCHS), *recipe, *self.arms[arm].options,
+                self.model_argument(arm, model), "--epochs", str(EPOCHS), *base, *options,
                 "--workers", str(self.workers), "--output", str(self.folder(arm, model, seed))]
 
     def train(self, arm: str, model: str, seed: int) -> None:

@@ -52,7 +52,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, run_context  # noqa: E402
-from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, RECIPE, completed_epochs  # noqa: E402
+from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, completed_epochs, recipe, recipe_changes  # noqa: E402
 
 from attendnets.complexity import profile_model  # noqa: E402
 from attendnets.data import image_files, list_classes, resolve_data_dir  # noqa: E402
@@ -215,27 +215,17 @@ def _blocks(design: dict[str, Any]) -> list:
     return json.loads(Path(design["file"]).read_text())["blocks"]
 
 
-def recipe(seed: int) -> list[str]:
-    """The comparison recipe of benchmarks/imagenette.py with another seed."""
-    at = RECIPE.index("--seed")
-    return [*RECIPE[: at + 1], str(seed), *RECIPE[at + 2 :]]
-
-
-def reusable(run: Path, data: Path, epochs: int, subset: int | None) -> bool:
-    """Whether ``run`` is a finished seed-0 run of the comparison recipe on ``data``."""
-    path = run / "config.json"
-    if not path.is_file() or completed_epochs(run) < epochs:
+def reusable(run: Path, model: str, data: Path, epochs: int, subset: int | None) -> bool:
+    """Whether ``run`` is a finished seed-0 run of ``model`` with the comparison recipe on ``data``."""
+    if completed_epochs(run) < epochs or recipe_changes(run, model, epochs, subset):
         return False
-    config = json.loads(path.read_text())
-    expected = {"img_size": IMG_SIZE, "epochs": epochs, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.05,
-                "warmup_epochs": 1, "label_smoothing": 0.1, "ema": True, "seed": 0, "subset": subset}
-    return all(config.get(k) == v for k, v in expected.items()) and Path(config["data"]).resolve() == data
+    return Path(json.loads((run / "config.json").read_text())["data"]).resolve() == data
 
 
 def train_run(steps: Steps, model: str, seed: int, data: Path, runs: Path, trained: Path, budget: dict,
               workers: int) -> Path:
     """The run folder of ``model`` at ``seed`` with the comparison recipe, trained (or resumed) if needed."""
-    if seed == 0 and reusable(trained / model, data, budget["epochs"], budget["subset"]):
+    if seed == 0 and reusable(trained / model, model, data, budget["epochs"], budget["subset"]):
         return trained / model
     run = runs / "retrain" / f"{Path(model).stem}-s{seed}"
     if completed_epochs(run) < budget["epochs"]:

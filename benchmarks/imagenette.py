@@ -4,7 +4,7 @@ Each model is trained by ``attendnets train`` in its own process (one after anot
 processes at once), then its best checkpoint is re-evaluated by ``attendnets eval --json``. The recipe:
 128 px (random-resized crops for training; resize and centre crop for val), 15 epochs, AdamW lr 2e-3,
 weight decay 0.05, cosine schedule with 1 warm-up epoch, label smoothing 0.1, batch 64, EMA, fp32
-channels_last, seed 0. Runs live in ``runs/imagenette/<model>/`` (outside git) and the script is
+channels_last, random-resized crops keeping 35-100% of the image area, seed 0. Runs live in ``runs/imagenette/<model>/`` (outside git) and the script is
 resumable: finished models are skipped and a killed one continues with ``--resume``.
 
     python benchmarks/imagenette.py --data ../shared/datasets/imagenette2-224   # or set ATTENDNETS_DATA
@@ -28,6 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, run_context  # noqa: E402
 
+from attendnets import training  # noqa: E402
+from attendnets.cli import build_parser  # noqa: E402
+from attendnets.cli.train import config_from_args  # noqa: E402
 from attendnets.complexity import profile_model  # noqa: E402
 from attendnets.data import resolve_data_dir  # noqa: E402
 from attendnets.registry import create_model  # noqa: E402
@@ -35,8 +38,10 @@ from attendnets.registry import create_model  # noqa: E402
 MODELS = ("attendnet_a", "attendnet_b", "attendnet_found_macs", "mobilenet_v1", "mobilenet_v2")
 IMG_SIZE = 128
 EPOCHS = 15
+# Written out in full, so that a change of the train verb's defaults cannot change the comparison. The crop
+# range is not timm's 8-100%: benchmarks/presets.py's recipe arms (docs/results/presets.md) chose it.
 RECIPE = ["--img-size", str(IMG_SIZE), "--batch-size", "64", "--lr", "2e-3", "--weight-decay", "0.05",
-          "--warmup-epochs", "1", "--label-smoothing", "0.1", "--seed", "0", "--ema"]
+          "--warmup-epochs", "1", "--label-smoothing", "0.1", "--crop-scale", "0.35", "1", "--seed", "0", "--ema"]
 NUM_CLASSES = 10
 
 
@@ -58,12 +63,32 @@ def completed_epochs(run: Path) -> int:
     return max((json.loads(line)["epoch"] for line in metrics.read_text().splitlines() if line.strip()), default=0)
 
 
+def recipe(seed: int) -> list[str]:
+    """The comparison recipe with another seed."""
+    at = RECIPE.index("--seed")
+    return [*RECIPE[: at + 1], str(seed), *RECIPE[at + 2 :]]
+
+
+def recipe_changes(run: Path, model: str, epochs: int, subset: int | None, seed: int = 0) -> list[str]:
+    """How the run started in ``run`` differs from the comparison recipe for ``model`` at ``seed``, one
+    ``field: run's -> recipe's`` per difference (none: it is that recipe's run, or no run has started)."""
+    if not (run / "config.json").is_file():
+        return []
+    options = [*recipe(seed), "--epochs", str(epochs), *(["--subset", str(subset)] if subset else [])]
+    config = config_from_args(build_parser().parse_args(["train", "--model", model, "--output", str(run), *options]))
+    saved = json.loads((run / "config.json").read_text())
+    return [f"{field}: {was} -> {now}" for field, was, now in training.recipe_changes(saved, config)]
+
+
 def train(model: str, run: Path, args: argparse.Namespace, data: Path) -> list[str]:
     """Train ``model`` into ``run`` unless finished; returns the command (as first given)."""
     command = [sys.executable, "-m", "attendnets", "train", "--data", str(data), "--model", model,
                "--epochs", str(args.epochs), *RECIPE, "--workers", str(args.workers), "--output", str(run)]
     if args.subset:
         command += ["--subset", str(args.subset)]
+    changes = recipe_changes(run, model, args.epochs, args.subset)
+    if changes:
+        sys.exit(f"{run} holds a run of another recipe ({'; '.join(changes)}): move it away or give --runs")
     if completed_epochs(run) >= args.epochs:
         print(f"{model}: already trained ({run})", flush=True)
         return command

@@ -6,10 +6,11 @@ last epoch's weights got about 4 points more on Imagenette for attendnet_b and M
 attendnet_b's layout and cost that differs in three respects (below) got 1.8 points more with that trainer.
 Each arm changes the comparison recipe (benchmarks/imagenette.py) or attendnet_b in one respect:
 
-- recipe arms, both models: ``recipe`` (as it is; seed 0 is benchmarks/imagenette.py's run, reused) and
-  ``crop035`` (crops keep 35-100% of the area). No EMA and the last epoch need no arm of their own: the EMA
-  is a shadow copy that never feeds back into training, so a run's raw weights at its last epoch are what
-  the same run without EMA would end with; the report shows them beside the EMA's.
+- recipe arms, both models: ``crop008`` (crops keep 8-100% of the area, timm's range: the comparison
+  recipe before this study) and ``crop035`` (35-100%: the comparison recipe since). No EMA and the last
+  epoch need no arm of their own: the EMA is a shadow copy that never feeds back into training, so a run's
+  raw weights at its last epoch are what the same run without EMA would end with; the report shows them
+  beside the EMA's.
 - preset arms, attendnet_b on the crop035 recipe: PyTorch's default initialisation, wider second PEPE
   projections, a narrower condenser at 28 px, the three together, and the residual blocks' last BN
   zero-initialised (issue 16).
@@ -29,7 +30,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arms import CROP035, Arm, pepes, run_study, vacs, with_blocks  # noqa: E402
+from arms import TIMM_CROP, Arm, pepes, run_study, vacs, with_blocks  # noqa: E402
 from imagenette import EPOCHS  # noqa: E402
 
 from attendnets.spec import ArchSpec  # noqa: E402
@@ -50,15 +51,14 @@ def narrow_vac28(spec: ArchSpec) -> ArchSpec:
 
 
 ARMS = {
-    "recipe": Arm("the comparison recipe (crops keep 8-100% of the area, EMA, best epoch)", models=BOTH),
-    "crop035": Arm("crops keep 35-100% of the area", CROP035, models=BOTH),
-    "init-torch": Arm("crop035, PyTorch's default initialisation", (*CROP035, "--weight-init", "torch")),
-    "pepe-wide-proj2": Arm(f"crop035, second PEPE projections {'-'.join(map(str, WIDE_PROJ2))}", CROP035,
-                           spec=wide_proj2),
-    "vac28-narrow": Arm("crop035, the 28 px condenser down-mixes to 32 channels (not 64)", CROP035, spec=narrow_vac28),
+    "crop008": Arm("crops keep 8-100% of the area (timm's; the recipe before this study)", TIMM_CROP, models=BOTH),
+    "crop035": Arm("crops keep 35-100% of the area (the recipe since)", models=BOTH),
+    "init-torch": Arm("crop035, PyTorch's default initialisation", ("--weight-init", "torch")),
+    "pepe-wide-proj2": Arm(f"crop035, second PEPE projections {'-'.join(map(str, WIDE_PROJ2))}", spec=wide_proj2),
+    "vac28-narrow": Arm("crop035, the 28 px condenser down-mixes to 32 channels (not 64)", spec=narrow_vac28),
     "all-three": Arm("crop035, the three differences above together (+2.2% multiply-adds)",
-                     (*CROP035, "--weight-init", "torch"), spec=lambda spec: narrow_vac28(wide_proj2(spec))),
-    "zero-init-last": Arm("crop035, residual condensers' last BN zero-initialised", (*CROP035, "--zero-init-last")),
+                     ("--weight-init", "torch"), spec=lambda spec: narrow_vac28(wide_proj2(spec))),
+    "zero-init-last": Arm("crop035, residual condensers' last BN zero-initialised", ("--zero-init-last",)),
 }
 
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
+from attendnets.cli import build_parser
+from attendnets.cli import train as train_verb
 from attendnets.complexity import profile_model
 from attendnets.model import AttendNet
 from attendnets.registry import load_preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import ablation  # noqa: E402
+import arms  # noqa: E402
+import imagenette  # noqa: E402
 import presets  # noqa: E402
 
 
@@ -44,3 +50,31 @@ def test_preset_arms_change_what_they_say(preset_macs) -> None:
     narrow = presets.ARMS["vac28-narrow"].spec(preset)
     assert [b.mid for b in narrow.blocks if b.type == "vac"] == [16, 16, 32, 32, 32]
     assert "--weight-init" in presets.ARMS["init-torch"].options
+    all_three = presets.ARMS["all-three"].spec(preset)
+    assert profile_model(AttendNet(all_three), img_size=224).macs / preset_macs == pytest.approx(1.022, abs=0.002)
+
+
+def test_each_arm_trains_with_the_recipe_changed_only_as_it_says(tmp_path) -> None:
+    study = arms.Study(presets.ARMS, tmp_path, tmp_path / "data", workers=2)
+    commands = {arm: study.train_command(arm, "attendnet_b", 1) for arm in presets.ARMS}
+    for arm, command in commands.items():
+        config = train_verb.config_from_args(build_parser().parse_args(command[3:]))
+        assert config.seed == 1 and config.output == str(tmp_path / arm / "attendnet_b-s1")
+        assert config.crop_scale == ((0.08, 1.0) if arm == "crop008" else (0.35, 1.0))
+        assert command.count("--crop-scale") == 1
+        assert config.weight_init == ("torch" if arm in ("init-torch", "all-three") else "kaiming")
+        assert config.zero_init_last is (arm == "zero-init-last")
+
+
+def test_a_run_of_another_recipe_is_named_with_its_differences(tmp_path) -> None:
+    run = tmp_path / "attendnet_b"
+    run.mkdir()
+    config = train_verb.config_from_args(build_parser().parse_args(
+        ["train", "--model", "attendnet_b", "--output", str(run), "--epochs", "15", *imagenette.RECIPE]))
+    saved = dataclasses.asdict(config)
+    (run / "config.json").write_text(json.dumps(saved))
+    assert imagenette.recipe_changes(run, "attendnet_b", 15, None) == []
+    assert imagenette.recipe_changes(run, "attendnet_b", 15, None, seed=1) == ["seed: 0 -> 1"]
+    del saved["crop_scale"]  # a run saved before the option existed cropped 8-100%
+    (run / "config.json").write_text(json.dumps(saved))
+    assert imagenette.recipe_changes(run, "attendnet_b", 15, None) == ["crop_scale: [0.08, 1.0] -> [0.35, 1.0]"]

@@ -91,15 +91,15 @@ def test_a_run_that_completed_no_epoch_needs_resume_and_its_recipe(tmp_path, syn
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, synthetic_data, small_spec_file, monkeypatch) -> None:
     steps_per_epoch = 4 * 96 // 32
 
-    class PoisonedLoss(attendnets.training.LabelSmoothingCrossEntropy):
+    class PoisonedLoss(attendnets.training.TrainingLoss):
         calls = 0
 
-        def forward(self, x, target):
+        def __call__(self, net, inputs, targets):
             PoisonedLoss.calls += 1
-            loss = super().forward(x, target)
+            loss = super().__call__(net, inputs, targets)
             return loss * float("nan") if PoisonedLoss.calls > steps_per_epoch + 3 else loss
 
-    monkeypatch.setattr(attendnets.training, "LabelSmoothingCrossEntropy", PoisonedLoss)
+    monkeypatch.setattr(attendnets.training, "TrainingLoss", PoisonedLoss)
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged) as err:
         train(small_config(synthetic_data, small_spec_file, out))
@@ -182,7 +182,8 @@ def test_a_run_saved_before_a_spec_field_existed_resumes_with_its_default(tmp_pa
     ["--epochs", "0"], ["--img-size", "0"], ["--img-size", "-64"], ["--img-size", "15"], ["--subset", "0"],
     ["--subset", "-3"], ["--batch-size", "0"], ["--lr", "0"], ["--lr", "nan"], ["--weight-decay", "-0.1"],
     ["--warmup-epochs", "-1"], ["--label-smoothing", "1"], ["--label-smoothing", "-0.1"], ["--workers", "-1"],
-    ["--seed", "-1"], ["--crop-scale", "0", "1"],
+    ["--seed", "-1"], ["--crop-scale", "0", "1"], ["--hflip", "1.5"], ["--random-erase", "-0.1"], ["--mixup", "-1"],
+    ["--color-jitter", "-0.4"],
 ])
 def test_out_of_range_options_are_refused_while_parsing(option, capsys) -> None:
     with pytest.raises(SystemExit) as exit_:

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 # TrainConfig's defaults of the options below.
 DEFAULTS = {"img_size": 128, "epochs": 30, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.05, "warmup_epochs": 1,
-            "label_smoothing": 0.1, "crop_scale": (0.08, 1.0), "ema": True, "workers": 2, "seed": 0,
-            "weight_init": "kaiming"}
+            "label_smoothing": 0.1, "crop_scale": (0.35, 1.0), "hflip": 0.5, "color_jitter": 0.0,
+            "auto_augment": None, "random_erase": 0.0, "mixup": 0.0, "cutmix": 0.0, "ema": True, "workers": 2,
+            "seed": 0, "weight_init": "kaiming"}
 WEIGHT_INITS = ("kaiming", "torch")  # attendnets.model.WEIGHT_INITS
 DEMO_IMG_SIZE, DEMO_EPOCHS = 64, 8
 # The smallest crop every model trains at: the MobileNets and the presets reduce it 32x to a 1x1 map (batch
@@ -31,6 +32,9 @@ MIN_IMG_SIZE = 16
 IMG_SIZE = integer(MIN_IMG_SIZE)
 SEED = integer(0, 2**31 - 1)  # numpy's seeds end at 2**32 - 1, and each process adds its rank
 AREA_SHARE = number(0, 1, low_open=True)
+PROBABILITY = number(0, 1)
+# attendnets.augment.POLICY_EXAMPLES (that module imports timm; --help must not).
+POLICY_EXAMPLES = "rand-m9-mstd0.5-inc1 (RandAugment), augmix-m5-w4-d2 (AugMix), v0 or original (AutoAugment)"
 
 
 HELP = "train a model on an image folder (DATA/train, DATA/val)"
@@ -40,13 +44,17 @@ dataset: DATA/train/<class>/*.jpg and DATA/val/<class>/*.jpg, with the same clas
 --data, else the {DATA_ENV} environment variable. Images are checked before training: unreadable
 ones are skipped with a warning (--strict: an error); grayscale and RGBA images are converted to RGB.
 
-Recipe: random-resized crop + flip, AdamW, cosine schedule with warm-up (stepped every batch), label
-smoothing 0.1, an EMA of the weights (--no-ema to disable), channels_last. Every epoch the raw and EMA
-weights are evaluated on val/; OUTPUT gets last.* and best.* checkpoints (safetensors + JSON sidecar),
-metrics.jsonl, train_state.pt (for --resume) and, at the end, curves.png. A NaN/inf loss stops the
-run and keeps the checkpoint of the last good epoch. OUTPUT must be new or empty: a folder holding
-checkpoints or another run is refused, except the run's own with --resume, which must be resumed with
-the same options, classes and spec (an AttendNet resumes from the spec the run saved).
+Recipe: random-resized crop keeping 35-100% of the image area + flip, AdamW, cosine schedule with
+warm-up (stepped every batch), label smoothing 0.1, an EMA of the weights (--no-ema to disable),
+channels_last. timm's other augmentations are options, off by default: --color-jitter, --auto-augment
+(RandAugment, AugMix, AutoAugment), --random-erase, --mixup, --cutmix. The crop default is not timm's
+8-100%: on Imagenette at 128 px, 35-100% gave AttendNet-B 2.2 points more (benchmarks/presets.py).
+Every epoch the raw and EMA weights are evaluated on val/; OUTPUT gets last.* and best.* checkpoints
+(safetensors + JSON sidecar), metrics.jsonl, train_state.pt (for --resume) and, at the end, curves.png.
+A NaN/inf loss stops the run and keeps the checkpoint of the last good epoch. OUTPUT must be new or
+empty: a folder holding checkpoints or another run is refused, except the run's own with --resume,
+which must be resumed with the same options, classes and spec (an AttendNet resumes from the spec the
+run saved).
 
 8 bits: --qat trains with int8 fake-quantized conv/linear weights (per output channel, straight-through
 gradients), --qat-activations also with 8-bit fake-quantized conv/linear inputs (moving-average
@@ -61,6 +69,7 @@ examples:
   attendnets train --demo --output runs/demo        # synthetic shapes, 64 px, a few minutes on a CPU
   attendnets train --data ~/imagenette2-224 --model attendnet_b --epochs 15 --output runs/b
   attendnets train --data DATA --spec my_design.json --img-size 96 --output runs/mine
+  attendnets train --data DATA --model attendnet_a --epochs 60 --auto-augment rand-m9-mstd0.5-inc1 --mixup 0.2 --output runs/a
   attendnets train --data DATA --model mobilenet_v2 --output runs/mnv2 --resume   # continue a killed run
   attendnets train --data DATA --model attendnet_b --init runs/b --qat --epochs 3 --lr 2e-4 --warmup-epochs 0 --output runs/b8
   torchrun --nproc_per_node=2 -m attendnets train --data DATA --model attendnet_a --output runs/a
@@ -92,7 +101,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"in [0, 1) (default {d['label_smoothing']})")
     parser.add_argument("--crop-scale", type=AREA_SHARE, nargs=2, default=d["crop_scale"], metavar=("LOW", "HIGH"),
                         help="random-resized crop: the share of the image area a training crop keeps, in (0, 1] "
-                        f"(default {d['crop_scale'][0]:g} {d['crop_scale'][1]:g}, timm's)")
+                        f"(default {d['crop_scale'][0]:g} {d['crop_scale'][1]:g}; timm's is 0.08 1)")
+    parser.add_argument("--hflip", type=PROBABILITY, default=d["hflip"], metavar="P",
+                        help=f"probability of a horizontal flip (default {d['hflip']:g})")
+    parser.add_argument("--color-jitter", type=number(0), default=d["color_jitter"], metavar="X",
+                        help="brightness, contrast and saturation jitter strength, e.g. 0.4 (default 0: off; "
+                        "ignored under --auto-augment, as in timm)")
+    parser.add_argument("--auto-augment", metavar="POLICY", default=d["auto_augment"],
+                        help=f"a timm augmentation policy: {POLICY_EXAMPLES} (default off)")
+    parser.add_argument("--random-erase", type=PROBABILITY, default=d["random_erase"], metavar="P",
+                        help="probability of erasing a random patch with noise, e.g. 0.25 (default 0: off)")
+    parser.add_argument("--mixup", type=number(0), default=d["mixup"], metavar="ALPHA",
+                        help="mixup's Beta(alpha, alpha), e.g. 0.2 (default 0: off); with --cutmix, each batch "
+                        "takes one of the two at random")
+    parser.add_argument("--cutmix", type=number(0), default=d["cutmix"], metavar="ALPHA",
+                        help="cutmix's Beta(alpha, alpha), e.g. 1.0 (default 0: off)")
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=d["ema"],
                         help="keep and evaluate an EMA of the weights (default on)")
     parser.add_argument("--workers", type=NON_NEGATIVE, default=d["workers"],
@@ -144,6 +167,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         warmup_epochs=args.warmup_epochs,
         label_smoothing=args.label_smoothing,
         crop_scale=(low, high),
+        hflip=args.hflip,
+        color_jitter=args.color_jitter,
+        auto_augment=args.auto_augment,
+        random_erase=args.random_erase,
+        mixup=args.mixup,
+        cutmix=args.cutmix,
         ema=args.ema,
         workers=args.workers,
         seed=args.seed,
