@@ -265,6 +265,10 @@ def test_resume_with_another_space_or_requirements_names_the_difference(tmp_path
     with pytest.raises(AttendNetsError, match=re.escape("it was started with requirements.max_params = null, now 9")):
         Explorer(config(tmp_path, space_file, explore_data, trials=1, resume=True, requirements=Requirements(max_params=9)),
                  SizeScore()).run(progress=False)
+    # A study started before a fidelity field existed resumes with the field's default.
+    study = optuna.load_study(study_name=rung_name("s", 0), storage=open_storage(cfg.study_dir))
+    study.set_user_attr("fidelity", {k: v for k, v in study.user_attrs["fidelity"].items() if k != "crop_scale"})
+    Explorer(config(tmp_path, space_file, explore_data, trials=1, resume=True), SizeScore()).run(progress=False)
 
 
 def test_unreachable_storage_is_one_line_without_password(tmp_path) -> None:

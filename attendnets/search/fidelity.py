@@ -203,6 +203,7 @@ def train_and_evaluate(spec: ArchSpec, run: TrialRun) -> Evaluation:
     config = TrainConfig(
         model=str(run.folder / "spec.json"), output=str(run.folder), data=str(run.data.root), img_size=fid.img_size,
         epochs=run.epochs, batch_size=fid.batch_size, lr=fid.lr, warmup_epochs=0, ema=False, workers=0, seed=fid.seed,
+        crop_scale=fid.crop_scale,
     )
     try:
         result = train(config)

@@ -224,8 +224,11 @@ class Explorer:
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(study_name=name, storage=self.storage, sampler=sampler)
         saved = dict(study.user_attrs)
-        if "space" in saved:  # read as a space first: a spec field added since the study started takes its default
+        # Read as a space and a fidelity first: a field added since the study started takes its default.
+        if "space" in saved:
             saved["space"] = as_json_data(SearchSpace.from_dict(saved["space"]).to_dict())
+        if "fidelity" in saved:
+            saved["fidelity"] = as_json_data(Fidelity(**saved["fidelity"]).to_dict())
         for key, value in attrs.items():
             if key not in saved:
                 study.set_user_attr(key, value)
