@@ -11,8 +11,8 @@ own data and longer schedules.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 from timm.data import Mixup, create_transform
@@ -21,14 +21,29 @@ from torch import nn
 
 from attendnets.errors import AttendNetsError
 
-if TYPE_CHECKING:
-    from attendnets.training import TrainConfig
-
 # Policy strings timm reads (its train.py's --aa), as the help shows them.
 POLICY_EXAMPLES = "rand-m9-mstd0.5-inc1 (RandAugment), augmix-m5-w4-d2 (AugMix), v0 or original (AutoAugment)"
 
 
-def train_transform(config: TrainConfig) -> Callable[[Any], torch.Tensor]:
+class Recipe(Protocol):
+    """The options of a training recipe read here (:class:`attendnets.training.TrainConfig` has them all)."""
+
+    img_size: int
+    batch_size: int
+    label_smoothing: float
+    crop_scale: Sequence[float]
+    hflip: float
+    color_jitter: float
+    auto_augment: str | None
+    random_erase: float
+    mixup: float
+    cutmix: float
+    interpolation: str
+    mean: Sequence[float]
+    std: Sequence[float]
+
+
+def train_transform(config: Recipe) -> Callable[[Any], torch.Tensor]:
     """A training image's transform (PIL image -> normalised (3, img_size, img_size) tensor)."""
     try:
         return create_transform(
@@ -53,7 +68,7 @@ def train_transform(config: TrainConfig) -> Callable[[Any], torch.Tensor]:
         raise AttendNetsError(f"cannot build the training transform: {err}") from None
 
 
-def check_augmentation(config: TrainConfig) -> None:
+def check_augmentation(config: Recipe) -> None:
     """Refuse augmentation options that cannot run, in one line, before a run starts."""
     for name, value in (("hflip", config.hflip), ("random_erase", config.random_erase)):
         if not 0 <= value <= 1:
@@ -69,7 +84,7 @@ class TrainingLoss:
     """The loss of a training batch: label-smoothed cross-entropy, on a mixup/cutmix-mixed batch when the
     recipe asks for either (timm's ``Mixup`` then smooths the soft targets itself)."""
 
-    def __init__(self, config: TrainConfig, num_classes: int) -> None:
+    def __init__(self, config: Recipe, num_classes: int) -> None:
         self.mixer = None
         if config.mixup or config.cutmix:
             if config.batch_size % 2:

@@ -19,7 +19,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
+from attendnets.complexity import profile_model
 from attendnets.errors import AttendNetsError
+from attendnets.export import Target, for_runtime
 from attendnets.model import build_model
 from attendnets.registry import create_model
 from attendnets.search.fidelity import Evaluation, Fidelity
@@ -86,7 +88,7 @@ def test_caps_are_checked_before_training_and_recorded_as_constraints(tmp_path, 
     the narrowed prototype meets every cap), then the sampler proposes until one more design is trained: the
     checks hold for whatever it draws."""
     req = Requirements(max_params=3000, max_macs=60_000, max_weight_kb=4.0, max_peak_activation_kb=2.0,
-                       max_latency_ms=1000.0, min_top1=40.0)
+                       max_micro_arena_kb=16.0, max_latency_ms=1000.0, min_top1=40.0)
     prototype = load_space(space_file).prototype_params()
     queue_after_prototype(monkeypatch, [{**prototype, "head.hidden": "512"}, {**prototype, "s0.width": 0.75}])
     cfg = config(tmp_path, space_file, explore_data, requirements=req, trials=3)
@@ -100,11 +102,11 @@ def test_caps_are_checked_before_training_and_recorded_as_constraints(tmp_path, 
     deployment = Deployment(16, 3)
     for t in done:
         assert set(t.constraints) == {"buildable", "max_params", "max_macs", "max_weight_kb",
-                                      "max_peak_activation_kb", "max_latency_ms", "min_top1"}
+                                      "max_peak_activation_kb", "max_micro_arena_kb", "max_latency_ms", "min_top1"}
         spec = ArchSpec.from_dict(t.user_attrs["spec"])
         costs = t.user_attrs["costs"]
-        measured = measure_costs(spec, deployment, {"params", "macs"}, {})
-        for name in ("params", "weight_kb", "macs", "peak_activation_kb"):
+        measured = measure_costs(spec, deployment, {"params", "macs", "micro_arena_kb"}, {})
+        for name in ("params", "weight_kb", "macs", "peak_activation_kb", "micro_arena_kb"):
             if name in costs:  # a broken cheap cap spares the expensive ones
                 assert costs[name] == pytest.approx(measured[name])
                 assert t.constraints[f"max_{name}"] == pytest.approx(costs[name] / req.caps()[name] - 1)
@@ -120,6 +122,17 @@ def test_caps_are_checked_before_training_and_recorded_as_constraints(tmp_path, 
         elif status == "over_cap":
             assert not meets and t.values[0] == 0.0 and t.constraints["min_top1"] == 1.0
     assert sum(t.user_attrs["status"] in ("trained", "reference") for t in done) == 3
+
+
+def test_the_micro_arena_is_the_profilers_and_measured_only_when_asked() -> None:
+    spec = ArchSpec.from_dict(TINY_SPEC)
+    model = build_model(spec, num_classes=3)
+    profiled = profile_model(model, 16, micro_form=for_runtime(model, Target.MICRO)).micro_arena_bytes / 1024
+    assert measure_costs(spec, Deployment(16, 3), {"micro_arena_kb"}, {})["micro_arena_kb"] == profiled
+    assert measure_costs(spec, Deployment(16, 3), {"macs"}, {"micro_arena_kb": 1e6})["micro_arena_kb"] == profiled
+    assert "micro_arena_kb" not in measure_costs(spec, Deployment(16, 3), {"macs"}, {})
+    wider = dataclasses.replace(spec, blocks=[dataclasses.replace(spec.blocks[0], out=32), *spec.blocks[1:]])
+    assert measure_costs(wider, Deployment(16, 3), {"micro_arena_kb"}, {})["micro_arena_kb"] > profiled
 
 
 def test_the_same_seed_proposes_the_same_designs(tmp_path, space_file, explore_data) -> None:

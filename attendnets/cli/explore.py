@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the modules that run a search load torch and optuna: import
     from attendnets.search.requirements import Requirements
     from attendnets.search.study import ExploreConfig
 
-HELP = "search for designs that meet your requirements (params, MACs, 8-bit KB, latency, top-1)"
+HELP = "search for designs that meet your requirements (params, MACs, 8-bit KB, MCU arena, latency, top-1)"
 DESCRIPTION = f"""\
 Explore a search space around a prototype (attendnet_a, attendnet_b or your own space file) with Optuna
 and return the designs on the Pareto front of top-1 (hold-out, after 8-bit weight quantization) against a
@@ -50,6 +50,8 @@ examples:
   attendnets explore run --data DATA --name b600k --resume  # continue an interrupted study
   attendnets explore run --data DATA --name lat --cost latency_ms --max-latency-ms 10 --threads 2
   attendnets explore run --data DATA --name int8 --cost latency_ratio --runtime ort-int8 --max-latency-ratio 0.5
+  attendnets explore run --data DATA --name mcu --img-size 128 --cost micro_arena_kb --max-micro-arena-kb 320 \
+      --max-weight-kb 700                                   # a microcontroller: SRAM arena and flash
   attendnets explore run --data DATA --name shared --storage postgresql+psycopg://u:p@host/db --resume --seed 1
   attendnets explore report explore/b600k                  # re-draw pareto.png, trials.csv, pareto/*.json
   attendnets explore space attendnet_b > my_space.yaml      # edit, then --space my_space.yaml
@@ -175,6 +177,9 @@ def _add_caps(group: argparse._ArgumentGroup) -> None:
                        help="weight memory with 8-bit conv/linear weights")
     group.add_argument("--max-peak-activation-kb", type=POSITIVE_NUMBER, metavar="KB",
                        help="peak activation memory at 1 byte per element (8-bit activations)")
+    group.add_argument("--max-micro-arena-kb", type=POSITIVE_NUMBER, metavar="KB",
+                       help="TFLite Micro's tensor arena for the int8 model (a microcontroller's SRAM budget, e.g. "
+                            "320), as 'attendnets profile' estimates it")
     group.add_argument("--max-latency-ms", type=POSITIVE_NUMBER, metavar="MS",
                        help="batch-1 latency in --runtime, --threads threads")
     group.add_argument("--max-latency-ratio", type=POSITIVE_NUMBER, metavar="R",
@@ -221,8 +226,9 @@ def _defaults_and_fidelity(args: argparse.Namespace, epochs: int | None, eta: in
 def _requirements(args: argparse.Namespace, min_top1: float | None = None) -> Requirements:
     from attendnets.search.requirements import Requirements
 
-    return Requirements(args.max_params, args.max_macs, args.max_weight_kb, args.max_peak_activation_kb,
-                        args.max_latency_ms, args.max_latency_ratio, min_top1)
+    return Requirements(max_params=args.max_params, max_macs=args.max_macs, max_weight_kb=args.max_weight_kb,
+                        max_peak_activation_kb=args.max_peak_activation_kb, max_micro_arena_kb=args.max_micro_arena_kb,
+                        max_latency_ms=args.max_latency_ms, max_latency_ratio=args.max_latency_ratio, min_top1=min_top1)
 
 
 def pilot_config_from_args(args: argparse.Namespace) -> PilotConfig:

@@ -29,8 +29,8 @@ from attendnets.search.storage import open_storage, read_study_file, rung_name, 
 from attendnets.search.trials import TrialStatus, is_feasible, pareto_front, status_of, was_scored
 from attendnets.spec import ArchSpec
 
-COST_COLUMNS = ("params", "weight_kb", "macs", "peak_activation_kb", "peak_activation_kb_fp32", "latency_ms",
-                "latency_ratio")
+COST_COLUMNS = ("params", "weight_kb", "macs", "peak_activation_kb", "peak_activation_kb_fp32", "micro_arena_kb",
+                "latency_ms", "latency_ratio")
 REFERENCE_MODELS = (*PAPER_PRESETS, *BASELINES)
 REFERENCES_FILE = "references.json"
 
@@ -194,5 +194,9 @@ def _timm_cost(name: str, cost: str, deployment: Deployment) -> float:
         return float(sum(p.numel() for p in model.parameters()))
     if cost == "weight_kb":
         return weight_memory(model).quantized_bytes / 1024
+    if cost == "micro_arena_kb":
+        from attendnets.export import Target, for_runtime
+
+        return profile_model(model, deployment.img_size, micro_form=for_runtime(model, Target.MICRO)).micro_arena_bytes / 1024
     profile = profile_model(model, deployment.img_size)
     return float(profile.macs) if cost == "macs" else profile.peak_activation_bytes_int8 / 1024

@@ -11,7 +11,7 @@ from typing import Any
 
 from attendnets.errors import AttendNetsError
 
-COSTS = ("macs", "params", "weight_kb", "peak_activation_kb", "latency_ms", "latency_ratio")
+COSTS = ("macs", "params", "weight_kb", "peak_activation_kb", "micro_arena_kb", "latency_ms", "latency_ratio")
 PREDICTION_MARGIN = 1.2  # a design predicted above the latency-ratio cap times this is not exported
 SAMPLERS = ("tpe", "nsga2", "random")
 MIN_DESIGNS = 3  # a pilot ranks at least this many designs

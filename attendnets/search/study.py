@@ -229,6 +229,8 @@ class Explorer:
             saved["space"] = as_json_data(SearchSpace.from_dict(saved["space"]).to_dict())
         if "fidelity" in saved:
             saved["fidelity"] = as_json_data(Fidelity(**saved["fidelity"]).to_dict())
+        if "requirements" in saved:
+            saved["requirements"] = as_json_data(Requirements(**saved["requirements"]).to_dict())
         for key, value in attrs.items():
             if key not in saved:
                 study.set_user_attr(key, value)
