@@ -31,7 +31,7 @@ from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, completed_epochs, evaluate
 from attendnets.complexity import profile_model
 from attendnets.data import resolve_data_dir
 from attendnets.files import atomic_write_json, atomic_write_text
-from attendnets.registry import create_model, load_preset
+from attendnets.registry import PRESETS, create_model, load_preset
 from attendnets.runtime import tune_malloc
 from attendnets.spec import ArchSpec, PEPESpec, VACSpec
 
@@ -43,7 +43,7 @@ TIMM_CROP = ("--crop-scale", "0.08", "1")
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm: ``options`` added to the comparison recipe, for ``models``; ``spec`` turns attendnet_b's preset
+    """One arm: ``options`` added to the comparison recipe, for ``models``; ``spec`` turns the model's preset
     into the arm's architecture (``None``: the preset); ``reuse``: the runs are another study's, in this folder
     under ``runs/`` (``presets/crop035``), trained by that study's driver."""
 
@@ -82,7 +82,7 @@ class Study:
     def model_argument(self, arm: str, model: str) -> str:
         """``--model``'s value: the model's name, or the arm's spec file (written when it is not there yet)."""
         spec = self.arms[arm].spec
-        if spec is None or model != "attendnet_b":
+        if spec is None or model not in PRESETS:
             return model
         path = self.runs / arm / f"{model}.json"
         if not path.is_file():

@@ -1,4 +1,5 @@
-"""The arms of benchmarks/presets.py and benchmarks/ablation.py build the architectures they describe."""
+"""The arms of benchmarks/presets.py, ablation.py and mcu.py build the architectures they describe and train with
+the recipe they say."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import ablation  # noqa: E402
 import arms  # noqa: E402
 import imagenette  # noqa: E402
+import mcu  # noqa: E402
 import presets  # noqa: E402
 
 
@@ -78,3 +80,13 @@ def test_a_run_of_another_recipe_is_named_with_its_differences(tmp_path) -> None
     del saved["crop_scale"]  # a run saved before the option existed cropped 8-100%
     (run / "config.json").write_text(json.dumps(saved))
     assert imagenette.recipe_changes(run, "attendnet_b", 15, None) == ["crop_scale: [0.08, 1.0] -> [0.35, 1.0]"]
+
+
+def test_the_microcontroller_design_fits_its_arena_by_the_profiler(tmp_path) -> None:
+    study = arms.Study(mcu.ARMS, tmp_path, tmp_path / "data", workers=2)
+    costs = mcu.costs(study)
+    assert costs["mcu"]["profiler_arena_kb"] <= mcu.ARENA_KB < costs["mobilenet_v1"]["profiler_arena_kb"]
+    found = profile_model(AttendNet(load_preset("attendnet_found_macs")), img_size=128)
+    assert 0.9 < costs["mcu"]["macs"] / found.macs < 1
+    spec = json.loads(Path(study.model_argument("mcu", "attendnet_found_macs")).read_text())
+    assert spec["blocks"][0]["out"] == mcu.STEM and spec["blocks"][2]["groups"] == mcu.STEM
