@@ -12,7 +12,7 @@ Peak activation memory is capped at **1 byte per element** (``peak_activation_kb
 search aims at runs 8-bit activations, as the int8 ONNX export does; the fp32 figure (4 bytes per element)
 is recorded as ``peak_activation_kb_fp32``. A microcontroller's limit is the TFLite Micro tensor arena of
 the int8 model (``micro_arena_kb``: the profiler's estimate, which matched TFLite Micro's own report
-within 1 KB on every model of docs/results/deploy.md), measured only when it is capped or an objective.
+within 2 KB on every model of docs/results/deploy.md), measured only when it is capped or an objective.
 
 Each requirement enters an Optuna study as a constraint (feasible when <= 0) scaled by its limit, so that
 the sampler can add violations of different units: ``value / cap - 1`` for a cap, ``1 - top1 / min`` for

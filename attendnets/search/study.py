@@ -224,7 +224,7 @@ class Explorer:
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(study_name=name, storage=self.storage, sampler=sampler)
         saved = dict(study.user_attrs)
-        # Read as a space and a fidelity first: a field added since the study started takes its default.
+        # Read as a space, fidelity and requirements first: a field added since the study started takes its default.
         if "space" in saved:
             saved["space"] = as_json_data(SearchSpace.from_dict(saved["space"]).to_dict())
         if "fidelity" in saved:
