@@ -110,9 +110,13 @@ def evaluate_checkpoint(
     batch_size: int = 64,
     workers: int = 2,
     strict: bool = False,
+    crop_pct: float | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on ``DATA/split``: the :meth:`Tally.summary` plus what was evaluated."""
+    """Evaluate a checkpoint on ``DATA/split``: the :meth:`Tally.summary` plus what was evaluated.
+    ``crop_pct``: centre-crop this share of the resized image instead of the checkpoint's own."""
     model, meta = load_checkpoint(checkpoint)
+    if crop_pct is not None:
+        meta = {**meta, "crop_pct": crop_pct}
     return {"checkpoint": str(checkpoint), **evaluate_with_meta(model, meta, data, split, batch_size, workers, strict)}
 
 
@@ -142,6 +146,7 @@ def evaluate_with_meta(
         "epoch": meta.get("epoch"),
         "weights": meta.get("weights"),
         "img_size": meta["img_size"],
+        "crop_pct": meta["crop_pct"],
         **tally.summary(classes),
     }
 

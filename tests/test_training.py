@@ -127,7 +127,13 @@ def test_cli_train_then_eval(tmp_path, synthetic_data, small_spec_file, capsys, 
     result = json.loads(capsys.readouterr().out)
     best = json.loads((out / "best.json").read_text())
     assert result["top1"] == pytest.approx(best["metrics"]["val_top1"])
-    assert result["images"] == 4 * 24
+    assert result["images"] == 4 * 24 and result["crop_pct"] == 0.875
+    whole = ["eval", "--checkpoint", str(out), "--data", str(synthetic_data), "--json", "--workers", "0",
+             "--crop-pct", "1", "--output", str(tmp_path / "whole")]
+    assert main(whole) == 0
+    assert json.loads(capsys.readouterr().out)["crop_pct"] == 1.0
+    assert main(["eval", "--file", "m.onnx", "--crop-pct", "1"]) == 2
+    assert "--crop-pct only applies with --checkpoint" in capsys.readouterr().err
 
 
 def test_cli_needs_a_model_and_data(tmp_path, small_spec_file, monkeypatch, capsys) -> None:

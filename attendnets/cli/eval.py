@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from attendnets.cli.options import NON_NEGATIVE, POSITIVE
+from attendnets.cli.options import NON_NEGATIVE, POSITIVE, number
 from attendnets.env import DATA_ENV
 from attendnets.errors import AttendNetsError
 from attendnets.files import check_writable
@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", help="with --file FILE.tflite: litert (default) or tflm (TFLite Micro)")
     parser.add_argument("--threads", type=POSITIVE, help="runtime threads with --file (default: the runtime's own)")
     parser.add_argument("--agreement-with", metavar="OTHER", help="with --file: top-1 agreement with OTHER")
+    parser.add_argument("--crop-pct", type=number(0, 1, low_open=True), metavar="P",
+                        help="with --checkpoint: centre-crop this share of the image instead of the training run's "
+                        "(0.875 for our runs; 1.0 resizes the whole image to the input size)")
     parser.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
@@ -73,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
         weights = checkpoint_paths(args.checkpoint)[0]
         default_output = report_folder(weights, weights.stem, args.split)
     else:
+        if args.crop_pct is not None:
+            raise AttendNetsError("--crop-pct only applies with --checkpoint: an exported file keeps the "
+                                  "preprocessing of its sidecar")
         default_output = report_folder(Path(args.file), Path(args.file).name, args.split)
     output = Path(args.output) if args.output else default_output
     check_writable(output, "--output")
@@ -93,7 +99,8 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from attendnets.export import load_runner
 
     if args.file is None:
-        return evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.workers, args.strict)
+        return evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.workers, args.strict,
+                                   args.crop_pct)
     common = dict(batch_size=args.batch_size, workers=args.workers, strict=args.strict)
     compare = args.agreement_with is not None
     runner = load_runner(args.file, args.runtime, args.threads)
