@@ -48,13 +48,13 @@ Recipe: random-resized crop keeping 35-100% of the image area + flip, AdamW, cos
 warm-up (stepped every batch), label smoothing 0.1, an EMA of the weights (--no-ema to disable),
 channels_last. timm's other augmentations are options, off by default: --color-jitter, --auto-augment
 (RandAugment, AugMix, AutoAugment), --random-erase, --mixup, --cutmix. The crop default is not timm's
-8-100%: on Imagenette at 128 px, 35-100% gave AttendNet-B 2.2 points more (benchmarks/presets.py).
-Every epoch the raw and EMA weights are evaluated on val/; OUTPUT gets last.* and best.* checkpoints
-(safetensors + JSON sidecar), metrics.jsonl, train_state.pt (for --resume) and, at the end, curves.png.
-A NaN/inf loss stops the run and keeps the checkpoint of the last good epoch. OUTPUT must be new or
-empty: a folder holding checkpoints or another run is refused, except the run's own with --resume,
-which must be resumed with the same options, classes and spec (an AttendNet resumes from the spec the
-run saved).
+8-100%: on Imagenette at 128 px, 35-100% gave AttendNet-B 2.2 and MobileNet-V1 2.1 points more
+(benchmarks/presets.py). Every epoch the raw and EMA weights are evaluated on val/; OUTPUT gets last.*
+and best.* checkpoints (safetensors + JSON sidecar), metrics.jsonl, train_state.pt (for --resume) and,
+at the end, curves.png. A NaN/inf loss stops the run and keeps the checkpoint of the last good epoch.
+OUTPUT must be new or empty: a folder holding checkpoints or another run is refused, except the run's
+own with --resume, which must be resumed with the same options, classes and spec (an AttendNet resumes
+from the spec the run saved).
 
 8 bits: --qat trains with int8 fake-quantized conv/linear weights (per output channel, straight-through
 gradients), --qat-activations also with 8-bit fake-quantized conv/linear inputs (moving-average
