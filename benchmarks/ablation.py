@@ -26,14 +26,13 @@ Runs are in ``runs/ablation/<arm>/attendnet_b-s<seed>`` (see benchmarks/arms.py)
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arms import Arm, run_study, with_blocks  # noqa: E402
+from arms import Arm, compare, run_study, with_blocks  # noqa: E402
 from imagenette import EPOCHS  # noqa: E402
 
 from attendnets.spec import ArchSpec, VACSpec, block_out_chs  # noqa: E402
@@ -73,22 +72,10 @@ ARMS = {
 
 
 def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
-    """Each arm's 8-bit top-1 against attendnet_b's, seed by seed, with the spreads."""
-    def per_seed(arm: str, model: str = "attendnet_b") -> dict[int, float]:
-        return {s: r["int8_top1"] for s, r in rows.get(arm, {}).get(model, {}).get("seeds", {}).items()}
-
-    base = per_seed("attention")
-    lines = ["## Verdict", ""]
-    for arm in ("no-attention", "no-attention-wider", "squeeze-excite", "mobilenet_v1"):
-        other = per_seed(arm, "mobilenet_v1" if arm == "mobilenet_v1" else "attendnet_b")
-        shared = sorted(set(base) & set(other))
-        if not shared:
-            continue
-        gaps = [base[s] - other[s] for s in shared]
-        spread = max(max(base.values()) - min(base.values()), max(other.values()) - min(other.values()))
-        lines.append(f"- attention vs {arm}: {statistics.mean(gaps):+.2f} points at 8 bits (per seed: "
-                     f"{', '.join(f'{g:+.2f}' for g in gaps)}; largest seed spread of the two arms {spread:.2f}).")
-    return lines
+    """attendnet_b as it is against each other arm, seed by seed, with the spreads."""
+    lines = [compare(rows, "attention", arm, base_model="mobilenet_v1" if arm == "mobilenet_v1" else None)
+             for arm in ("no-attention", "no-attention-wider", "squeeze-excite", "mobilenet_v1")]
+    return ["## Verdict", "", *(f"- {line}." for line in lines if line)]
 
 
 def main() -> int:

@@ -160,6 +160,29 @@ def mean_spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f}% ({max(values) - min(values):.2f})"
 
 
+def compare(rows: dict[str, dict[str, Any]], arm: str, base: str, model: str = "attendnet_b",
+            base_model: str | None = None) -> str | None:
+    """``arm`` against ``base`` (each on its model) at 8-bit weights and in float: the mean per-seed gap in
+    points, each seed's, and whether it exceeds the larger seed spread of the two; ``None`` until they share a
+    finished seed."""
+    def top1(name: str, of: str, key: str) -> dict[int, float]:
+        return {s: r[key] for s, r in rows.get(name, {}).get(of, {}).get("seeds", {}).items()}
+
+    parts = []
+    for key, label in (("int8_top1", "8-bit weights"), ("top1", "float")):
+        ours, theirs = top1(arm, model, key), top1(base, base_model or model, key)
+        shared = sorted(set(ours) & set(theirs))
+        if not shared:
+            return None
+        gaps = [ours[s] - theirs[s] for s in shared]
+        spread = max(max(v.values()) - min(v.values()) for v in (ours, theirs))
+        mean = statistics.mean(gaps)
+        beyond = "beyond" if abs(mean) > spread else "within"
+        parts.append(f"{mean:+.2f} points at {label} (per seed {', '.join(f'{g:+.2f}' for g in gaps)}; {beyond} the "
+                     f"larger seed spread, {spread:.2f})")
+    return f"{arm} vs {base} ({model}{'' if base_model in (None, model) else ' vs ' + base_model}): " + "; ".join(parts)
+
+
 def table(rows: dict[str, dict[str, Any]], arms: dict[str, Arm], names: Sequence[str]) -> list[str]:
     """The markdown table of ``rows``, one line per arm and model in ``names``' order."""
     lines = ["| arm | model | params / MACs (224 px, 50 classes) | best checkpoint top-1, float | 8-bit weights | "
@@ -183,7 +206,7 @@ def run_study(doc: str, arms: dict[str, Arm], stem: str, title: str, intro: str,
               findings: Callable[[dict[str, Any]], list[str]] = lambda rows: []) -> int:
     """A study driver's main: parse its options, train the arms asked for, and write ``<stem>.{md,json}`` (into
     docs/results once every arm has both seeds, else into the runs folder) with ``title``, ``intro``, the table
-    and ``findings(rows)``."""
+    and ``findings(rows)``. With ``--name``, the report is ``<name>.{md,json}`` on the arms of ``--arms`` only."""
     tune_malloc()
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser, arms, ROOT / "runs" / stem)
@@ -192,6 +215,8 @@ def run_study(doc: str, arms: dict[str, Arm], stem: str, title: str, intro: str,
     study = Study(arms, args.runs, resolve_data_dir(args.data), args.workers)
     if not args.report:
         study.collect(names, seeds, train=True)
+    if args.name:
+        stem, arms = args.name, {a: arms[a] for a in names}
     rows = study.collect(list(arms), SEEDS, train=False)  # the report shows every finished run
     done = complete(rows, arms)
     context = run_context()
@@ -215,6 +240,8 @@ def add_arguments(parser: argparse.ArgumentParser, arms: dict[str, Arm], runs: P
     parser.add_argument("--runs", type=Path, default=runs, help=f"runs folder (default {runs.relative_to(ROOT)})")
     parser.add_argument("--report", action="store_true",
                         help="train nothing: write the report of the runs finished so far (into the runs folder)")
+    parser.add_argument("--name", help="write the report as NAME.{md,json}, on the arms of --arms only (e.g. one "
+                        "comparison that has finished before the others)")
 
 
 def selected(args: argparse.Namespace, arms: dict[str, Arm]) -> tuple[list[str], list[int]]:

@@ -28,9 +28,10 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arms import TIMM_CROP, Arm, pepes, run_study, vacs, with_blocks  # noqa: E402
+from arms import TIMM_CROP, Arm, compare, pepes, run_study, vacs, with_blocks  # noqa: E402
 from imagenette import EPOCHS  # noqa: E402
 
 from attendnets.spec import ArchSpec  # noqa: E402
@@ -62,13 +63,20 @@ ARMS = {
 }
 
 
+def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """The crop range on both models, then each preset arm against attendnet_b on the same recipe."""
+    lines = [compare(rows, "crop035", "crop008", model) for model in BOTH]
+    lines += [compare(rows, arm, "crop035") for arm in ARMS if arm not in ("crop008", "crop035")]
+    return ["## Verdict", "", *(f"- {line}." for line in lines if line)]
+
+
 def main() -> int:
     return run_study(__doc__, ARMS, "presets",
                      "Recipe and preset arms on Imagenette: do our recipe and presets leave accuracy on the table?",
                      f"{EPOCHS} epochs at 128 px, the comparison recipe of benchmarks/imagenette.py changed as each arm "
                      "says; val top-1 (3,925 images) of the best checkpoint in float and with post-training 8-bit weights "
                      "(`attendnets quantize`), and of the last epoch's raw and EMA weights (a run without EMA ends with "
-                     "the raw ones). Mean over seeds, in brackets the spread (max - min).")
+                     "the raw ones). Mean over seeds, in brackets the spread (max - min).", verdict)
 
 
 if __name__ == "__main__":

@@ -90,3 +90,15 @@ def test_the_microcontroller_design_fits_its_arena_by_the_profiler(tmp_path) -> 
     assert 0.9 < costs["mcu"]["macs"] / found.macs < 1
     spec = json.loads(Path(study.model_argument("mcu", "attendnet_found_macs")).read_text())
     assert spec["blocks"][0]["out"] == mcu.STEM and spec["blocks"][2]["groups"] == mcu.STEM
+
+
+def test_a_verdict_pairs_seeds_and_weighs_the_gap_against_the_seed_spread() -> None:
+    def arm(*top1: float) -> dict:
+        return {"attendnet_b": {"seeds": {s: {"top1": t, "int8_top1": t - 0.1} for s, t in enumerate(top1)}}}
+
+    rows = {"a": arm(75.0, 75.4), "b": arm(73.0, 73.6), "c": arm(75.1, 73.3)}
+    assert arms.compare(rows, "a", "b") == (
+        "a vs b (attendnet_b): +1.90 points at 8-bit weights (per seed +2.00, +1.80; beyond the larger seed spread, "
+        "0.60); +1.90 points at float (per seed +2.00, +1.80; beyond the larger seed spread, 0.60)")
+    assert "within the larger seed spread, 1.80" in arms.compare(rows, "c", "b")
+    assert arms.compare(rows, "a", "missing") is None

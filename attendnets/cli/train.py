@@ -48,7 +48,7 @@ Recipe: random-resized crop keeping 35-100% of the image area + flip, AdamW, cos
 warm-up (stepped every batch), label smoothing 0.1, an EMA of the weights (--no-ema to disable),
 channels_last. timm's other augmentations are options, off by default: --color-jitter, --auto-augment
 (RandAugment, AugMix, AutoAugment), --random-erase, --mixup, --cutmix. The crop default is not timm's
-8-100%: on Imagenette at 128 px, 35-100% gave AttendNet-B 2.2 and MobileNet-V1 2.1 points more
+8-100%: on Imagenette at 128 px, 35-100% gave AttendNet-B and MobileNet-V1 about 2 points more
 (benchmarks/presets.py). Every epoch the raw and EMA weights are evaluated on val/; OUTPUT gets last.*
 and best.* checkpoints (safetensors + JSON sidecar), metrics.jsonl, train_state.pt (for --resume) and,
 at the end, curves.png. A NaN/inf loss stops the run and keeps the checkpoint of the last good epoch.
