@@ -16,8 +16,10 @@ Stages, each resumable (``--stages``; a killed stage continues where it stopped 
    rung's Pareto front) trained with the comparison recipe of ``benchmarks/imagenette.py`` at seeds 0
    and 1, quantized to 8-bit weights and evaluated on val/; attendnet_b, attendnet_a and the MobileNets
    at seed 0 from ``runs/imagenette`` (trained there if missing).
-4. ``latency``: every retrained model and the MobileNets, int8, ORT and LiteRT, 1 and 2 threads
-   (``attendnets bench``, random weights: latency does not depend on the weights' values).
+4. ``latency``: every retrained model and the MobileNets, int8, in ORT, LiteRT and ExecuTorch at 1 and 2
+   threads and in TFLite Micro (1 thread), interleaved per thread count (``attendnets bench``, random
+   weights: latency does not depend on the weights' values); and each model's TFLite Micro arena at
+   128 px (the profiler's estimate). The target is checked in ORT and LiteRT, the runtimes it names.
 5. ``report``: docs/results/explore_latency.{md,json} and explore_latency.png (top-1 against measured
    latency, the MobileNets and the presets on the same plot).
 
@@ -50,7 +52,9 @@ from explore import (  # noqa: E402
 from imagenette import IMG_SIZE, NUM_CLASSES  # noqa: E402
 
 from attendnets.files import atomic_write, atomic_write_json, atomic_write_text  # noqa: E402
-from attendnets.registry import BASELINES  # noqa: E402
+from attendnets.complexity import profile_model  # noqa: E402
+from attendnets.export import Target, for_runtime  # noqa: E402
+from attendnets.registry import BASELINES, create_model  # noqa: E402
 from attendnets.runtime import tune_malloc  # noqa: E402
 
 STAGES = ("search", "random", "retrain", "latency", "report")
@@ -62,8 +66,10 @@ PRESETS = ("attendnet_b", "attendnet_a")
 OBJECTIVE = ["--space", SPACE, "--cost", "latency_ratio", "--max-latency-ratio", str(MAX_RATIO),
              *flags(SEARCH_LATENCY)]
 SEEDS = (0, 1)
-RUNTIMES = ("ort-int8", "litert-int8")
+RUNTIMES = ("ort-int8", "litert-int8")  # the target's
+OTHER_RUNTIMES = ("executorch-int8",)  # reported beside them
 THREADS = (1, 2)
+MICRO = "tflm"  # TFLite Micro: one thread, timed once
 
 
 def picks(runs: Path) -> dict[str, Path]:
@@ -97,34 +103,44 @@ def retrain(steps: Steps, data: Path, runs: Path, trained: Path, budget: dict, w
 
 
 def latency(steps: Steps, rows: dict[str, Any], runs: Path, budget: dict) -> dict[str, dict[str, float]]:
-    """``{label: {"<runtime>/<threads>t": ratio to MobileNet-V1}}`` from ``attendnets bench`` (cached)."""
+    """``{label: {"<runtime>/<threads>t" or "tflm": ratio to MobileNet-V1}}`` from ``attendnets bench`` (cached)."""
     path = runs / "latency.json"
     models = [row["model"] for label, row in rows.items() if label not in BASELINES]
+    runs_of = {f"{t}t": (",".join((*RUNTIMES, *OTHER_RUNTIMES)), t) for t in THREADS} | {"micro": (MICRO, 1)}
     cached = json.loads(path.read_text()) if path.is_file() else {}
-    if cached.get("models") != models:
-        cached = {"models": models, "ratios": {}, "ms": {}}
-    for threads in THREADS:
-        key = f"{threads}t"
+    if (cached.get("models"), cached.get("runs")) != (models, {k: list(v) for k, v in runs_of.items()}):
+        cached = {"models": models, "runs": runs_of, "ms": {}}
+    for key, (runtimes, threads) in runs_of.items():
         if key in cached["ms"]:
             continue
         out = steps.run("latency", attendnets(
-            "bench", *models, "--img-size", str(IMG_SIZE), "--num-classes", str(NUM_CLASSES), "--runtimes",
-            ",".join(RUNTIMES), "--batch", "0", "--rounds", str(budget["bench_rounds"]), "--threads", str(threads),
+            "bench", *models, "--img-size", str(IMG_SIZE), "--num-classes", str(NUM_CLASSES), "--runtimes", runtimes,
+            "--batch", "0", "--rounds", str(budget["bench_rounds"] if key != "micro" else 1), "--threads", str(threads),
             "--json"), capture=True)
         cached["ms"][key] = {f"{r['model']}|{r['runtime']}": r["batch1_median_ms"] for r in json.loads(out)["results"]}
         atomic_write_json(path, cached)
     ratios: dict[str, dict[str, float]] = {}
     for label, row in rows.items():
         for key, ms in cached["ms"].items():
-            for runtime in RUNTIMES:
-                ratio = ms[f"{row['model']}|{runtime}"] / ms[f"mobilenet_v1|{runtime}"]
-                ratios.setdefault(label, {})[f"{runtime}/{key}"] = ratio
+            for runtime in (*RUNTIMES, *OTHER_RUNTIMES, MICRO):
+                if f"{row['model']}|{runtime}" in ms:
+                    ratio = ms[f"{row['model']}|{runtime}"] / ms[f"mobilenet_v1|{runtime}"]
+                    ratios.setdefault(label, {})[f"{runtime}/{key}" if key != "micro" else runtime] = ratio
     return ratios
+
+
+def arenas(rows: dict[str, Any]) -> dict[str, float]:
+    """``{label: TFLite Micro arena KB}`` of each model at 128 px, 10 classes (the profiler's estimate)."""
+    out = {}
+    for label, row in rows.items():
+        model = create_model(row["model"], num_classes=NUM_CLASSES).eval()
+        out[label] = profile_model(model, IMG_SIZE, micro_form=for_runtime(model, Target.MICRO)).micro_arena_bytes / 1024
+    return out
 
 
 def verdict(label: str, row: dict[str, Any], ratios: dict[str, float], reference: float) -> str:
     low = min(s["top1_int8"] for s in row["seeds"])
-    worst = max(ratios.values())
+    worst = max(ratios[f"{r}/{t}t"] for r in RUNTIMES for t in THREADS)
     met = low >= reference + TARGET_POINTS and worst <= MAX_RATIO
     return (f"{label}: {'MEETS' if met else 'does NOT meet'} the target: lower-seed top-1 {low:.2f}% "
             f"({low - reference:+.2f} points over MobileNet-V1's {reference:.2f}%, needed +{TARGET_POINTS:g}); "
@@ -166,7 +182,8 @@ def write_report(runs: Path, out_dir: Path, rows: dict[str, Any], ratios: dict[s
         if label.startswith("fast_"):
             atomic_write(out_dir / f"explore_latency_{label}.json",
                          lambda tmp, label=label: shutil.copyfile(rows[label]["model"], tmp))
-    columns = [f"{r}/{t}t" for r in RUNTIMES for t in THREADS]
+    columns = [f"{r}/{t}t" for r in (*RUNTIMES, *OTHER_RUNTIMES) for t in THREADS] + [MICRO]
+    arena = arenas(rows)
     lines = ["# Accuracy per millisecond: designs searched on measured int8 latency", "",
              *(["**SMOKE RUN: a tiny budget on a tiny subset; not the comparison.**", ""] if smoke else []),
              f"`attendnets explore run --space {SPACE} --cost latency_ratio --runtime {SEARCH_LATENCY['runtime']} "
@@ -180,17 +197,20 @@ def write_report(runs: Path, out_dir: Path, rows: dict[str, Any], ratios: dict[s
         rung = summary["rungs"][0]
         lines.append(f"| {s} | {rung['trials']} | {rung['by_status'].get('trained', 0)} | "
                      f"{rung['by_status'].get('over_cap', 0)} | {hours.get(SEARCH_STAGES[s], 0.0):.2f} |")
-    lines += ["", "| model | top-1 8-bit (per seed) | " + " | ".join(f"{c} vs MobileNet-V1" for c in columns) + " |",
-              "|---|---|" + "---|" * len(columns)]
+    lines += ["", "Latency as a multiple of MobileNet-V1's in the same runtime, thread count and run (batch 1, int8; "
+              "below 1 is faster); TFLite Micro: its reference kernels, 1 thread, as on a microcontroller.", "",
+              "| model | top-1 8-bit (per seed) | " + " | ".join(columns) + " | TFLite Micro arena KB |",
+              "|---|---|" + "---|" * (len(columns) + 1)]
     for label, row in rows.items():
         per_seed = ", ".join(f"s{s['seed']} {s['top1_int8']:.2f}%" for s in row["seeds"])
-        lines.append(f"| {label} | {per_seed} | " + " | ".join(f"{ratios[label][c]:.2f}x" for c in columns) + " |")
+        cells = " | ".join(f"{ratios[label][c]:.2f}x" for c in columns)
+        lines.append(f"| {label} | {per_seed} | {cells} | {arena[label]:,.0f} |")
     lines += ["", "## Verdict", "", *(f"- {v}" for v in verdicts or ["no design besides the prototype was found"]),
               "", "## How it was run", "", *provenance(context), ""]
     atomic_write_text(out_dir / "explore_latency.md", "\n".join(lines))
     atomic_write_text(out_dir / "explore_latency.json",
-                      json.dumps({**context, "smoke_run": smoke, "models": rows, "ratios": ratios, "verdicts": verdicts,
-                                  "searches": searches, "cpu_seconds": steps.cpu}, indent=2) + "\n")
+                      json.dumps({**context, "smoke_run": smoke, "models": rows, "ratios": ratios, "arena_kb": arena,
+                                  "verdicts": verdicts, "searches": searches, "cpu_seconds": steps.cpu}, indent=2) + "\n")
     print("\n".join(verdicts))
 
 
