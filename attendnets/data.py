@@ -162,20 +162,50 @@ def scan_split(split_dir: Path, classes: list[str], strict: bool = False) -> lis
 
 
 class ImageList(Dataset):
-    """Images given as ``(path, target)`` pairs, loaded as RGB and passed through ``transform``."""
+    """Images given as ``(path, target)`` pairs, loaded as RGB and passed through ``transform``; with
+    ``decoded`` (:func:`decode_images` of the same samples) the files are not read again."""
 
-    def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform=None) -> None:
+    def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform=None,
+                 decoded: list[np.ndarray] | None = None) -> None:
         self.samples = samples
         self.classes = classes
         self.transform = transform
+        self.decoded = decoded
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, target = self.samples[index]
-        img = load_rgb(path)
+        img = Image.fromarray(self.decoded[index]) if self.decoded is not None else load_rgb(path)
         return (self.transform(img) if self.transform else img), target
+
+
+def decode_images(samples: list[tuple[str, int]], memory_share: float = 0.5) -> list[np.ndarray]:
+    """Every image of ``samples`` decoded once, as :func:`load_rgb` decodes it: (H, W, 3) uint8 arrays, the
+    same pixels, so that an :class:`ImageList` given them transforms exactly what it would have read. Refused
+    in one line before decoding when they would take more than ``memory_share`` of the available memory
+    (sizes from the files' headers)."""
+    need = 0
+    for path, _ in samples:
+        with Image.open(path) as img:
+            need += img.width * img.height * 3
+    available = _available_memory()
+    if available is not None and need > memory_share * available:
+        raise AttendNetsError(
+            f"the {len(samples)} images take {need / 2**30:.1f} GiB decoded, more than {memory_share:.0%} of the "
+            f"{available / 2**30:.1f} GiB of memory available: drop --cache-images"
+        )
+    log.info("decoding %d images into memory (%.2f GiB)", len(samples), need / 2**30)
+    return [np.asarray(load_rgb(path)) for path, _ in samples]
+
+
+def _available_memory() -> int | None:
+    """Bytes of physical memory free now, where the system says (``None`` where it does not, e.g. macOS)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 @dataclass

@@ -75,6 +75,7 @@ from attendnets.data import (
     MEAN,
     STD,
     ImageList,
+    decode_images,
     open_image_folders,
     resolve_data_dir,
     short_list,
@@ -127,6 +128,7 @@ class TrainConfig:
     ema: bool = True
     ema_decay: float = 0.9998  # the ceiling; the EMA warms up from 0 (timm's ModelEmaV3 warm-up)
     workers: int = 2
+    cache_images: bool = False  # decode every image once into memory (the same pixels: results do not change)
     seed: int = 0
     resume: bool = False
     strict: bool = False
@@ -266,9 +268,11 @@ def _loaders(config: TrainConfig, proc: Process) -> tuple[DataLoader, DataLoader
     common = dict(interpolation=config.interpolation, mean=config.mean, std=config.std)
     train_tf = train_transform(config)
     val_tf = create_transform(config.img_size, is_training=False, crop_pct=config.crop_pct, **common)
-    train_set = ImageList(folders.train, folders.classes, train_tf)
     # Each process evaluates its own slice of val/; the counts are summed, so no image is counted twice.
-    val_set = ImageList(folders.val[proc.rank :: proc.world], folders.classes, val_tf)
+    val = folders.val[proc.rank :: proc.world]
+    train_set = ImageList(folders.train, folders.classes, train_tf,
+                          decode_images(folders.train) if config.cache_images else None)
+    val_set = ImageList(val, folders.classes, val_tf, decode_images(val) if config.cache_images else None)
     sampler = DistributedSampler(train_set, proc.world, proc.rank, shuffle=True, seed=config.seed, drop_last=True)
     pin = proc.device.type == "cuda"
     train_loader = DataLoader(

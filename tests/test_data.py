@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from attendnets.data import ImageList, make_synthetic_dataset, open_image_folders, open_split
+from attendnets.data import ImageList, decode_images, make_synthetic_dataset, open_image_folders, open_split
 from attendnets.errors import AttendNetsError
 
 
@@ -127,3 +127,16 @@ def test_synthetic_dataset_is_deterministic_and_shaped(tmp_path) -> None:
     assert Image.open(a / files[0]).size == (24, 24)
     with pytest.raises(AttendNetsError, match="1 to 8 classes"):
         make_synthetic_dataset(tmp_path / "c", classes=9)
+
+
+def test_decoded_images_are_the_files_pixels_and_refused_when_memory_is_short(tmp_path) -> None:
+    root = make_synthetic_dataset(tmp_path / "data", classes=2, per_class=4, size=24)
+    for i, mode in enumerate(("L", "RGBA", "P")):
+        _image(root / "train" / "checks" / f"extra{i}.png", mode)
+    folders = open_image_folders(root)
+    read, cached = ImageList(folders.train, folders.classes), ImageList(folders.train, folders.classes,
+                                                                        decoded=decode_images(folders.train))
+    for i in range(len(read)):
+        assert np.array_equal(np.asarray(read[i][0]), np.asarray(cached[i][0])) and read[i][1] == cached[i][1]
+    with pytest.raises(AttendNetsError, match=r"the \d+ images take .* GiB decoded, more than .* drop --cache-images"):
+        decode_images(folders.train, memory_share=1e-12)

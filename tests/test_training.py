@@ -70,6 +70,14 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, synthetic_
     assert metrics[-1]["val_top1"] == full.history[-1]["val_top1"]
 
 
+def test_images_decoded_into_memory_train_exactly_as_read_from_files(tmp_path, synthetic_data, small_spec_file) -> None:
+    runs = [train(small_config(synthetic_data, small_spec_file, tmp_path / name, epochs=1, cache_images=cache))
+            for name, cache in (("read", False), ("cached", True))]
+    for a, b in zip(*(r.model.state_dict().values() for r in runs), strict=True):
+        assert torch.equal(a, b)
+    assert runs[0].history[0]["val_top1"] == runs[1].history[0]["val_top1"]
+
+
 def test_existing_run_needs_resume_and_the_same_recipe(tmp_path, synthetic_data, small_spec_file) -> None:
     train(small_config(synthetic_data, small_spec_file, tmp_path / "run", epochs=1))
     with pytest.raises(AttendNetsError, match="already holds a training run; pass --resume"):
