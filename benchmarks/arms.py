@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, ROOT, provenance, run_context
-from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, completed_epochs, evaluate, quantize, recipe
+from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, SPEED, completed_epochs, evaluate, quantize, recipe
 
 from attendnets.complexity import profile_model
 from attendnets.data import resolve_data_dir
@@ -99,7 +99,7 @@ class Study:
             del base[at : at + 3]
         return [sys.executable, "-m", "attendnets", "train", "--data", str(self.data), "--model",
                 self.model_argument(arm, model), "--epochs", str(EPOCHS), *base, *options,
-                "--workers", str(self.workers), "--output", str(self.folder(arm, model, seed))]
+                *SPEED, "--workers", str(self.workers), "--output", str(self.folder(arm, model, seed))]
 
     def train(self, arm: str, model: str, seed: int) -> None:
         run, command = self.folder(arm, model, seed), self.train_command(arm, model, seed)
