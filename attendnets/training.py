@@ -74,6 +74,7 @@ from attendnets.data import (
     INTERPOLATION,
     MEAN,
     STD,
+    ImageFolders,
     ImageList,
     decode_images,
     open_image_folders,
@@ -260,8 +261,8 @@ def _gather(obj: Any, proc: Process) -> list[Any]:
     return out
 
 
-def _loaders(config: TrainConfig, proc: Process) -> tuple[DataLoader, DataLoader, DistributedSampler, list[str]]:
-    folders = open_image_folders(config.data, config.strict, config.subset)
+def _loaders(config: TrainConfig, folders: ImageFolders, proc: Process) -> tuple[DataLoader, DataLoader,
+                                                                                   DistributedSampler]:
     steps = len(folders.train) // (config.batch_size * proc.world)
     if steps == 0:
         raise TooFewImages(len(folders.train), config.batch_size, proc.world)
@@ -279,7 +280,7 @@ def _loaders(config: TrainConfig, proc: Process) -> tuple[DataLoader, DataLoader
         train_set, config.batch_size, sampler=sampler, num_workers=config.workers, drop_last=True, pin_memory=pin
     )
     val_loader = DataLoader(val_set, config.batch_size, num_workers=config.workers, pin_memory=pin)
-    return train_loader, val_loader, sampler, folders.classes
+    return train_loader, val_loader, sampler
 
 
 def recipe_changes(saved: dict[str, Any], config: TrainConfig) -> list[tuple[str, Any, Any]]:
@@ -328,13 +329,15 @@ class _Run:
         self.out = Path(config.output)
         self.state_path = self.out / STATE_FILE
         _seed_everything(config.seed)  # the same initial weights in every process
-        self.train_loader, self.val_loader, self.sampler, self.classes = _loaders(config, proc)
+        folders = open_image_folders(config.data, config.strict, config.subset)
+        self.classes = folders.classes
         if state is not None:
             _check_classes(state["class_names"], self.classes)
         self.history: list[dict[str, Any]] = _read_history(self.out, state["epoch"]) if state is not None else []
-        self.model = _build_model(config, len(self.classes), state)
+        self.model = _build_model(config, len(self.classes), state)  # a bad spec fails before any image is loaded
         if config.init and state is None:
             _load_init(self.model, config.init, self.classes)
+        self.train_loader, self.val_loader, self.sampler = _loaders(config, folders, proc)
         self.meta = _checkpoint_meta(self.model, config, self.classes)
         self.model = self.model.to(proc.device, memory_format=torch.channels_last)
         if config.qat:

@@ -85,6 +85,13 @@ def test_pilot_resumes_without_retraining(tmp_path, space_file, explore_data) ->
     longer = Pilot(PilotConfig(**{**cfg.__dict__, "high_epochs": 2}), score).run(progress=False)
     assert sorted(score.calls) == [(f"pilot-d{i:02d}", 2) for i in range(4)]  # the 1-epoch results are reused
     assert [d["low"] for d in longer["designs"]] == [d["low"] for d in summary["designs"]]
+    for result in (tmp_path / "p" / "results" / "e1").glob("*.json"):  # saved before crop_scale existed
+        saved = json.loads(result.read_text())
+        del saved["fidelity"]["crop_scale"]
+        result.write_text(json.dumps(saved))
+    score.calls.clear()
+    Pilot(PilotConfig(**{**cfg.__dict__, "high_epochs": 2}), score).run(progress=False)
+    assert score.calls == []  # still reused
 
     with pytest.raises(AttendNetsError, match="holds another fidelity .* use another --output"):
         Pilot(PilotConfig(**{**cfg.__dict__, "fidelity": Fidelity(img_size=16, images_per_class=3, holdout_per_class=2,

@@ -26,7 +26,7 @@ from typing import Any
 from tqdm import tqdm
 
 from attendnets.errors import AttendNetsError
-from attendnets.files import atomic_write, atomic_write_json, atomic_write_text
+from attendnets.files import as_json_data, atomic_write, atomic_write_json, atomic_write_text
 from attendnets.plots import plot_pilot
 from attendnets.runtime import torch_threads
 from attendnets.search.fidelity import (
@@ -247,7 +247,9 @@ class Pilot:
         fidelity = _training_fidelity(self.config.fidelity)
         if path.is_file():
             saved = json.loads(path.read_text())
-            if saved["spec"] != design["spec"] or saved["fidelity"] != fidelity:
+            # Read as a fidelity first: a field added since the result was saved takes its default.
+            saved_fidelity = _training_fidelity(Fidelity(**saved["fidelity"]))
+            if saved["spec"] != design["spec"] or saved_fidelity != fidelity:
                 what = "design" if saved["spec"] != design["spec"] else "fidelity"
                 raise AttendNetsError(f"{path} holds another {what} than this pilot's {design['name']} (the space, seed, "
                                       "requirements or training options changed); use another --output")
@@ -264,5 +266,5 @@ class Pilot:
 
 
 def _training_fidelity(fidelity: Fidelity) -> dict[str, Any]:
-    """The fidelity settings that decide a training's result (the rung's epochs aside)."""
-    return {k: v for k, v in fidelity.to_dict().items() if k not in ("epochs", "eta")}
+    """The fidelity settings that decide a training's result (the rung's epochs aside), as JSON data."""
+    return as_json_data({k: v for k, v in fidelity.to_dict().items() if k not in ("epochs", "eta")})
