@@ -21,6 +21,7 @@ Runs are in ``runs/presets/<arm>/<model>-s<seed>`` (see benchmarks/arms.py). The
     python benchmarks/presets.py --data ../shared/datasets/imagenette2-224
     python benchmarks/presets.py --arms init-torch --seeds 0   # one run
     python benchmarks/presets.py --report                      # what has finished so far
+    python benchmarks/presets.py --arms crop035,zero-init-last --report --name zero_init   # one comparison alone
 """
 
 from __future__ import annotations
