@@ -2,10 +2,10 @@
 
 Each model is trained by ``attendnets train`` in its own process (one after another: never two heavy
 processes at once), then its best checkpoint is re-evaluated by ``attendnets eval --json``. The recipe:
-128 px (random-resized crops for training; resize and centre crop for val), 15 epochs, AdamW lr 2e-3,
-weight decay 0.05, cosine schedule with 1 warm-up epoch, label smoothing 0.1, batch 64, EMA, fp32
-channels_last, random-resized crops keeping 35-100% of the image area, seed 0. Runs live in ``runs/imagenette/<model>/`` (outside git) and the script is
-resumable: finished models are skipped and a killed one continues with ``--resume``.
+128 px (random-resized crops keeping 35-100% of the image area for training; resize and centre crop for
+val), 15 epochs, AdamW lr 2e-3, weight decay 0.05, cosine schedule with 1 warm-up epoch, label smoothing
+0.1, batch 64, EMA, fp32 channels_last, seed 0. Runs live in ``runs/imagenette/<model>/`` (outside git)
+and the script is resumable: finished models are skipped and a killed one continues with ``--resume``.
 
     python benchmarks/imagenette.py --data ../shared/datasets/imagenette2-224   # or set ATTENDNETS_DATA
     python benchmarks/imagenette.py --models mobilenet_v2 --epochs 1 --subset 640  # smoke run
