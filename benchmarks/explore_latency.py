@@ -19,7 +19,8 @@ Stages, each resumable (``--stages``; a killed stage continues where it stopped 
 4. ``latency``: every retrained model and the MobileNets, int8, in ORT, LiteRT and ExecuTorch at 1 and 2
    threads and in TFLite Micro (1 thread), interleaved per thread count (``attendnets bench``, random
    weights: latency does not depend on the weights' values); and each model's TFLite Micro arena at
-   128 px (the profiler's estimate). The target is checked in ORT and LiteRT, the runtimes it names.
+   128 px (the profiler's estimate). The target is checked in ORT and LiteRT, the runtimes it names. Needs no
+   trained model, so it can run first, on an idle machine, while the retraining waits.
 5. ``report``: docs/results/explore_latency.{md,json} and explore_latency.png (top-1 against measured
    latency, the MobileNets and the presets on the same plot).
 
@@ -87,10 +88,15 @@ def picks(runs: Path) -> dict[str, Path]:
     return out
 
 
-def retrain(steps: Steps, data: Path, runs: Path, trained: Path, budget: dict, workers: int) -> dict[str, Any]:
-    """``{label: {model, seeds: [{seed, top1_int8, top1_float}]}}`` for the picks and the references."""
+def lineup(runs: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``{label: (model name or spec file, seeds)}``: the picks at every seed, the references at seed 0."""
     models = {label: (str(spec), SEEDS) for label, spec in picks(runs).items()}
-    models |= {m: (m, (0,)) for m in (*PRESETS, *BASELINES)}
+    return models | {m: (m, (0,)) for m in (*PRESETS, *BASELINES)}
+
+
+def retrain(steps: Steps, models: dict[str, tuple[str, tuple[int, ...]]], data: Path, runs: Path, trained: Path,
+            budget: dict, workers: int) -> dict[str, Any]:
+    """``{label: {model, seeds: [{seed, top1_int8, top1_float}]}}`` for the picks and the references."""
     rows = {}
     for label, (model, seeds) in models.items():
         out = []
@@ -102,10 +108,11 @@ def retrain(steps: Steps, data: Path, runs: Path, trained: Path, budget: dict, w
     return rows
 
 
-def latency(steps: Steps, rows: dict[str, Any], runs: Path, budget: dict) -> dict[str, dict[str, float]]:
-    """``{label: {"<runtime>/<threads>t" or "tflm": ratio to MobileNet-V1}}`` from ``attendnets bench`` (cached)."""
+def latency(steps: Steps, names: dict[str, str], runs: Path, budget: dict) -> dict[str, dict[str, float]]:
+    """``{label: {"<runtime>/<threads>t" or "tflm": ratio to MobileNet-V1}}`` of each ``{label: model}`` from
+    ``attendnets bench`` (cached; random weights, so no model need be trained first)."""
     path = runs / "latency.json"
-    models = [row["model"] for label, row in rows.items() if label not in BASELINES]
+    models = [model for label, model in names.items() if label not in BASELINES]
     runs_of = {f"{t}t": (",".join((*RUNTIMES, *OTHER_RUNTIMES)), t) for t in THREADS} | {"micro": (MICRO, 1)}
     cached = json.loads(path.read_text()) if path.is_file() else {}
     if (cached.get("models"), cached.get("runs")) != (models, {k: list(v) for k, v in runs_of.items()}):
@@ -120,11 +127,11 @@ def latency(steps: Steps, rows: dict[str, Any], runs: Path, budget: dict) -> dic
         cached["ms"][key] = {f"{r['model']}|{r['runtime']}": r["batch1_median_ms"] for r in json.loads(out)["results"]}
         atomic_write_json(path, cached)
     ratios: dict[str, dict[str, float]] = {}
-    for label, row in rows.items():
+    for label, model in names.items():
         for key, ms in cached["ms"].items():
             for runtime in (*RUNTIMES, *OTHER_RUNTIMES, MICRO):
-                if f"{row['model']}|{runtime}" in ms:
-                    ratio = ms[f"{row['model']}|{runtime}"] / ms[f"mobilenet_v1|{runtime}"]
+                if f"{model}|{runtime}" in ms:
+                    ratio = ms[f"{model}|{runtime}"] / ms[f"mobilenet_v1|{runtime}"]
                     ratios.setdefault(label, {})[f"{runtime}/{key}" if key != "micro" else runtime] = ratio
     return ratios
 
@@ -222,10 +229,12 @@ def main() -> int:
     for sampler, stage in SEARCH_STAGES.items():
         if stage in stages:
             search(steps, sampler, data, runs, budget, OBJECTIVE + ["--latency-table", str(runs / "latency-table.json")])
-    if not {"retrain", "latency", "report"} & set(stages):
-        return 0
-    rows = retrain(steps, data, runs, args.trained, budget, args.workers)
-    ratios = latency(steps, rows, runs, budget) if {"latency", "report"} & set(stages) else {}
+    models = lineup(runs)
+    rows = {}
+    if {"retrain", "report"} & set(stages):
+        rows = retrain(steps, models, data, runs, args.trained, budget, args.workers)
+    names = {label: model for label, (model, _) in models.items()}
+    ratios = latency(steps, names, runs, budget) if {"latency", "report"} & set(stages) else {}
     if "report" in stages:
         write_report(runs, runs if args.smoke else RESULTS, rows, ratios, steps, context, args.smoke)
     return 0
