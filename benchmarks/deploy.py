@@ -35,9 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, provenance, run_context, step  # noqa: E402
 
 from attendnets.bench import _synthetic_images  # noqa: E402
-from attendnets.complexity import profile_model  # noqa: E402
 from attendnets.data import default_preprocessing, resolve_data_dir  # noqa: E402
-from attendnets.export import CalibrationImages, LiteRTRunner, MicroRunner, Target, export_tflite, for_runtime  # noqa: E402
+from attendnets.export import CalibrationImages, LiteRTRunner, MicroRunner, export_tflite, profile_for_micro  # noqa: E402
 from attendnets.registry import BASELINES, create_model  # noqa: E402
 from attendnets.runtime import tune_malloc  # noqa: E402
 
@@ -82,7 +81,7 @@ def micro(args: argparse.Namespace) -> list[dict[str, Any]]:
     for row in rows:
         name, size = row["model"], row["img_size"]
         model = create_model(name, num_classes=row["num_classes"]).eval()
-        estimate = profile_model(model, size, micro_form=for_runtime(model, Target.MICRO))
+        estimate = profile_for_micro(model, size)
         row.update(profiler_arena_bytes=estimate.micro_arena_bytes,
                    profiler_arena_planned_bytes=estimate.micro_arena_planned_bytes,
                    profiler_arena_persistent_bytes=estimate.micro_arena_persistent_bytes)

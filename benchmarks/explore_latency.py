@@ -53,8 +53,7 @@ from explore import (  # noqa: E402
 from imagenette import IMG_SIZE, NUM_CLASSES  # noqa: E402
 
 from attendnets.files import atomic_write, atomic_write_json, atomic_write_text  # noqa: E402
-from attendnets.complexity import profile_model  # noqa: E402
-from attendnets.export import Target, for_runtime  # noqa: E402
+from attendnets.export import profile_for_micro  # noqa: E402
 from attendnets.registry import BASELINES, create_model  # noqa: E402
 from attendnets.runtime import tune_malloc  # noqa: E402
 
@@ -141,7 +140,7 @@ def arenas(rows: dict[str, Any]) -> dict[str, float]:
     out = {}
     for label, row in rows.items():
         model = create_model(row["model"], num_classes=NUM_CLASSES).eval()
-        out[label] = profile_model(model, IMG_SIZE, micro_form=for_runtime(model, Target.MICRO)).micro_arena_bytes / 1024
+        out[label] = profile_for_micro(model, IMG_SIZE).micro_arena_bytes / 1024
     return out
 
 

@@ -35,9 +35,8 @@ from common import RESULTS, ROOT, provenance, run_context, step  # noqa: E402
 from deploy import tflm_check  # noqa: E402
 from imagenette import IMG_SIZE, NUM_CLASSES  # noqa: E402
 
-from attendnets.complexity import profile_model  # noqa: E402
 from attendnets.data import resolve_data_dir  # noqa: E402
-from attendnets.export import Target, for_runtime  # noqa: E402
+from attendnets.export import profile_for_micro  # noqa: E402
 from attendnets.files import atomic_write_json, atomic_write_text  # noqa: E402
 from attendnets.registry import create_model  # noqa: E402
 from attendnets.runtime import tune_malloc  # noqa: E402
@@ -99,7 +98,7 @@ def costs(study: Study) -> dict[str, dict[str, float]]:
     out = {}
     for arm, spec in ARMS.items():
         model = create_model(study.model_argument(arm, spec.models[0]), num_classes=NUM_CLASSES).eval()
-        c = profile_model(model, IMG_SIZE, micro_form=for_runtime(model, Target.MICRO))
+        c = profile_for_micro(model, IMG_SIZE)
         out[arm] = {"params": c.params, "macs": c.macs, "profiler_arena_kb": c.micro_arena_bytes / 1024,
                     "weight_kb_8bit": c.weight_bytes_int8 / 1024}
     return out

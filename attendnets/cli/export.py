@@ -154,8 +154,7 @@ def _write(args: argparse.Namespace, model: torch.nn.Module, meta: dict[str, Any
 
 def run(args: argparse.Namespace) -> int:
     from attendnets.checkpoint import checkpoint_paths, describe, load_checkpoint
-    from attendnets.complexity import profile_model
-    from attendnets.export import MicroRunner, Target, export_parity, for_runtime, load_runner
+    from attendnets.export import MicroRunner, export_parity, load_runner, profile_for_micro
 
     _check_options(args)
     weights, _ = checkpoint_paths(args.checkpoint)
@@ -187,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         "parity": {**parity, "inputs": source},
     }
     if "micro" in paths:
-        estimate = profile_model(model, meta["img_size"], micro_form=for_runtime(model, Target.MICRO))
+        estimate = profile_for_micro(model, meta["img_size"])
         micro = runners["micro"]
         record["micro"] = {"arena_bytes": micro.arena_bytes, "arena_planned_bytes": micro.arena_planned_bytes,
                            "arena_persistent_bytes": micro.arena_persistent_bytes,

@@ -70,8 +70,7 @@ class Row:
 
 def profile_rows(names: list[str], img_size: int, num_classes: int) -> list[Row]:
     """Profile each named model (reported-only models keep the paper's figures)."""
-    from attendnets.complexity import profile_model
-    from attendnets.export.forms import Target, for_runtime
+    from attendnets.export.forms import profile_for_micro
 
     rows = []
     for name in names:
@@ -79,7 +78,7 @@ def profile_rows(names: list[str], img_size: int, num_classes: int) -> list[Row]
             rows.append(Row(name, None))
             continue
         model = create_model(name, num_classes=num_classes)
-        rows.append(Row(name, profile_model(model, img_size, micro_form=for_runtime(model, Target.MICRO))))
+        rows.append(Row(name, profile_for_micro(model, img_size)))
     return rows
 
 

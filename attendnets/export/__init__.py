@@ -24,7 +24,7 @@ from torch import nn
 from attendnets.errors import AttendNetsError
 from attendnets.evaluate import top1_agreement
 from attendnets.export.executorch import ExecuTorchRunner, export_executorch
-from attendnets.export.forms import RepeatedDepthwise, Target, for_runtime
+from attendnets.export.forms import RepeatedDepthwise, Target, for_runtime, profile_for_micro
 from attendnets.export.litert import LiteRTRunner, MicroRunner, export_tflite
 from attendnets.export.meta import Runner
 from attendnets.export.onnx import CalibrationImages, export_checkpoint, export_onnx, quantize_onnx
@@ -79,5 +79,6 @@ def export_parity(
 __all__ = [
     "CalibrationImages", "ExecuTorchRunner", "LiteRTRunner", "MicroRunner", "OnnxRunner", "RUNTIMES_BY_SUFFIX",
     "RepeatedDepthwise", "Runner", "Target", "export_checkpoint", "export_executorch", "export_onnx",
-    "export_parity", "export_tflite", "for_runtime", "load_runner", "ort_session", "quantize_onnx", "read_onnx_meta",
+    "export_parity", "export_tflite", "for_runtime", "load_runner", "ort_session", "profile_for_micro", "quantize_onnx",
+    "read_onnx_meta",
 ]

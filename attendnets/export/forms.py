@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from attendnets.blocks import PEPE, ConvNormAct, Target, VisualAttentionCondenser
+from attendnets.complexity import Complexity, profile_model
 from attendnets.model import AttendNet
 
 __all__ = ["Target", "for_runtime", "RepeatedDepthwise"]
@@ -114,3 +115,9 @@ def for_runtime(model: nn.Module, target: Target | str = Target.ORT) -> nn.Modul
                 and module.out_channels > module.in_channels:
             model.set_submodule(name, RepeatedDepthwise(module))
     return model
+
+
+def profile_for_micro(model: nn.Module, img_size: int | tuple[int, int]) -> Complexity:
+    """:func:`~attendnets.complexity.profile_model` of ``model`` with its TFLite Micro arena figures, taken
+    from the form it is exported in for that runtime."""
+    return profile_model(model, img_size, micro_form=for_runtime(model, Target.MICRO))

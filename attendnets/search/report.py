@@ -195,8 +195,8 @@ def _timm_cost(name: str, cost: str, deployment: Deployment) -> float:
     if cost == "weight_kb":
         return weight_memory(model).quantized_bytes / 1024
     if cost == "micro_arena_kb":
-        from attendnets.export import Target, for_runtime
+        from attendnets.export import profile_for_micro
 
-        return profile_model(model, deployment.img_size, micro_form=for_runtime(model, Target.MICRO)).micro_arena_bytes / 1024
+        return profile_for_micro(model, deployment.img_size).micro_arena_bytes / 1024
     profile = profile_model(model, deployment.img_size)
     return float(profile.macs) if cost == "macs" else profile.peak_activation_bytes_int8 / 1024
