@@ -14,8 +14,9 @@ Stages, each resumable (``--stages``; a killed stage continues where it stopped 
 2. ``random``: the same search with ``--sampler random``: the control, with the same trained budget.
 3. ``retrain``: each search's pick (the highest hold-out top-1 among the non-prototype designs of its top
    rung's Pareto front) trained with the comparison recipe of ``benchmarks/imagenette.py`` at seeds 0
-   and 1, quantized to 8-bit weights and evaluated on val/; attendnet_b, attendnet_a and the MobileNets
-   at seed 0 from ``runs/imagenette`` (trained there if missing).
+   and 1, quantized to 8-bit weights and evaluated on val/; MobileNet-V1 at both seeds (the target is
+   checked against its better one), attendnet_b, attendnet_a and MobileNet-V2 at seed 0; seed-0 runs are
+   taken from ``runs/imagenette`` when finished there with the same recipe, the others trained here.
 4. ``latency``: every retrained model and the MobileNets, int8, in ORT, LiteRT and ExecuTorch at 1 and 2
    threads and in TFLite Micro (1 thread), interleaved per thread count (``attendnets bench``, random
    weights: latency does not depend on the weights' values); and each model's TFLite Micro arena at
@@ -88,9 +89,10 @@ def picks(runs: Path) -> dict[str, Path]:
 
 
 def lineup(runs: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """``{label: (model name or spec file, seeds)}``: the picks at every seed, the references at seed 0."""
+    """``{label: (model name or spec file, seeds)}``: the picks and MobileNet-V1 (the target's reference) at
+    every seed, the other references at seed 0."""
     models = {label: (str(spec), SEEDS) for label, spec in picks(runs).items()}
-    return models | {m: (m, (0,)) for m in (*PRESETS, *BASELINES)}
+    return models | {m: (m, SEEDS if m == "mobilenet_v1" else (0,)) for m in (*PRESETS, *BASELINES)}
 
 
 def retrain(steps: Steps, models: dict[str, tuple[str, tuple[int, ...]]], data: Path, runs: Path, trained: Path,
@@ -149,7 +151,7 @@ def verdict(label: str, row: dict[str, Any], ratios: dict[str, float], reference
     worst = max(ratios[f"{r}/{t}t"] for r in RUNTIMES for t in THREADS)
     met = low >= reference + TARGET_POINTS and worst <= MAX_RATIO
     return (f"{label}: {'MEETS' if met else 'does NOT meet'} the target: lower-seed top-1 {low:.2f}% "
-            f"({low - reference:+.2f} points over MobileNet-V1's {reference:.2f}%, needed +{TARGET_POINTS:g}); "
+            f"({low - reference:+.2f} points over MobileNet-V1's better seed, {reference:.2f}%, needed +{TARGET_POINTS:g}); "
             f"slowest int8 ratio to MobileNet-V1 {worst:.2f}x (needed <= {MAX_RATIO}x)")
 
 
@@ -178,7 +180,7 @@ def plot(rows: dict[str, Any], ratios: dict[str, dict[str, float]], path: Path) 
 
 def write_report(runs: Path, out_dir: Path, rows: dict[str, Any], ratios: dict[str, dict[str, float]], steps: Steps,
                  context: dict[str, Any], smoke: bool) -> None:
-    reference = rows["mobilenet_v1"]["seeds"][0]["top1_int8"]
+    reference = max(s["top1_int8"] for s in rows["mobilenet_v1"]["seeds"])  # its better seed: the stricter test
     verdicts = [verdict(label, row, ratios[label], reference) for label, row in rows.items() if label.startswith("fast_")]
     searches = {s: json.loads((runs / "search" / s / "summary.json").read_text())
                 for s in SEARCH_STAGES if (runs / "search" / s / "summary.json").is_file()}
