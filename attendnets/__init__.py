@@ -1,8 +1,9 @@
 """AttendNets: tiny 8-bit image-recognition networks built from visual attention condensers.
 
-Importing the package registers the presets (``attendnet_a``, ``attendnet_b``, ``attendnet_found_macs``) and
-``attendnet`` (any spec) with timm, so ``import attendnets; timm.create_model("attendnet_b")`` works, yet the
-import itself loads neither torch nor timm (the command line answers ``--help`` at once):
+Importing the package registers the presets (``attendnet_a``, ``attendnet_b``, ``attendnet_found_macs``,
+``attendnet_found_latency``) and ``attendnet`` (any spec) with timm, so ``import attendnets;
+timm.create_model("attendnet_b")`` works, yet the import itself loads neither torch nor timm (the command
+line answers ``--help`` at once):
 
 - the public names below are loaded on first use (PEP 562 module ``__getattr__``);
 - the registration (:mod:`attendnets.timm_models`) runs at once when timm is already imported, and otherwise

@@ -1,5 +1,6 @@
 """Our models registered with timm: importing this module registers the presets (``attendnet_a``,
-``attendnet_b``, ``attendnet_found_macs``) and ``attendnet`` (any spec; AttendNet-B's without one).
+``attendnet_b``, ``attendnet_found_macs``, ``attendnet_found_latency``) and ``attendnet`` (any spec;
+AttendNet-B's without one).
 ``import attendnets`` sees to it that this happens whenever timm is imported (see :mod:`attendnets`), so::
 
     timm.create_model("attendnet_b", num_classes=10, drop_path_rate=0.1)
@@ -172,6 +173,13 @@ def attendnet_found_macs(pretrained: bool = False, **kwargs) -> AttendNet:
     """An AttendNet our exploration found on Imagenette (accuracy against multiply-adds), not the paper's:
     440K params, 49.9M MACs at 128 px, 10 classes."""
     return _create("attendnet_found_macs", load_preset("attendnet_found_macs"), pretrained, **kwargs)
+
+
+@register_model
+def attendnet_found_latency(pretrained: bool = False, **kwargs) -> AttendNet:
+    """A design our exploration found on Imagenette (accuracy against measured int8 latency), not the paper's:
+    307K params, 6.9M MACs at 128 px, 10 classes, no attention condenser."""
+    return _create("attendnet_found_latency", load_preset("attendnet_found_latency"), pretrained, **kwargs)
 
 
 @register_model
