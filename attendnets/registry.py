@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 PRESET_DIR = Path(__file__).parent / "presets"
 PAPER_PRESETS = ("attendnet_a", "attendnet_b")  # reconstructions of the paper's networks (Table 1's setting)
-FOUND_PRESETS = ("attendnet_found_macs", "attendnet_found_latency")  # designs our exploration found (attendnets explore), not the paper's
+# Designs our exploration found (attendnets explore), not the paper's.
+FOUND_PRESETS = ("attendnet_found_macs", "attendnet_found_latency")
 PRESETS = (*PAPER_PRESETS, *FOUND_PRESETS)
 
 # Short names for the baselines of Table 1, resolved to timm's implementations.
