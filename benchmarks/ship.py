@@ -37,7 +37,7 @@ from attendnets.files import atomic_write_json, atomic_write_text  # noqa: E402
 from attendnets.pretrained import TAG, WEIGHTS_DIR  # noqa: E402
 from attendnets.runtime import tune_malloc  # noqa: E402
 
-MODELS = ("attendnet_a", "attendnet_b", "attendnet_found_macs")
+MODELS = ("attendnet_a", "attendnet_b", "attendnet_found_macs", "attendnet_found_latency")
 CARDS = ROOT / "docs" / "models"
 # Imagenette's classes by WordNet ID (the dataset's own table).
 IMAGENETTE_LABELS = {
