@@ -111,7 +111,8 @@ def retrain(steps: Steps, models: dict[str, tuple[str, tuple[int, ...]]], data: 
 
 def latency(steps: Steps, names: dict[str, str], runs: Path, budget: dict) -> dict[str, dict[str, float]]:
     """``{label: {"<runtime>/<threads>t" or "tflm": batch-1 median ms}}`` of each ``{label: model}`` from
-    ``attendnets bench`` (cached; random weights, so no model need be trained first)."""
+    ``attendnets bench`` (cached in ``latency.json`` with when, at which commit and under which load each
+    thread count was measured; random weights, so no model need be trained first)."""
     path = runs / "latency.json"
     models = [model for label, model in names.items() if label not in BASELINES]
     runs_of = {f"{t}t": (",".join((*RUNTIMES, *OTHER_RUNTIMES)), t) for t in THREADS} | {"micro": (MICRO, 1)}
@@ -119,13 +120,16 @@ def latency(steps: Steps, names: dict[str, str], runs: Path, budget: dict) -> di
     if (cached.get("models"), cached.get("runs")) != (models, {k: list(v) for k, v in runs_of.items()}):
         cached = {"models": models, "runs": runs_of, "ms": {}}
     for key, (runtimes, threads) in runs_of.items():
-        if key in cached["ms"]:
+        if key in cached["ms"] and key in cached.get("measured", {}):
             continue
+        context = run_context()
         out = steps.run("latency", attendnets(
             "bench", *models, "--img-size", str(IMG_SIZE), "--num-classes", str(NUM_CLASSES), "--runtimes", runtimes,
             "--batch", "0", "--rounds", str(budget["bench_rounds"] if key != "micro" else 1), "--threads", str(threads),
             "--json"), capture=True)
         cached["ms"][key] = {f"{r['model']}|{r['runtime']}": r["batch1_median_ms"] for r in json.loads(out)["results"]}
+        cached.setdefault("measured", {})[key] = {"date": context["date"], "commit": context["commit"],
+                                                  "load_average_at_start": context["machine"]["load_average_at_start"]}
         atomic_write_json(path, cached)
     out: dict[str, dict[str, float]] = {}
     for label, model in names.items():
@@ -188,7 +192,8 @@ def write_report(runs: Path, out_dir: Path, rows: dict[str, Any], ms: dict[str, 
                  context: dict[str, Any], smoke: bool) -> None:
     ratios = as_ratios(ms)
     reference = max(s["top1_int8"] for s in rows["mobilenet_v1"]["seeds"])  # its better seed: the stricter test
-    verdicts = [verdict(label, row, ratios[label], reference) for label, row in rows.items() if label.startswith("fast_")]
+    verdicts = [verdict(label, row, ratios[label], reference) for label, row in rows.items()
+                if label.startswith("fast_")]
     searches = {s: json.loads((runs / "search" / s / "summary.json").read_text())
                 for s in SEARCH_STAGES if (runs / "search" / s / "summary.json").is_file()}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -221,14 +226,19 @@ def write_report(runs: Path, out_dir: Path, rows: dict[str, Any], ms: dict[str, 
         cells = " | ".join(f"{ratios[label][c]:.2f}x" for c in columns)
         lines.append(f"| {label} | {per_seed} | {cells} | {arena[label]:,.0f} |")
     own = ", ".join(f"{c} {ms['mobilenet_v1'][c]:.2f} ms" for c in columns)
-    lines += ["", f"MobileNet-V1's own batch-1 median: {own} (128 px, 10 classes, on the machine below)."]
+    measured = json.loads((runs / "latency.json").read_text())["measured"]
+    when = "; ".join(f"{key}: {m['date']}, commit {m['commit'][:7]}, load average at start "
+                     f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}" for key, m in measured.items())
+    lines += ["", f"MobileNet-V1's own batch-1 median: {own} (128 px, 10 classes, on the machine below).",
+              f"Latency measured by `python benchmarks/explore_latency.py --stages latency` ({when})."]
     lines += ["", "## Verdict", "", *(f"- {v}" for v in verdicts or ["no design besides the prototype was found"]),
               "", "## How it was run", "", *provenance(context), ""]
     atomic_write_text(out_dir / "explore_latency.md", "\n".join(lines))
     atomic_write_text(out_dir / "explore_latency.json",
-                      json.dumps({**context, "smoke_run": smoke, "models": rows, "latency_ms": ms, "ratios": ratios,
-                                  "arena_kb": arena, "verdicts": verdicts, "searches": searches,
-                                  "cpu_seconds": steps.cpu}, indent=2) + "\n")
+                      json.dumps({**context, "smoke_run": smoke, "models": rows, "latency_ms": ms,
+                                  "latency_measured": measured, "ratios": ratios, "arena_kb": arena,
+                                  "verdicts": verdicts, "searches": searches, "cpu_seconds": steps.cpu},
+                                 indent=2) + "\n")
     print("\n".join(verdicts))
 
 
@@ -239,7 +249,8 @@ def main() -> int:
     context = run_context()
     for sampler, stage in SEARCH_STAGES.items():
         if stage in stages:
-            search(steps, sampler, data, runs, budget, OBJECTIVE + ["--latency-table", str(runs / "latency-table.json")])
+            table = ["--latency-table", str(runs / "latency-table.json")]
+            search(steps, sampler, data, runs, budget, OBJECTIVE + table)
     models = lineup(runs)
     rows = {}
     if {"retrain", "report"} & set(stages):
