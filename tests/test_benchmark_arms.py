@@ -87,6 +87,7 @@ def test_the_microcontroller_design_fits_its_arena_by_the_profiler(tmp_path) -> 
     study = arms.Study(mcu.ARMS, tmp_path, tmp_path / "data", workers=2)
     costs = mcu.costs(study)
     assert costs["mcu"]["profiler_arena_kb"] <= mcu.ARENA_KB < costs["mobilenet_v1"]["profiler_arena_kb"]
+    assert costs["found_latency"]["profiler_arena_kb"] <= mcu.ARENA_KB
     found = profile_model(AttendNet(load_preset("attendnet_found_macs")), img_size=128)
     assert 0.9 < costs["mcu"]["macs"] / found.macs < 1
     spec = json.loads(Path(study.model_argument("mcu", "attendnet_found_macs")).read_text())
@@ -131,3 +132,15 @@ def test_latency_lineup_trains_the_picks_and_mobilenet_v1_at_every_seed(tmp_path
     assert json.loads((tmp_path / "found" / "fast_tpe.json").read_text()) == json.loads(design.read_text())
     assert lineup["mobilenet_v1"][1] == explore_latency.SEEDS and lineup["attendnet_a"][1] == (0,)
     assert "fast_random" not in lineup  # no random search has run
+
+
+def test_mcu_verdict_checks_every_design_on_its_lower_seed() -> None:
+    def runs(*micro_top1: float, arena: float = 200.0) -> list[dict]:
+        return [{"top1": t, "micro": {"top1": t, "arena_kb": arena, "file_kb": 500.0}} for t in micro_top1]
+
+    verdicts = mcu.verdict({"mobilenet_v1": runs(64.0, 65.0), "mcu": runs(70.0, 64.5), "found_latency": runs(75.0, 74.0)})
+    assert [v.split(":")[0] for v in verdicts] == list(mcu.DESIGNS)
+    assert "does NOT meet" in verdicts[0] and "64.50%" in verdicts[0]  # its lower seed is under MobileNet-V1's better
+    assert "MEETS" in verdicts[1]
+    too_big = mcu.verdict({"mobilenet_v1": runs(64.0), "mcu": runs(80.0, arena=321.0), "found_latency": runs(80.0)})
+    assert "does NOT meet" in too_big[0] and "MEETS" in too_big[1]
