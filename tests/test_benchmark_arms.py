@@ -138,7 +138,8 @@ def test_mcu_verdict_checks_every_design_on_its_lower_seed() -> None:
     def runs(*micro_top1: float, arena: float = 200.0) -> list[dict]:
         return [{"top1": t, "micro": {"top1": t, "arena_kb": arena, "file_kb": 500.0}} for t in micro_top1]
 
-    verdicts = mcu.verdict({"mobilenet_v1": runs(64.0, 65.0), "mcu": runs(70.0, 64.5), "found_latency": runs(75.0, 74.0)})
+    verdicts = mcu.verdict({"mobilenet_v1": runs(64.0, 65.0), "mcu": runs(70.0, 64.5),
+                            "found_latency": runs(75.0, 74.0)})
     assert [v.split(":")[0] for v in verdicts] == list(mcu.DESIGNS)
     assert "does NOT meet" in verdicts[0] and "64.50%" in verdicts[0]  # its lower seed is under MobileNet-V1's better
     assert "MEETS" in verdicts[1]
