@@ -6,7 +6,8 @@ channels, the depthwise conv after the first condenser narrowed with it. At 128 
 tensors set the arena; the profiler puts it at 294 KB instead of 396 KB, for 4% fewer multiply-adds.
 Derived by hand with the profiler's arena estimate, not searched (``attendnets explore run
 --max-micro-arena-kb 320`` searches under the same cap). Beside it, the preset the search on int8 latency
-found, attendnet_found_latency, as it is: its stride-4 stem keeps every tensor small (127 KB by the profiler).
+found, attendnet_found_latency, as it is: its stride-4 stem keeps every tensor small (an arena of 125 KB by
+the profiler).
 
 Stages (each resumable; ``--stages``):
 

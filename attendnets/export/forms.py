@@ -19,7 +19,7 @@ from attendnets.blocks import PEPE, ConvNormAct, Target, VisualAttentionCondense
 from attendnets.complexity import Complexity, profile_model
 from attendnets.model import AttendNet
 
-__all__ = ["Target", "for_runtime", "RepeatedDepthwise"]
+__all__ = ["Target", "for_runtime", "RepeatedDepthwise", "profile_for_micro"]
 
 
 class RepeatedDepthwise(nn.Module):
