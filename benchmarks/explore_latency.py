@@ -109,10 +109,11 @@ def retrain(steps: Steps, models: dict[str, tuple[str, tuple[int, ...]]], data: 
     return rows
 
 
-def latency(steps: Steps, names: dict[str, str], runs: Path, budget: dict) -> dict[str, dict[str, float]]:
+def latency(steps: Steps, names: dict[str, str], runs: Path, budget: dict) -> tuple[dict[str, dict[str, float]],
+                                                                                   dict[str, dict[str, Any]]]:
     """``{label: {"<runtime>/<threads>t" or "tflm": batch-1 median ms}}`` of each ``{label: model}`` from
-    ``attendnets bench`` (cached in ``latency.json`` with when, at which commit and under which load each
-    thread count was measured; random weights, so no model need be trained first)."""
+    ``attendnets bench``, and ``{thread count: when, at which commit and under which load it was measured}``
+    (both cached in ``latency.json``; random weights, so no model need be trained first)."""
     path = runs / "latency.json"
     models = [model for label, model in names.items() if label not in BASELINES]
     runs_of = {f"{t}t": (",".join((*RUNTIMES, *OTHER_RUNTIMES)), t) for t in THREADS} | {"micro": (MICRO, 1)}
@@ -138,7 +139,7 @@ def latency(steps: Steps, names: dict[str, str], runs: Path, budget: dict) -> di
                 column = f"{runtime}/{key}" if key != "micro" else runtime
                 if f"{model}|{runtime}" in ms:
                     out.setdefault(label, {})[column] = ms[f"{model}|{runtime}"]
-    return out
+    return out, cached["measured"]
 
 
 def as_ratios(ms: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -188,8 +189,8 @@ def plot(rows: dict[str, Any], ratios: dict[str, dict[str, float]], path: Path) 
     plt.close(fig)
 
 
-def write_report(runs: Path, out_dir: Path, rows: dict[str, Any], ms: dict[str, dict[str, float]], steps: Steps,
-                 context: dict[str, Any], smoke: bool) -> None:
+def write_report(runs: Path, out_dir: Path, rows: dict[str, Any], ms: dict[str, dict[str, float]],
+                 measured: dict[str, dict[str, Any]], steps: Steps, context: dict[str, Any], smoke: bool) -> None:
     ratios = as_ratios(ms)
     reference = max(s["top1_int8"] for s in rows["mobilenet_v1"]["seeds"])  # its better seed: the stricter test
     verdicts = [verdict(label, row, ratios[label], reference) for label, row in rows.items()
@@ -226,7 +227,6 @@ def write_report(runs: Path, out_dir: Path, rows: dict[str, Any], ms: dict[str, 
         cells = " | ".join(f"{ratios[label][c]:.2f}x" for c in columns)
         lines.append(f"| {label} | {per_seed} | {cells} | {arena[label]:,.0f} |")
     own = ", ".join(f"{c} {ms['mobilenet_v1'][c]:.2f} ms" for c in columns)
-    measured = json.loads((runs / "latency.json").read_text())["measured"]
     when = "; ".join(f"{key}: {m['date']}, commit {m['commit'][:7]}, load average at start "
                      f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}" for key, m in measured.items())
     lines += ["", f"MobileNet-V1's own batch-1 median: {own} (128 px, 10 classes, on the machine below).",
@@ -255,10 +255,10 @@ def main() -> int:
     rows = {}
     if {"retrain", "report"} & set(stages):
         rows = retrain(steps, models, data, runs, args.trained, budget, args.workers)
-    names = {label: model for label, (model, _) in models.items()}
-    ms = latency(steps, names, runs, budget) if {"latency", "report"} & set(stages) else {}
+    if {"latency", "report"} & set(stages):
+        ms, measured = latency(steps, {label: model for label, (model, _) in models.items()}, runs, budget)
     if "report" in stages:
-        write_report(runs, runs if args.smoke else RESULTS, rows, ms, steps, context, args.smoke)
+        write_report(runs, runs if args.smoke else RESULTS, rows, ms, measured, steps, context, args.smoke)
     return 0
 
 
