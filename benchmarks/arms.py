@@ -19,14 +19,23 @@ import json
 import shlex
 import statistics
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common import RESULTS, ROOT, provenance, run_context
-from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, SPEED, completed_epochs, evaluate, quantize, recipe
+from imagenette import (
+    EPOCHS,
+    IMG_SIZE,
+    NUM_CLASSES,
+    completed_epochs,
+    evaluate,
+    quantize,
+    recipe,
+    resumed,
+    train_command,
+)
 
 from attendnets.complexity import profile_model
 from attendnets.data import resolve_data_dir
@@ -97,15 +106,14 @@ class Study:
         if "--crop-scale" in options:
             at = base.index("--crop-scale")
             del base[at : at + 3]
-        return [sys.executable, "-m", "attendnets", "train", "--data", str(self.data), "--model",
-                self.model_argument(arm, model), "--epochs", str(EPOCHS), *base, *options,
-                *SPEED, "--workers", str(self.workers), "--output", str(self.folder(arm, model, seed))]
+        return train_command(self.model_argument(arm, model), self.folder(arm, model, seed), self.data,
+                             [*base, *options], self.workers)
 
     def train(self, arm: str, model: str, seed: int) -> None:
         run, command = self.folder(arm, model, seed), self.train_command(arm, model, seed)
         if completed_epochs(run) >= EPOCHS:
             return
-        resume = ["--resume"] if (run / "config.json").is_file() else []
+        resume = resumed(run)
         print(f"{'resuming' if resume else 'training'}: {shlex.join(command + resume)}", flush=True)
         subprocess.run(command + resume, check=True, cwd=ROOT)
 

@@ -52,7 +52,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, run_context  # noqa: E402
-from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, SPEED, completed_epochs, recipe, recipe_changes  # noqa: E402
+from imagenette import (  # noqa: E402
+    EPOCHS,
+    IMG_SIZE,
+    NUM_CLASSES,
+    completed_epochs,
+    recipe,
+    recipe_changes,
+    resumed,
+    train_command,
+)
 
 from attendnets.complexity import profile_model  # noqa: E402
 from attendnets.data import image_files, list_classes, resolve_data_dir  # noqa: E402
@@ -229,9 +238,7 @@ def train_run(steps: Steps, model: str, seed: int, data: Path, runs: Path, train
         return trained / model
     run = runs / "retrain" / f"{Path(model).stem}-s{seed}"
     if completed_epochs(run) < budget["epochs"]:
-        resume = ["--resume"] if (run / "config.json").is_file() else []
-        steps.run("retrain", attendnets("train", "--data", str(data), "--model", model, "--epochs", str(budget["epochs"]),
-                                        *recipe(seed), *SPEED, "--workers", str(workers), "--output", str(run), *resume))
+        steps.run("retrain", [*train_command(model, run, data, recipe(seed), workers, budget["epochs"]), *resumed(run)])
     return run
 
 

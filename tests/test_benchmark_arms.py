@@ -3,6 +3,7 @@ the recipe they say; benchmarks/explore_latency.py checks its target as the issu
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -19,6 +20,7 @@ from attendnets.registry import load_preset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import ablation  # noqa: E402
 import arms  # noqa: E402
+import explore  # noqa: E402
 import explore_latency  # noqa: E402
 import imagenette  # noqa: E402
 import mcu  # noqa: E402
@@ -68,6 +70,34 @@ def test_each_arm_trains_with_the_recipe_changed_only_as_it_says(tmp_path) -> No
         assert config.weight_init == ("torch" if arm in ("init-torch", "all-three") else "kaiming")
         assert config.zero_init_last is (arm == "zero-init-last")
 
+
+
+def test_every_driver_trains_the_comparison_recipe_alike(tmp_path, monkeypatch) -> None:
+    """imagenette.py, the arms studies and the latency search's retraining give the train verb one command
+    line for the same model and seed, apart from the run folder (and --resume when a killed run is left)."""
+    data, given = tmp_path / "data", {}
+    monkeypatch.setattr(imagenette.subprocess, "run", lambda command, **_: given.setdefault("imagenette", command))
+    args = argparse.Namespace(epochs=imagenette.EPOCHS, workers=2, subset=None)
+    imagenette.train("attendnet_b", tmp_path / "plain", args, data)
+    given["arms"] = arms.Study(presets.ARMS, tmp_path, data, workers=2).train_command("crop035", "attendnet_b", 0)
+
+    class Recorder:
+        def run(self, stage: str, command: list[str]) -> None:
+            given["explore"] = command
+
+    budget = {"epochs": imagenette.EPOCHS, "subset": None}
+    killed = tmp_path / "started" / "retrain" / "attendnet_b-s0"
+    killed.mkdir(parents=True)
+    (killed / "config.json").write_text("{}")  # a killed run: the search resumes it
+    explore.train_run(Recorder(), "attendnet_b", 0, data, tmp_path / "started", tmp_path / "none", budget, 2)
+    assert given["explore"][-1] == "--resume"
+
+    def without_output(command: list[str]) -> list[str]:
+        at = command.index("--output")
+        return command[:at] + command[at + 2 :]
+
+    assert without_output(given["imagenette"]) == without_output(given["arms"]) == without_output(given["explore"][:-1])
+    assert "--cache-images" in given["arms"] and given["arms"][given["arms"].index("--seed") + 1] == "0"
 
 def test_a_run_of_another_recipe_is_named_with_its_differences(tmp_path) -> None:
     run = tmp_path / "attendnet_b"
