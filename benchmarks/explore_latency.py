@@ -90,8 +90,8 @@ def picks(runs: Path) -> dict[str, Path]:
 
 def lineup(runs: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """``{label: (model name or spec file, seeds)}``: the picks and MobileNet-V1 (the target's reference) at
-    every seed, the other references at seed 0."""
-    models = {label: (str(spec), SEEDS) for label, spec in picks(runs).items()}
+    every seed, the other references at seed 0. Spec files by absolute path: they key the latency cache."""
+    models = {label: (str(spec.resolve()), SEEDS) for label, spec in picks(runs).items()}
     return models | {m: (m, SEEDS if m == "mobilenet_v1" else (0,)) for m in (*PRESETS, *BASELINES)}
 
 
