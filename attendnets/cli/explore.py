@@ -50,7 +50,7 @@ examples:
   attendnets explore run --data DATA --name b600k --resume  # continue an interrupted study
   attendnets explore run --data DATA --name lat --cost latency_ms --max-latency-ms 10 --threads 2
   attendnets explore run --data DATA --name int8 --cost latency_ratio --runtime ort-int8 --max-latency-ratio 0.5
-  attendnets explore run --data DATA --name mcu --img-size 128 --cost micro_arena_kb --max-micro-arena-kb 320 \
+  attendnets explore run --data DATA --name mcu --img-size 128 --cost micro_arena_kb --max-micro-arena-kb 320 \\
       --max-weight-kb 700                                   # a microcontroller: SRAM arena and flash
   attendnets explore run --data DATA --name shared --storage postgresql+psycopg://u:p@host/db --resume --seed 1
   attendnets explore report explore/b600k                  # re-draw pareto.png, trials.csv, pareto/*.json
