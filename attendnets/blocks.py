@@ -235,7 +235,7 @@ class VisualAttentionCondenser(nn.Module):
         A    = X(K)            expansion: nearest unpooling back to (H, W)      (N, mid, H, W)
         V''  = V' * sigmoid(A) * S                 selective attention, S learned
         V''' = M'(V'')         up-mixing: 1x1 conv mid_chs -> C, BN           (N, C, H, W)
-        out  = V + D(V''')     when ``residual`` (so the block can start near identity), D: stochastic depth
+        out  = V + D(V''')     when ``residual`` (AttendNet starts it as the identity), D: stochastic depth
 
     ``attention`` other than ``"condenser"`` replaces the attention values ``sigmoid(A)`` for ablations:
     ``"none"`` drops them (``V'' = V' * S``: no condensation, embedding or expansion), ``"se"`` takes them

@@ -139,7 +139,7 @@ class TrainConfig:
     qat: bool = False  # quantization-aware training: int8 fake-quantized conv/linear weights
     qat_activations: bool = False  # and 8-bit fake-quantized conv/linear inputs (needs qat)
     weight_init: str = "kaiming"  # AttendNets: AttendNet's weight_init ("kaiming" or "torch")
-    zero_init_last: bool = False  # AttendNets: start residual blocks as the identity (AttendNet's zero_init_last)
+    zero_init_last: bool = True  # AttendNets: start residual blocks as the identity (AttendNet's zero_init_last)
     # Preprocessing, identical for every model so that a comparison compares models, not pipelines.
     interpolation: str = INTERPOLATION
     crop_pct: float = CROP_PCT
@@ -155,7 +155,7 @@ RECIPE_FIELDS = ("model", "img_size", "epochs", "batch_size", "lr", "weight_deca
                  "qat", "qat_activations", "crop_scale", "weight_init", "zero_init_last", "hflip", "color_jitter",
                  "auto_augment", "random_erase", "mixup", "cutmix")
 # What a run saved before a field existed did, where that differs from the field's default today.
-BEFORE_FIELD = {"crop_scale": (0.08, 1.0)}
+BEFORE_FIELD = {"crop_scale": (0.08, 1.0), "zero_init_last": False}
 
 
 class TrainingDiverged(AttendNetsError):
@@ -285,12 +285,14 @@ def _loaders(config: TrainConfig, folders: ImageFolders, proc: Process) -> tuple
 
 def recipe_changes(saved: dict[str, Any], config: TrainConfig) -> list[tuple[str, Any, Any]]:
     """``(field, saved value, value now)`` for each recipe field where ``config`` differs from a run's saved
-    config (``config.json``); a field the run saved no value for had the behaviour it had before it existed."""
+    config (``config.json``); a field the run saved no value for had the behaviour it had before it existed.
+    AttendNets' initialisation options do not count for other models, which ignore them."""
     now = as_json_data(dataclasses.asdict(config))
     fields = dataclasses.fields(TrainConfig)
     defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
     started = {**as_json_data({**defaults, **BEFORE_FIELD}), **saved}
-    return [(f, started.get(f), now[f]) for f in RECIPE_FIELDS if started.get(f) != now[f]]
+    ignored = () if is_attendnet(config.model) else INIT_OPTIONS
+    return [(f, started.get(f), now[f]) for f in RECIPE_FIELDS if f not in ignored and started.get(f) != now[f]]
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:

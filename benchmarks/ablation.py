@@ -2,9 +2,10 @@
 
 attendnet_b's margin over MobileNet-V1 could come from the condensers' attention or from the small residual
 design around it (down-mixing, up-mixing, residual). Every arm keeps attendnet_b's layout and trains with the
-comparison recipe (crops keeping 35-100% of the area, see docs/results/presets.md), 2 seeds:
+comparison recipe (crops keeping 35-100% of the area, the residual condensers' last BN zero-initialised:
+docs/results/presets.md), 2 seeds:
 
-- ``attention``: attendnet_b as it is (benchmarks/presets.py's crop035 runs, reused: run that first);
+- ``attention``: attendnet_b as it is (benchmarks/presets.py's zero-init-last runs, reused: run that first);
 - ``no-attention``: every condenser without its attention values, ``V'' = V' * S`` (no condensation,
   embedding or expansion): the same widths, fewer multiply-adds;
 - ``no-attention-wider``: the same with the freed multiply-adds given back as wider down-mixing;
@@ -61,13 +62,13 @@ def without_attention(attention: str, widen: bool) -> Callable[[ArchSpec], ArchS
 
 
 ARMS = {
-    "attention": Arm("attendnet_b as it is", reuse="presets/crop035"),
+    "attention": Arm("attendnet_b as it is", reuse="presets/zero-init-last"),
     "no-attention": Arm("condensers without attention, V'' = V' * S", spec=without_attention("none", False)),
     "no-attention-wider": Arm("no attention, down-mixing widened to the condensers' multiply-adds",
                               spec=without_attention("none", True)),
     "squeeze-excite": Arm("squeeze-excite instead of attention, down-mixing widened as above",
                           spec=without_attention("se", True)),
-    "mobilenet_v1": Arm("MobileNet-V1", models=("mobilenet_v1",), reuse="presets/crop035"),
+    "mobilenet_v1": Arm("MobileNet-V1", models=("mobilenet_v1",), reuse="presets/crop035"),  # no residual blocks
 }
 
 
@@ -80,7 +81,8 @@ def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 def main() -> int:
     return run_study(__doc__, ARMS, "ablation", "Does attention earn its cost? The attention ablation on Imagenette",
-                     f"{EPOCHS} epochs at 128 px, the comparison recipe with crops keeping 35-100% of the image area; "
+                     f"{EPOCHS} epochs at 128 px, the comparison recipe (crops keeping 35-100% of the image area, "
+                     "the residual condensers' last BN zero-initialised); "
                      "val top-1 (3,925 images) of the best checkpoint in float and with post-training 8-bit weights "
                      "(`attendnets quantize`). Mean over seeds, in brackets the spread (max - min). Parameters and "
                      "multiply-adds at the paper's 224 px and 50 classes.", verdict)

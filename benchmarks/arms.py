@@ -40,7 +40,7 @@ from imagenette import (
 from attendnets.complexity import profile_model
 from attendnets.data import resolve_data_dir
 from attendnets.files import atomic_write_json, atomic_write_text
-from attendnets.registry import PRESETS, create_model, load_preset
+from attendnets.registry import PRESETS, create_model, is_attendnet, load_preset
 from attendnets.runtime import tune_malloc
 from attendnets.spec import ArchSpec, PEPESpec, VACSpec
 
@@ -54,13 +54,15 @@ TIMM_CROP = ("--crop-scale", "0.08", "1")
 class Arm:
     """One arm: ``options`` added to the comparison recipe, for ``models``; ``spec`` turns the model's preset
     into the arm's architecture (``None``: the preset); ``reuse``: the runs are another study's, in this folder
-    under ``runs/`` (``presets/crop035``), trained by that study's driver."""
+    under ``runs/`` (``presets/crop035``), trained by that study's driver; ``zero_init_last=False``: AttendNets
+    start with the residual condensers' last BN at 1, as the comparison recipe did before zero-init-last won."""
 
     description: str
     options: tuple[str, ...] = ()
     models: tuple[str, ...] = ("attendnet_b",)
     spec: Callable[[ArchSpec], ArchSpec] | None = None
     reuse: str | None = None
+    zero_init_last: bool = True
 
 
 def with_blocks(spec: ArchSpec, change: Callable[[int, Any], Any]) -> ArchSpec:
@@ -106,6 +108,8 @@ class Study:
         if "--crop-scale" in options:
             at = base.index("--crop-scale")
             del base[at : at + 3]
+        if not self.arms[arm].zero_init_last and is_attendnet(model):
+            base[base.index("--zero-init-last")] = "--no-zero-init-last"
         return train_command(self.model_argument(arm, model), self.folder(arm, model, seed), self.data,
                              [*base, *options], self.workers)
 

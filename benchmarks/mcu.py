@@ -11,8 +11,9 @@ the profiler).
 
 Stages (each resumable; ``--stages``):
 
-1. ``train``: each design with the comparison recipe (benchmarks/imagenette.py) at seeds 0 and 1, its best
-   checkpoint re-evaluated and quantized to 8-bit weights (benchmarks/arms.py). MobileNet-V1's runs are
+1. ``train``: each design with the comparison recipe (benchmarks/imagenette.py) as it was before the
+   zero-initialised last BN won (docs/results/zero_init.md), at seeds 0 and 1, its best checkpoint
+   re-evaluated and quantized to 8-bit weights (benchmarks/arms.py). MobileNet-V1's runs are
    benchmarks/presets.py's crop035 runs (the same recipe; run that first).
 2. ``micro``: every run's best checkpoint exported for TFLite Micro (``attendnets export --format tflite
    --int8 --micro``, ranges calibrated on 64 training images): the file's size, the arena TFLite Micro
@@ -64,8 +65,9 @@ def narrow_stem(spec: ArchSpec) -> ArchSpec:
 
 
 ARMS = {
-    "mcu": Arm(f"attendnet_found_macs with a {STEM}-channel stem", models=("attendnet_found_macs",), spec=narrow_stem),
-    "found_latency": Arm("attendnet_found_latency as it is", models=("attendnet_found_latency",)),
+    "mcu": Arm(f"attendnet_found_macs with a {STEM}-channel stem", models=("attendnet_found_macs",), spec=narrow_stem,
+               zero_init_last=False),
+    "found_latency": Arm("attendnet_found_latency as it is", models=("attendnet_found_latency",), zero_init_last=False),
     "mobilenet_v1": Arm("MobileNet-V1", models=("mobilenet_v1",), reuse="presets/crop035"),
 }
 # The arms checked against the target; MobileNet-V1 is its reference.

@@ -7,13 +7,13 @@ attendnet_b's layout and cost that differs in three respects (below) got 1.8 poi
 Each arm changes the comparison recipe (benchmarks/imagenette.py) or attendnet_b in one respect:
 
 - recipe arms, both models: ``crop008`` (crops keep 8-100% of the area, timm's range: the comparison
-  recipe before this study) and ``crop035`` (35-100%: the comparison recipe since). No EMA and the last
-  epoch need no arm of their own: the EMA is a shadow copy that never feeds back into training, so a run's
-  raw weights at its last epoch are what the same run without EMA would end with; the report shows them
-  beside the EMA's.
-- preset arms, attendnet_b on the crop035 recipe: PyTorch's default initialisation, wider second PEPE
-  projections, a narrower condenser at 28 px, the three together, and the residual blocks' last BN
-  zero-initialised (issue 16).
+  recipe before this study) and ``crop035`` (35-100%). No EMA and the last epoch need no arm of their own:
+  the EMA is a shadow copy that never feeds back into training, so a run's raw weights at its last epoch
+  are what the same run without EMA would end with; the report shows them beside the EMA's.
+- ``zero-init-last`` (issue 16): crop035 with the residual condensers' last BN zero-initialised. It won, so
+  it is the comparison recipe since; the two arms above keep their BN at 1, as they were run.
+- preset arms, attendnet_b on the zero-init-last recipe: PyTorch's default initialisation, wider second
+  PEPE projections, a narrower condenser at 28 px, and the three together.
 
 Runs are in ``runs/presets/<arm>/<model>-s<seed>`` (see benchmarks/arms.py). The report
 (docs/results/presets.{md,json}) is written once every arm has both seeds; until then into the runs folder.
@@ -53,21 +53,26 @@ def narrow_vac28(spec: ArchSpec) -> ArchSpec:
 
 
 ARMS = {
-    "crop008": Arm("crops keep 8-100% of the area (timm's; the recipe before this study)", TIMM_CROP, models=BOTH),
-    "crop035": Arm("crops keep 35-100% of the area (the recipe since)", models=BOTH),
-    "init-torch": Arm("crop035, PyTorch's default initialisation", ("--weight-init", "torch")),
-    "pepe-wide-proj2": Arm(f"crop035, second PEPE projections {'-'.join(map(str, WIDE_PROJ2))}", spec=wide_proj2),
-    "vac28-narrow": Arm("crop035, the 28 px condenser down-mixes to 32 channels (not 64)", spec=narrow_vac28),
-    "all-three": Arm("crop035, the three differences above together (+2.2% multiply-adds)",
+    "crop008": Arm("crops keep 8-100% of the area (timm's; the recipe before this study)", TIMM_CROP, models=BOTH,
+                   zero_init_last=False),
+    "crop035": Arm("crops keep 35-100% of the area", models=BOTH, zero_init_last=False),
+    "zero-init-last": Arm("crop035, residual condensers' last BN zero-initialised (the recipe since)"),
+    "init-torch": Arm("zero-init-last, PyTorch's default initialisation", ("--weight-init", "torch")),
+    "pepe-wide-proj2": Arm(f"zero-init-last, second PEPE projections {'-'.join(map(str, WIDE_PROJ2))}",
+                           spec=wide_proj2),
+    "vac28-narrow": Arm("zero-init-last, the 28 px condenser down-mixes to 32 channels (not 64)", spec=narrow_vac28),
+    "all-three": Arm("zero-init-last, the three differences above together (+2.2% multiply-adds)",
                      ("--weight-init", "torch"), spec=lambda spec: narrow_vac28(wide_proj2(spec))),
-    "zero-init-last": Arm("crop035, residual condensers' last BN zero-initialised", ("--zero-init-last",)),
 }
+RECIPE_ARMS = ("crop008", "crop035", "zero-init-last")
 
 
 def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
-    """The crop range on both models, then each preset arm against attendnet_b on the same recipe."""
+    """The crop range on both models, zero-init against crop035, then each preset arm against attendnet_b on
+    the zero-init recipe."""
     lines = [compare(rows, "crop035", "crop008", model) for model in BOTH]
-    lines += [compare(rows, arm, "crop035") for arm in ARMS if arm not in ("crop008", "crop035")]
+    lines += [compare(rows, "zero-init-last", "crop035")]
+    lines += [compare(rows, arm, "zero-init-last") for arm in ARMS if arm not in RECIPE_ARMS]
     return ["## Verdict", "", *(f"- {line}." for line in lines if line)]
 
 

@@ -80,8 +80,9 @@ def test_forward_shapes(name: str, size: int) -> None:
 def test_gradients_reach_every_parameter(name: str) -> None:
     # In eval mode: in training mode the bias of a BN whose output goes through a 1x1 conv into another BN (a
     # PEPE's second projection without its residual) changes nothing, the second BN removes it, and its
-    # gradient is zero up to rounding: exactly zero at the 1x1 maps of a 64x-downsampling design.
-    model = timm.create_model(name, num_classes=3).eval()
+    # gradient is zero up to rounding: exactly zero at the 1x1 maps of a 64x-downsampling design. Without
+    # zero_init_last: at the first step a zeroed BN passes no gradient to its branch (only to its own weight).
+    model = timm.create_model(name, num_classes=3, zero_init_last=False).eval()
     model(torch.randn(2, 3, 64, 64)).logsumexp(1).sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
     assert not missing
@@ -419,10 +420,11 @@ def test_pretrained_needs_weights_and_loads_our_checkpoints(tmp_path) -> None:
         timm.create_model("attendnet_b", pretrained=True, pretrained_cfg_overlay=files["tiny"])
 
 
-def test_zero_init_last_is_off_by_default_and_zeroed_branches_train() -> None:
-    norms = [m for m in timm.create_model("attendnet_b").modules() if isinstance(m, nn.BatchNorm2d)]
+def test_zero_init_last_is_on_by_default_and_zeroed_branches_train() -> None:
+    unzeroed = timm.create_model("attendnet_b", zero_init_last=False)
+    norms = [m for m in unzeroed.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(torch.all(m.weight == 1) for m in norms)
-    model = timm.create_model("attendnet_b", num_classes=3, zero_init_last=True).train()
+    model = timm.create_model("attendnet_b", num_classes=3).train()
     zeroed = {
         n: m.weight for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and torch.all(m.weight == 0)
     }

@@ -19,8 +19,9 @@ from attendnets.cli import build_parser, main
 from attendnets.cli import train as train_verb
 from attendnets.data import DATA_ENV
 from attendnets.errors import AttendNetsError
+from attendnets.files import as_json_data
 from attendnets.model import WEIGHT_INITS
-from attendnets.training import TrainConfig, TrainingDiverged, train
+from attendnets.training import TrainConfig, TrainingDiverged, recipe_changes, train
 from tests.training_fixtures import interrupt_at_evaluation, small_config
 
 
@@ -166,14 +167,31 @@ def test_initialisation_options_reach_the_attendnet_and_are_refused_for_other_mo
         return train_verb.config_from_args(build_parser().parse_args(
             ["train", "--output", str(tmp_path / "run"), "--data", str(synthetic_data), *options]))
 
-    config = parse("--model", "attendnet_b", "--weight-init", "torch", "--zero-init-last")
-    assert (config.weight_init, config.zero_init_last) == ("torch", True)
+    config = parse("--model", "attendnet_b", "--weight-init", "torch")
+    assert (config.weight_init, config.zero_init_last) == ("torch", True)  # zero-init: the default
     model = _build_model(config, 3, None)
     assert torch.count_nonzero(model.classifier.bias) > 0  # PyTorch's default; ours starts biases at 0
     assert torch.all(model.blocks[1].up_mix.norm.weight == 0)
-    with pytest.raises(AttendNetsError, match="^weight_init applies to AttendNets only, not to mobilenet_v1$"):
-        train(parse("--model", "mobilenet_v1", "--weight-init", "torch"))
+    unzeroed = _build_model(parse("--model", "attendnet_b", "--no-zero-init-last"), 3, None)
+    assert torch.all(unzeroed.blocks[1].up_mix.norm.weight == 1)
+    for option, field in (("--weight-init=torch", "weight_init"), ("--no-zero-init-last", "zero_init_last")):
+        with pytest.raises(AttendNetsError, match=f"^{field} applies to AttendNets only, not to mobilenet_v1$"):
+            train(parse("--model", "mobilenet_v1", option))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_started_before_zero_init_became_the_default_keeps_its_recipe(tmp_path, synthetic_data) -> None:
+    """An AttendNet run whose config predates the ``zero_init_last`` field started without it, so resuming it
+    under today's default is a change of recipe; for a MobileNet, which ignores it, no field of it counts."""
+    def changes(model: str, *options: str) -> list[str]:
+        config = train_verb.config_from_args(build_parser().parse_args(
+            ["train", "--output", str(tmp_path), "--data", str(synthetic_data), "--model", model, *options]))
+        saved = {k: v for k, v in as_json_data(dataclasses.asdict(config)).items() if k != "zero_init_last"}
+        return [field for field, _, _ in recipe_changes({**saved, "model": model}, config)]
+
+    assert changes("attendnet_b") == ["zero_init_last"]
+    assert changes("attendnet_b", "--no-zero-init-last") == []
+    assert changes("mobilenet_v1") == []
 
 
 def test_a_run_saved_before_a_spec_field_existed_resumes_with_its_default(tmp_path, small_spec_file) -> None:

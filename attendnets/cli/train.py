@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 DEFAULTS = {"img_size": 128, "epochs": 30, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.05, "warmup_epochs": 1,
             "label_smoothing": 0.1, "crop_scale": (0.35, 1.0), "hflip": 0.5, "color_jitter": 0.0,
             "auto_augment": None, "random_erase": 0.0, "mixup": 0.0, "cutmix": 0.0, "ema": True, "workers": 2,
-            "seed": 0, "weight_init": "kaiming"}
+            "seed": 0, "weight_init": "kaiming", "zero_init_last": True}
 WEIGHT_INITS = ("kaiming", "torch")  # attendnets.model.WEIGHT_INITS
 DEMO_IMG_SIZE, DEMO_EPOCHS = 64, 8
 # The smallest crop every model trains at: the MobileNets and the presets reduce it 32x to a 1x1 map (batch
@@ -135,9 +135,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-init", choices=WEIGHT_INITS, default=d["weight_init"],
                         help="AttendNets' initial weights: kaiming (convs Kaiming-normal fan-out, fully-connected "
                         "N(0, 0.01), as torchvision's MobileNets; default) or torch (each layer's PyTorch default)")
-    parser.add_argument("--zero-init-last", action="store_true",
-                        help="AttendNets: zero the last BN of each residual condenser and PEPE, so that they start "
-                        "as the identity")
+    parser.add_argument("--zero-init-last", action=argparse.BooleanOptionalAction, default=d["zero_init_last"],
+                        help="AttendNets: zero the last BN of each residual condenser (and of each PEPE whose last BN "
+                        "no ReLU follows), so that they start as the identity (default: on; it trained attendnet_b "
+                        "about 4 points better, docs/results/zero_init.md)")
     parser.add_argument("--qat", action="store_true", help="quantization-aware training with int8 fake-quantized weights")
     parser.add_argument("--qat-activations", action="store_true",
                         help="also fake-quantize conv/linear inputs to 8 bits (implies --qat)")
