@@ -608,12 +608,15 @@ def _build_model(config: TrainConfig, num_classes: int, state: dict[str, Any] | 
 
 
 def _init_options(config: TrainConfig) -> dict[str, Any]:
-    """AttendNet's initialisation options that differ from their defaults; refused for other models."""
+    """AttendNet's initialisation options that differ from their defaults. Other models have no residual
+    condensers to zero-initialise, so they ignore ``zero_init_last``, and refuse another ``weight_init``."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     given = {k: getattr(config, k) for k in INIT_OPTIONS if getattr(config, k) != defaults[k]}
-    if given and not is_attendnet(config.model):
-        raise AttendNetsError(f"{', '.join(given)} applies to AttendNets only, not to {config.model}")
-    return given
+    if is_attendnet(config.model):
+        return given
+    if "weight_init" in given:
+        raise AttendNetsError(f"weight_init applies to AttendNets only, not to {config.model}")
+    return {}
 
 
 def _named_spec(name: str) -> ArchSpec | None:

@@ -40,7 +40,7 @@ from imagenette import (
 from attendnets.complexity import profile_model
 from attendnets.data import resolve_data_dir
 from attendnets.files import atomic_write_json, atomic_write_text
-from attendnets.registry import PRESETS, create_model, is_attendnet, load_preset
+from attendnets.registry import PRESETS, create_model, load_preset
 from attendnets.runtime import tune_malloc
 from attendnets.spec import ArchSpec, PEPESpec, VACSpec
 
@@ -104,12 +104,10 @@ class Study:
         return str(path)
 
     def train_command(self, arm: str, model: str, seed: int) -> list[str]:
-        options, base = self.arms[arm].options, recipe(seed)
+        options, base = self.arms[arm].options, recipe(seed, self.arms[arm].zero_init_last)
         if "--crop-scale" in options:
             at = base.index("--crop-scale")
             del base[at : at + 3]
-        if not self.arms[arm].zero_init_last and is_attendnet(model):
-            base[base.index("--zero-init-last")] = "--no-zero-init-last"
         return train_command(self.model_argument(arm, model), self.folder(arm, model, seed), self.data,
                              [*base, *options], self.workers)
 

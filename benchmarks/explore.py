@@ -224,21 +224,23 @@ def _blocks(design: dict[str, Any]) -> list:
     return json.loads(Path(design["file"]).read_text())["blocks"]
 
 
-def reusable(run: Path, model: str, data: Path, epochs: int, subset: int | None) -> bool:
+def reusable(run: Path, model: str, data: Path, epochs: int, subset: int | None, zero_init_last: bool = True) -> bool:
     """Whether ``run`` is a finished seed-0 run of ``model`` with the comparison recipe on ``data``."""
-    if completed_epochs(run) < epochs or recipe_changes(run, model, epochs, subset):
+    if completed_epochs(run) < epochs or recipe_changes(run, model, epochs, subset, zero_init_last=zero_init_last):
         return False
     return Path(json.loads((run / "config.json").read_text())["data"]).resolve() == data
 
 
 def train_run(steps: Steps, model: str, seed: int, data: Path, runs: Path, trained: Path, budget: dict,
-              workers: int) -> Path:
-    """The run folder of ``model`` at ``seed`` with the comparison recipe, trained (or resumed) if needed."""
-    if seed == 0 and reusable(trained / model, model, data, budget["epochs"], budget["subset"]):
+              workers: int, zero_init_last: bool = True) -> Path:
+    """The run folder of ``model`` at ``seed`` with the comparison recipe (``recipe(seed, zero_init_last)``),
+    trained (or resumed) if needed."""
+    if seed == 0 and reusable(trained / model, model, data, budget["epochs"], budget["subset"], zero_init_last):
         return trained / model
     run = runs / "retrain" / f"{Path(model).stem}-s{seed}"
     if completed_epochs(run) < budget["epochs"]:
-        steps.run("retrain", [*train_command(model, run, data, recipe(seed), workers, budget["epochs"]), *resumed(run)])
+        options = recipe(seed, zero_init_last)
+        steps.run("retrain", [*train_command(model, run, data, options, workers, budget["epochs"]), *resumed(run)])
     return run
 
 

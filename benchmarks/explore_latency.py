@@ -13,17 +13,19 @@ Stages, each resumable (``--stages``; a killed stage continues where it stopped 
    ``benchmarks/explore.py`` (64 px, 800 + 50 images per class of train/, 3 epochs at rung 0, x3 per rung).
 2. ``random``: the same search with ``--sampler random``: the control, with the same trained budget.
 3. ``retrain``: each search's pick (the highest hold-out top-1 among the non-prototype designs of its top
-   rung's Pareto front) trained with the comparison recipe of ``benchmarks/imagenette.py`` at seeds 0
-   and 1, quantized to 8-bit weights and evaluated on val/; MobileNet-V1 at both seeds (the target is
-   checked against its better one), attendnet_b, attendnet_a and MobileNet-V2 at seed 0; seed-0 runs are
-   taken from ``runs/imagenette`` when finished there with the same recipe, the others trained here.
+   rung's Pareto front) trained with the comparison recipe of ``benchmarks/imagenette.py`` as this study
+   ran it (:data:`ZERO_INIT_LAST`) at seeds 0 and 1, quantized to 8-bit weights and evaluated on val/;
+   MobileNet-V1 at both seeds (the target is checked against its better one), attendnet_b, attendnet_a and
+   MobileNet-V2 at seed 0; seed-0 runs are taken from ``runs/imagenette`` when finished there with the same
+   recipe, the others trained here.
 4. ``latency``: every retrained model and the MobileNets, int8, in ORT, LiteRT and ExecuTorch at 1 and 2
    threads and in TFLite Micro (1 thread), interleaved per thread count (``attendnets bench``, random
    weights: latency does not depend on the weights' values); and each model's TFLite Micro arena at
    128 px (the profiler's estimate). The target is checked in ORT and LiteRT, the runtimes it names. Needs no
    trained model, so it can run first, on an idle machine, while the retraining waits.
-5. ``report``: docs/results/explore_latency.{md,json} and explore_latency.png (top-1 against measured
-   latency, the MobileNets and the presets on the same plot).
+5. ``report``: docs/results/explore_latency.{md,json}, explore_latency.png (val top-1 against measured
+   latency, the MobileNets and the presets on the same plot) and each search's Pareto plot at its
+   fidelity (explore_latency_<sampler>_pareto.png).
 
     python benchmarks/explore_latency.py --data ../shared/datasets/imagenette2-224
     python benchmarks/explore_latency.py --stages search        # another terminal: --stages random
@@ -71,6 +73,9 @@ RUNTIMES = ("ort-int8", "litert-int8")  # the target's
 OTHER_RUNTIMES = ("executorch-int8",)  # reported beside them
 THREADS = (1, 2)
 MICRO = "tflm"  # TFLite Micro: one thread, timed once
+# The comparison recipe as this study ran, before the zero-initialised last BN won (docs/results/zero_init.md):
+# the references' condensers start with their up-mixing BN at 1 (the picks have no condensers).
+ZERO_INIT_LAST = False
 
 
 def picks(runs: Path) -> dict[str, Path]:
@@ -102,7 +107,7 @@ def retrain(steps: Steps, models: dict[str, tuple[str, tuple[int, ...]]], data: 
     for label, (model, seeds) in models.items():
         out = []
         for seed in seeds:
-            run = train_run(steps, model, seed, data, runs, trained, budget, workers)
+            run = train_run(steps, model, seed, data, runs, trained, budget, workers, ZERO_INIT_LAST)
             q = quantize(steps, run, f"{label}-s{seed}", data, runs, workers)
             out.append({"seed": seed, "run": str(run), "top1_int8": q["int8_top1"], "top1_float": q["float_top1"]})
         rows[label] = {"model": model, "seeds": out}
@@ -199,6 +204,9 @@ def write_report(runs: Path, out_dir: Path, rows: dict[str, Any], ms: dict[str, 
                 for s in SEARCH_STAGES if (runs / "search" / s / "summary.json").is_file()}
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "explore_latency.png", lambda tmp: plot(rows, ratios, Path(tmp)))
+    for s in searches:
+        atomic_write(out_dir / f"explore_latency_{s}_pareto.png",
+                     lambda tmp, s=s: shutil.copyfile(runs / "search" / s / "pareto.png", tmp))
     for label in rows:
         if label.startswith("fast_"):
             atomic_write(out_dir / f"explore_latency_{label}.json",
@@ -210,8 +218,11 @@ def write_report(runs: Path, out_dir: Path, rows: dict[str, Any], ms: dict[str, 
              f"`attendnets explore run --space {SPACE} --cost latency_ratio --runtime {SEARCH_LATENCY['runtime']} "
              f"--threads {SEARCH_LATENCY['threads']} --max-latency-ratio {MAX_RATIO} --latency-table ...` (TPE, and "
              "random sampling as the control), each pick retrained with the comparison recipe at seeds "
-             f"{', '.join(map(str, SEEDS))} and scored on val/ at 8-bit weights. Plot: "
-             "[explore_latency.png](explore_latency.png).", "",
+             f"{', '.join(map(str, SEEDS))} and scored on val/ at 8-bit weights"
+             f"{'' if ZERO_INIT_LAST else ' (the recipe before zero-init won: condensers start with their BN at 1)'}"
+             ". Plot: [explore_latency.png](explore_latency.png); each search's designs at its own fidelity "
+             "(hold-out top-1 after 3 and 9 epochs at 64 px): "
+             + ", ".join(f"[{s}](explore_latency_{s}_pareto.png)" for s in searches) + ".", "",
              "| search | rung-0 proposals | trained | over a cap | CPU-hours |", "|---|---|---|---|---|"]
     hours = {k: v / 3600 for k, v in steps.cpu.items()}
     for s, summary in searches.items():

@@ -69,18 +69,22 @@ def completed_epochs(run: Path) -> int:
     return max((json.loads(line)["epoch"] for line in metrics.read_text().splitlines() if line.strip()), default=0)
 
 
-def recipe(seed: int) -> list[str]:
-    """The comparison recipe with another seed."""
+def recipe(seed: int, zero_init_last: bool = True) -> list[str]:
+    """The comparison recipe with another seed; ``zero_init_last=False``: as it was before the zero-initialised
+    last BN won (the studies run before then pin it)."""
     at = RECIPE.index("--seed")
-    return [*RECIPE[: at + 1], str(seed), *RECIPE[at + 2 :]]
+    options = [*RECIPE[: at + 1], str(seed), *RECIPE[at + 2 :]]
+    return options if zero_init_last else ["--no-zero-init-last" if o == "--zero-init-last" else o for o in options]
 
 
-def recipe_changes(run: Path, model: str, epochs: int, subset: int | None, seed: int = 0) -> list[str]:
-    """How the run started in ``run`` differs from the comparison recipe for ``model`` at ``seed``, one
-    ``field: run's -> recipe's`` per difference (none: it is that recipe's run, or no run has started)."""
+def recipe_changes(run: Path, model: str, epochs: int, subset: int | None, seed: int = 0,
+                   zero_init_last: bool = True) -> list[str]:
+    """How the run started in ``run`` differs from the comparison recipe (``recipe(seed, zero_init_last)``)
+    for ``model``, one ``field: run's -> recipe's`` per difference (none: it is that recipe's run, or no run
+    has started)."""
     if not (run / "config.json").is_file():
         return []
-    options = [*recipe(seed), "--epochs", str(epochs), *(["--subset", str(subset)] if subset else [])]
+    options = [*recipe(seed, zero_init_last), "--epochs", str(epochs), *(["--subset", str(subset)] if subset else [])]
     config = config_from_args(build_parser().parse_args(["train", "--model", model, "--output", str(run), *options]))
     saved = json.loads((run / "config.json").read_text())
     return [f"{field}: {was} -> {now}" for field, was, now in training.recipe_changes(saved, config)]
