@@ -114,7 +114,8 @@ def costs(study: Study) -> dict[str, dict[str, float]]:
 def report(rows: dict[str, Any], cost: dict[str, Any], context: dict[str, Any]) -> None:
     lines = ["# An AttendNet for a microcontroller: 320 KB arena, 1 MB file, 128 px", "",
              f"{__doc__.split(chr(10) + chr(10))[1]}", "",
-             "Imagenette, 128 px, 10 classes, the comparison recipe (15 epochs), seeds 0 and 1. Top-1 on val (3,925 "
+             "Imagenette, 128 px, 10 classes, the comparison recipe (15 epochs) as it was before zero-init won "
+             "(condensers start with their BN at 1), seeds 0 and 1. Top-1 on val (3,925 "
              "images): float of the best checkpoint, and of its int8 TFLite Micro file (all-integer, run in LiteRT; "
              f"TFLite Micro's own kernels agree with LiteRT on the first {rows['mcu'][0]['micro']['tflm_images']} "
              "images as shown). Arena: what TFLite Micro's recording allocator reports. KB = 1024 bytes.", "",
