@@ -71,7 +71,6 @@ def test_each_arm_trains_with_the_recipe_changed_only_as_it_says(tmp_path) -> No
         assert config.zero_init_last is (arm not in ("crop008", "crop035"))  # the recipe since zero-init-last won
 
 
-
 def test_every_driver_trains_the_comparison_recipe_alike(tmp_path, monkeypatch) -> None:
     """imagenette.py, the arms studies and the latency search's retraining give the train verb one command
     line for the same model and seed, apart from the run folder (and --resume when a killed run is left)."""
@@ -99,6 +98,7 @@ def test_every_driver_trains_the_comparison_recipe_alike(tmp_path, monkeypatch) 
 
     assert without_output(given["imagenette"]) == without_output(given["arms"]) == without_output(given["explore"][:-1])
     assert "--cache-images" in given["arms"] and given["arms"][given["arms"].index("--seed") + 1] == "0"
+
 
 def test_a_run_of_another_recipe_is_named_with_its_differences(tmp_path) -> None:
     run = tmp_path / "attendnet_b"
