@@ -81,7 +81,16 @@ def load_bench_model(name: str, img_size: int, num_classes: int) -> BenchModel:
 
 
 def random_weights_model(label: str, module: nn.Module, img_size: int) -> BenchModel:
-    """``module`` to measure at ``img_size`` as it is, with generic class names and ImageNet preprocessing."""
+    """``module`` to measure at ``img_size``, with generic class names and ImageNet preprocessing.
+
+    A batch norm whose scale is all zero (``zero_init_last``: a residual branch starting as the identity) gets
+    its scale back to 1. Left at zero, its branch outputs zeros, the converters fold it away, and the file is
+    timed without the work a trained network does."""
+    import torch
+
+    for norm in module.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d) and norm.weight is not None and not norm.weight.any():
+            torch.nn.init.ones_(norm.weight)
     classes = [f"class{i}" for i in range(getattr(module, "num_classes", 1))]
     return BenchModel(label, module.eval(), {"class_names": classes, **_preprocessing(img_size)})
 

@@ -6,7 +6,8 @@ Every file the library writes goes through :func:`atomic_write` (a temporary fil
 file gets the mode ``open()`` would give it (``0o666`` less the umask).
 
 :func:`check_writable` refuses, before any work, an output that cannot be written (a file in the way, no
-permission); :func:`staged_folder` fills a folder all at once or not at all.
+permission); :func:`staged_folder` fills a folder all at once or not at all; :func:`held_folder` keeps a
+second process from writing into a folder one is writing into.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import secrets
 import shutil
 import stat
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,3 +105,27 @@ def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
             except OSError:
                 break
         raise
+
+
+@contextmanager
+def held_folder(folder: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (made if missing) for the block, or refuse in one line when another
+    process holds it: two trainings resuming the same run would overwrite each other's checkpoints. The
+    kernel drops the lock when the process ends, however it ends. Without ``fcntl`` (Windows) nothing is held."""
+    if sys.platform == "win32":
+        yield
+        return
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AttendNetsError(f"{folder} is in use by another process ({what} still running?); wait for it to "
+                                  "end, or choose another folder") from None
+        yield
+    finally:
+        os.close(fd)

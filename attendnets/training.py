@@ -33,6 +33,7 @@ across processes, and only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -83,7 +84,14 @@ from attendnets.data import (
 )
 from attendnets.errors import AttendNetsError
 from attendnets.evaluate import evaluate_model
-from attendnets.files import as_json_data, atomic_write, atomic_write_json, atomic_write_text, check_writable
+from attendnets.files import (
+    as_json_data,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    check_writable,
+    held_folder,
+)
 from attendnets.plots import plot_curves
 from attendnets.quantize import copy_activation_ranges, finish_qat, plain_copy, prepare_qat
 from attendnets.registry import PRESETS, create_model, is_attendnet, is_spec_path, load_preset
@@ -475,26 +483,33 @@ class _Run:
 
 
 def _train(config: TrainConfig, proc: Process) -> TrainResult:
-    run = _Run(config, proc)
-    if proc.main:
-        run.open_records()
-    try:
-        with warnings.catch_warnings():
-            # (1, C, 1, 1) parameters (a VAC's scale) in channels_last have strides that DDP calls mismatched
-            # although the memory layout is the same; the warning would repeat every epoch.
-            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-            for epoch in range(run.start_epoch, config.epochs):
-                run.epoch(epoch)
-    except ValueError as err:
-        if "more than 1 value per channel" not in str(err):
-            raise
-        raise AttendNetsError(
-            f"a batch of {config.batch_size} at {config.img_size} px leaves batch norm one value per channel in "
-            "a late layer, which it cannot train on; raise --batch-size or --img-size"
-        ) from None
-    finally:
+    out = Path(config.output)
+    early = proc.main and out.is_dir()  # an existing run is held before it is read: a second process stops here
+    with contextlib.ExitStack() as held:
+        if early:
+            held.enter_context(held_folder(out, "a training"))
+        run = _Run(config, proc)
+        if proc.main and not early:  # a new run's folder, held once every check has passed
+            held.enter_context(held_folder(out, "a training"))
         if proc.main:
-            run.close_records()
+            run.open_records()
+        try:
+            with warnings.catch_warnings():
+                # (1, C, 1, 1) parameters (a VAC's scale) in channels_last have strides that DDP calls mismatched
+                # although the memory layout is the same; the warning would repeat every epoch.
+                warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+                for epoch in range(run.start_epoch, config.epochs):
+                    run.epoch(epoch)
+        except ValueError as err:
+            if "more than 1 value per channel" not in str(err):
+                raise
+            raise AttendNetsError(
+                f"a batch of {config.batch_size} at {config.img_size} px leaves batch norm one value per channel "
+                "in a late layer, which it cannot train on; raise --batch-size or --img-size"
+            ) from None
+        finally:
+            if proc.main:
+                run.close_records()
     if config.qat:
         finish_qat(run.model)
     return TrainResult(run.out, run.best_top1, run.best_epoch, config.epochs - run.start_epoch, run.model, run.history)

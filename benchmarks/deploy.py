@@ -4,9 +4,10 @@ file sizes, and top-1 of every exported Imagenette model in its runtime, with ag
 Stages (``--stages``, default all), each step's JSON kept in ``runs/deploy/`` so a killed run continues where
 it stopped (delete a step's JSON to redo it):
 
-- ``latency``: ``attendnets bench`` of attendnet_b, attendnet_a and the found design against MobileNet-V1/V2,
-  224 px, 50 classes, batch 1, random weights, interleaved, with 1 and with 2 threads, in PyTorch, ONNX Runtime,
-  LiteRT and ExecuTorch (float and int8), and TFLite Micro (1 thread, fewer rounds: reference kernels are slow);
+- ``latency``: ``attendnets bench`` of our four presets (attendnet_b, attendnet_a and the two designs the
+  searches found) against MobileNet-V1/V2, 224 px, 50 classes, batch 1, random weights, interleaved, with 1 and
+  with 2 threads, in PyTorch, ONNX Runtime, LiteRT and ExecuTorch (float and int8), and TFLite Micro (1 thread,
+  fewer rounds: reference kernels are slow);
 - ``micro``: each model's all-integer TFLite Micro file at 224 px / 50 classes and at 128 px / 10 classes: its
   size, the arena TFLite Micro really used, and the profiler's peak-activation estimate;
 - ``accuracy``: the four models of ``benchmarks/imagenette.py`` (``runs/imagenette/<model>/best``, trained at
@@ -34,15 +35,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, provenance, run_context, step  # noqa: E402
 
-from attendnets.bench import _synthetic_images  # noqa: E402
+from attendnets.bench import _synthetic_images, load_bench_model  # noqa: E402
 from attendnets.data import default_preprocessing, resolve_data_dir  # noqa: E402
 from attendnets.export import CalibrationImages, LiteRTRunner, MicroRunner, export_tflite, profile_for_micro  # noqa: E402
 from attendnets.registry import BASELINES, create_model  # noqa: E402
 from attendnets.runtime import tune_malloc  # noqa: E402
 
 MODELS = ("attendnet_b", "mobilenet_v1", "attendnet_a", "mobilenet_v2")
-FOUND = "docs/results/explore_found_tpe.json"
-OURS = ("attendnet_b", "attendnet_a", FOUND)
+OURS = ("attendnet_b", "attendnet_a", "attendnet_found_macs", "attendnet_found_latency")
 XNNPACK_RUNTIMES = "eager,ort,ort-int8,litert,litert-int8,executorch,executorch-int8"
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite", "executorch": ".pte"}
 STAGES = ("latency", "micro", "accuracy", "report")
@@ -74,8 +74,9 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def micro(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Arena and file size of each model's TFLite Micro file (random weights, ranges calibrated on generated
-    images: neither changes the arena), measured once, and the profiler's estimate of the arena, always anew."""
+    """Arena and file size of each model's TFLite Micro file (random weights as ``attendnets bench`` makes them,
+    no branch zeroed; ranges calibrated on generated images), measured once, and the profiler's estimate of the
+    arena, always anew."""
     record = args.runs / "micro.json"
     rows = json.loads(record.read_text()) if record.is_file() else _measure_micro(record)
     for row in rows:
@@ -94,8 +95,7 @@ def _measure_micro(record: Path) -> list[dict[str, Any]]:
         for size, classes in ((224, 50), (128, 10)):
             folder = _synthetic_images(Path(tmp) / f"calib{size}", size)
             for name in (*OURS, *BASELINES):
-                torch.manual_seed(0)
-                model = create_model(name, num_classes=classes).eval()
+                model = load_bench_model(name, size, classes).module
                 meta = {"class_names": [f"c{i}" for i in range(classes)], **default_preprocessing(size)}
                 images = torch.from_numpy(np.concatenate(CalibrationImages(folder, meta, 16).batches))
                 path = export_tflite(model, Path(tmp) / "m.tflite", meta, int8=True, calibration=images, micro=True)
@@ -159,7 +159,7 @@ def _ratio_table(bench: dict[str, Any]) -> list[str]:
             r = cell[(model, runtime)]
             ratio = r.get("batch1_speedup_vs_mobilenet_v1")
             cells.append(f"{r['batch1_median_ms']:.2f} ms" + ("" if ratio is None else f" ({ratio:.2f}x)"))
-        lines.append(f"| {Path(model).stem} | " + " | ".join(cells) + " |")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -189,7 +189,7 @@ def _micro_table(rows: list[dict]) -> list[str]:
     for r in rows:
         arena, estimate = r["arena_bytes"] / 1024, r["profiler_arena_bytes"] / 1024
         parts = f" ({r['arena_planned_bytes'] / 1024:,.0f} + {r['arena_persistent_bytes'] / 1024:,.0f})"
-        lines.append(f"| {Path(r['model']).stem} | {r['img_size']} px, {r['num_classes']} classes | {r['file_kb']:,.0f} | "
+        lines.append(f"| {r['model']} | {r['img_size']} px, {r['num_classes']} classes | {r['file_kb']:,.0f} | "
                      f"{arena:,.0f}{parts} | {estimate:,.0f} | {arena / estimate:.2f} |")
     return lines
 

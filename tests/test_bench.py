@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from attendnets.bench import speed_table
+from attendnets.bench import load_bench_model, speed_table
 from attendnets.cli import main
+from attendnets.registry import create_model
 from tests.conftest import TINY_SPEC
 
 
@@ -38,6 +40,16 @@ def test_bench_tiny_model_all_runtimes(tiny_file, tmp_path, capsys) -> None:
     assert "QLinearConv" in int8["ops"] and abs(sum(v["share"] for v in int8["ops"].values()) - 1) < 1e-6
     written = sorted(p.name for p in (tmp_path / "prof").iterdir())
     assert len(written) == 2 and all(name.endswith(("-ort.json", "-ort-int8.json")) for name in written)
+
+
+def test_measured_models_keep_every_branch(tiny_file) -> None:
+    """zero_init_last makes a residual condenser's branch output zeros, which converters fold away: a measured
+    model gets that BN's scale back to 1, so its file does the work of a trained network."""
+    def zeroed(model: torch.nn.Module) -> list[torch.nn.Module]:
+        return [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and not m.weight.any()]
+
+    assert len(zeroed(create_model(str(tiny_file), num_classes=5))) == 1  # the default the measurement undoes
+    assert zeroed(load_bench_model(str(tiny_file), 16, 5).module) == []
 
 
 def test_ratios_are_against_the_reference_in_the_same_runtime() -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from attendnets.files import held_folder
 from attendnets.runtime import torch_threads
 from attendnets.training import train
 from tests.reliability_fixtures import expect_refusal
@@ -107,6 +108,13 @@ def test_resume_with_another_class_count(run, tmp_path) -> None:
     for split in ("train", "val"):
         shutil.rmtree(data / split / "disc")
     expect_refusal(run.train_args(data=data), ["the data has 3 classes", "trained on 4"], watch=[run.folder, data])
+
+
+def test_resume_a_run_that_is_still_training(run) -> None:
+    """16: the same command started twice (a queue restarted while its run went on): both would write the
+    run's checkpoints. The test holds the folder as a running training does."""
+    with held_folder(run.folder, "a training"):
+        expect_refusal(run.train_args(), [str(run.folder), "in use by another process"], watch=[run.folder])
 
 
 def test_resume_a_mistyped_folder(run, tmp_path) -> None:
