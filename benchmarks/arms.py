@@ -40,7 +40,7 @@ from imagenette import (
 from attendnets.complexity import profile_model
 from attendnets.data import resolve_data_dir
 from attendnets.files import atomic_write_json, atomic_write_text
-from attendnets.registry import PRESETS, create_model, load_preset
+from attendnets.registry import PRESETS, create_model, is_attendnet, load_preset
 from attendnets.runtime import tune_malloc
 from attendnets.spec import ArchSpec, PEPESpec, VACSpec
 
@@ -55,7 +55,9 @@ class Arm:
     """One arm: ``options`` added to the comparison recipe, for ``models``; ``spec`` turns the model's preset
     into the arm's architecture (``None``: the preset); ``reuse``: the runs are another study's, in this folder
     under ``runs/`` (``presets/crop035``), trained by that study's driver; ``zero_init_last=False``: AttendNets
-    start with the residual condensers' last BN at 1, as the comparison recipe did before zero-init-last won."""
+    start with the residual condensers' last BN at 1, as the comparison recipe did before zero-init-last won;
+    ``weight_init``: AttendNets' initialisation (``--weight-init``), named in every AttendNet's command so that
+    the command stays the one the run trained with when the default changes."""
 
     description: str
     options: tuple[str, ...] = ()
@@ -63,6 +65,23 @@ class Arm:
     spec: Callable[[ArchSpec], ArchSpec] | None = None
     reuse: str | None = None
     zero_init_last: bool = True
+    weight_init: str = "kaiming"
+
+
+def without_option(options: list[str], flag: str, nargs: int) -> list[str]:
+    """``options`` without ``flag`` and its ``nargs`` values."""
+    if flag not in options:
+        return options
+    at = options.index(flag)
+    return options[:at] + options[at + 1 + nargs :]
+
+
+def with_option(options: list[str], flag: str, *values: str) -> list[str]:
+    """``options`` with ``flag`` given ``values``: in its place if it is there, else at the end."""
+    if flag not in options:
+        return [*options, flag, *values]
+    at = options.index(flag)
+    return [*options[: at + 1], *values, *options[at + 1 + len(values) :]]
 
 
 def with_blocks(spec: ArchSpec, change: Callable[[int, Any], Any]) -> ArchSpec:
@@ -106,8 +125,9 @@ class Study:
     def train_command(self, arm: str, model: str, seed: int) -> list[str]:
         options, base = self.arms[arm].options, recipe(seed, self.arms[arm].zero_init_last)
         if "--crop-scale" in options:
-            at = base.index("--crop-scale")
-            del base[at : at + 3]
+            base = without_option(base, "--crop-scale", 2)
+        if is_attendnet(model):
+            base = with_option(base, "--weight-init", self.arms[arm].weight_init)
         return train_command(self.model_argument(arm, model), self.folder(arm, model, seed), self.data,
                              [*base, *options], self.workers)
 

@@ -57,12 +57,12 @@ ARMS = {
                    zero_init_last=False),
     "crop035": Arm("crops keep 35-100% of the area", models=BOTH, zero_init_last=False),
     "zero-init-last": Arm("crop035, residual condensers' last BN zero-initialised (the recipe since)"),
-    "init-torch": Arm("zero-init-last, PyTorch's default initialisation", ("--weight-init", "torch")),
+    "init-torch": Arm("zero-init-last, PyTorch's default initialisation", weight_init="torch"),
     "pepe-wide-proj2": Arm(f"zero-init-last, second PEPE projections {'-'.join(map(str, WIDE_PROJ2))}",
                            spec=wide_proj2),
     "vac28-narrow": Arm("zero-init-last, the 28 px condenser down-mixes to 32 channels (not 64)", spec=narrow_vac28),
     "all-three": Arm("zero-init-last, the three differences above together (+2.2% multiply-adds)",
-                     ("--weight-init", "torch"), spec=lambda spec: narrow_vac28(wide_proj2(spec))),
+                     spec=lambda spec: narrow_vac28(wide_proj2(spec)), weight_init="torch"),
 }
 RECIPE_ARMS = ("crop008", "crop035", "zero-init-last")
 

@@ -54,7 +54,7 @@ def test_preset_arms_change_what_they_say(preset_macs) -> None:
     assert [b.proj2 for b in wide.blocks if b.type == "pepe"] == list(presets.WIDE_PROJ2)
     narrow = presets.ARMS["vac28-narrow"].spec(preset)
     assert [b.mid for b in narrow.blocks if b.type == "vac"] == [16, 16, 32, 32, 32]
-    assert "--weight-init" in presets.ARMS["init-torch"].options
+    assert presets.ARMS["init-torch"].weight_init == "torch"
     all_three = presets.ARMS["all-three"].spec(preset)
     assert profile_model(AttendNet(all_three), img_size=224).macs / preset_macs == pytest.approx(1.022, abs=0.002)
 
@@ -66,7 +66,7 @@ def test_each_arm_trains_with_the_recipe_changed_only_as_it_says(tmp_path) -> No
         config = train_verb.config_from_args(build_parser().parse_args(command[3:]))
         assert config.seed == 1 and config.output == str(tmp_path / arm / "attendnet_b-s1")
         assert config.crop_scale == ((0.08, 1.0) if arm == "crop008" else (0.35, 1.0))
-        assert command.count("--crop-scale") == 1
+        assert command.count("--crop-scale") == 1 and command.count("--weight-init") == 1
         assert config.weight_init == ("torch" if arm in ("init-torch", "all-three") else "kaiming")
         assert config.zero_init_last is (arm not in ("crop008", "crop035"))  # the recipe since zero-init-last won
 
