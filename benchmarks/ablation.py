@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arms import Arm, compare, run_study, with_blocks  # noqa: E402
+from arms import Arm, compare, gap, run_study, with_blocks  # noqa: E402
+from common import run_main  # noqa: E402
 from imagenette import EPOCHS  # noqa: E402
 
 from attendnets.spec import ArchSpec, VACSpec, block_out_chs  # noqa: E402
@@ -72,11 +73,40 @@ ARMS = {
 }
 
 
+def conclusion(rows: dict[str, dict[str, Any]]) -> str | None:
+    """Whether the condensers' attention earns its multiply-adds, in words, from the 8-bit gaps at equal cost:
+    against wider down-mixing without attention, and against squeeze-excite attention; ``None`` until both
+    have a seed in common with attendnet_b."""
+    wider, se = gap(rows, "attention", "no-attention-wider"), gap(rows, "attention", "squeeze-excite")
+    if wider is None or se is None:
+        return None
+    if wider.clear and wider.mean > 0:
+        first = (f"**Attention earns its cost.** Spending the attention branches' multiply-adds on wider "
+                 f"down-mixing instead loses {wider.mean:.2f} points at 8-bit weights")
+    elif wider.clear:
+        first = (f"**Attention does not earn its cost.** Spending the attention branches' multiply-adds on wider "
+                 f"down-mixing instead gains {-wider.mean:.2f} points at 8-bit weights")
+    else:
+        first = (f"**Attention does not clearly earn its cost.** Without it, with the multiply-adds spent on wider "
+                 f"down-mixing, attendnet_b is {-wider.mean:+.2f} points at 8-bit weights, within the seed spread")
+    first += f" (attention {wider.describe()})."
+    if se.clear and se.mean > 0:
+        second = "The condensers' spatial attention also beats timm's squeeze-excite (channel attention) of equal cost"
+    elif se.clear:
+        second = ("But timm's squeeze-excite (channel attention) of equal cost does better: attending pays, the "
+                  "condensers' spatial form of it does not")
+    else:
+        second = ("timm's squeeze-excite (channel attention) of equal cost does as well: attending pays, the "
+                  "condensers' spatial form of it adds nothing measurable")
+    return f"{first} {second} (condenser {se.describe()})."
+
+
 def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
-    """attendnet_b as it is against each other arm, seed by seed, with the spreads."""
+    """Whether attention earns its cost, then attendnet_b as it is against each other arm, seed by seed."""
     lines = [compare(rows, "attention", arm, base_model="mobilenet_v1" if arm == "mobilenet_v1" else None)
              for arm in ("no-attention", "no-attention-wider", "squeeze-excite", "mobilenet_v1")]
-    return ["## Verdict", "", *(f"- {line}." for line in lines if line)]
+    summary = conclusion(rows)
+    return ["## Verdict", "", *([summary, ""] if summary else []), *(f"- {line}." for line in lines if line)]
 
 
 def main() -> int:
@@ -89,4 +119,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -190,27 +190,50 @@ def mean_spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f}% ({max(values) - min(values):.2f})"
 
 
-def compare(rows: dict[str, dict[str, Any]], arm: str, base: str, model: str = "attendnet_b",
-            base_model: str | None = None) -> str | None:
-    """``arm`` against ``base`` (each on its model) at 8-bit weights and in float: the mean per-seed gap in
-    points, each seed's, and whether it exceeds the larger seed spread of the two; ``None`` until they share a
-    finished seed."""
-    def top1(name: str, of: str, key: str) -> dict[int, float]:
+@dataclass(frozen=True)
+class Gap:
+    """``arm`` minus ``base`` in top-1 points, seed by seed (``per_seed``), their mean, and the larger of the
+    two arms' seed spreads (max - min over seeds): a gap within it is not told apart from noise."""
+
+    mean: float
+    per_seed: list[float]
+    spread: float
+
+    @property
+    def clear(self) -> bool:
+        return abs(self.mean) > self.spread
+
+    def describe(self, what: str = "") -> str:
+        """``+1.90 points<what> (per seed +2.00, +1.80; beyond the larger seed spread, 0.60)``."""
+        return (f"{self.mean:+.2f} points{what} (per seed {', '.join(f'{g:+.2f}' for g in self.per_seed)}; "
+                f"{'beyond' if self.clear else 'within'} the larger seed spread, {self.spread:.2f})")
+
+
+def gap(rows: dict[str, dict[str, Any]], arm: str, base: str, key: str = "int8_top1", model: str = "attendnet_b",
+        base_model: str | None = None) -> Gap | None:
+    """``arm`` against ``base`` (each on its model) in ``key`` (``int8_top1`` or ``top1``) over the seeds both
+    have finished; ``None`` until they share one."""
+    def top1(name: str, of: str) -> dict[int, float]:
         return {s: r[key] for s, r in rows.get(name, {}).get(of, {}).get("seeds", {}).items()}
 
-    parts = []
-    for key, label in (("int8_top1", "8-bit weights"), ("top1", "float")):
-        ours, theirs = top1(arm, model, key), top1(base, base_model or model, key)
-        shared = sorted(set(ours) & set(theirs))
-        if not shared:
-            return None
-        gaps = [ours[s] - theirs[s] for s in shared]
-        spread = max(max(v.values()) - min(v.values()) for v in (ours, theirs))
-        mean = statistics.mean(gaps)
-        beyond = "beyond" if abs(mean) > spread else "within"
-        parts.append(f"{mean:+.2f} points at {label} (per seed {', '.join(f'{g:+.2f}' for g in gaps)}; {beyond} the "
-                     f"larger seed spread, {spread:.2f})")
-    return f"{arm} vs {base} ({model}{'' if base_model in (None, model) else ' vs ' + base_model}): " + "; ".join(parts)
+    ours, theirs = top1(arm, model), top1(base, base_model or model)
+    shared = sorted(set(ours) & set(theirs))
+    if not shared:
+        return None
+    gaps = [ours[s] - theirs[s] for s in shared]
+    return Gap(statistics.mean(gaps), gaps, max(max(v.values()) - min(v.values()) for v in (ours, theirs)))
+
+
+def compare(rows: dict[str, dict[str, Any]], arm: str, base: str, model: str = "attendnet_b",
+            base_model: str | None = None) -> str | None:
+    """``arm`` against ``base`` at 8-bit weights and in float, as one line (see :class:`Gap`); ``None`` until
+    they share a finished seed."""
+    gaps = {label: gap(rows, arm, base, key, model, base_model)
+            for key, label in (("int8_top1", "8-bit weights"), ("top1", "float"))}
+    if None in gaps.values():
+        return None
+    parts = "; ".join(g.describe(f" at {label}") for label, g in gaps.items())
+    return f"{arm} vs {base} ({model}{'' if base_model in (None, model) else ' vs ' + base_model}): {parts}"
 
 
 def table(rows: dict[str, dict[str, Any]], arms: dict[str, Arm], names: Sequence[str]) -> list[str]:

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, provenance, run_context  # noqa: E402
+from common import RESULTS, ROOT, provenance, run_context, run_main  # noqa: E402
 
 from attendnets.files import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -78,4 +78,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -10,11 +10,13 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from attendnets.bench import machine_info
+from attendnets.errors import AttendNetsError
 from attendnets.runtime import tune_malloc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +43,22 @@ def run_context() -> dict:
             "load_average_at_start": os.getloadavg(),
         },
     }
+
+
+def run_main(main: Callable[[], int | None]) -> int:
+    """A benchmark's entry point: bad input (no dataset, a malformed checkpoint, ...) and a failed command end it
+    with one line naming the problem instead of a traceback (with the command's last line of error, when it was
+    captured rather than printed)."""
+    name = Path(sys.argv[0]).name
+    try:
+        return main() or 0
+    except AttendNetsError as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+    except subprocess.CalledProcessError as err:
+        said = (err.stderr or "").strip().splitlines() if isinstance(err.stderr, str) else []
+        print(f"{name}: error: {shlex.join(map(str, err.cmd))} failed (exit status {err.returncode})"
+              + (f": {said[-1]}" if said else ""), file=sys.stderr)
+    return 1
 
 
 def step(name: str, record: Path, command: list[str], resume_from: Path | None = None) -> dict[str, Any]:

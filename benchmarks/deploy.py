@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, provenance, run_context, step  # noqa: E402
+from common import RESULTS, ROOT, provenance, run_context, run_main, step  # noqa: E402
 
 from attendnets.bench import _synthetic_images, load_bench_model  # noqa: E402
 from attendnets.data import default_preprocessing, resolve_data_dir  # noqa: E402
@@ -287,4 +287,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, run_context  # noqa: E402
+from common import RESULTS, ROOT, run_context, run_main  # noqa: E402
 from imagenette import (  # noqa: E402
     EPOCHS,
     IMG_SIZE,
@@ -591,4 +591,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

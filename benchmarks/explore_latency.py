@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, provenance, run_context  # noqa: E402
+from common import RESULTS, provenance, run_context, run_main  # noqa: E402
 from explore import (  # noqa: E402
     SEARCH_STAGES,
     Steps,
@@ -274,4 +274,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

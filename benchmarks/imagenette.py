@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, run_context  # noqa: E402
+from common import RESULTS, ROOT, run_context, run_main  # noqa: E402
 
 from attendnets import training  # noqa: E402
 from attendnets.cli import build_parser  # noqa: E402
@@ -250,4 +250,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

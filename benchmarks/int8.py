@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, provenance, run_context, step  # noqa: E402
+from common import RESULTS, ROOT, provenance, run_context, run_main, step  # noqa: E402
 
 from attendnets.data import resolve_data_dir  # noqa: E402
 from attendnets.runtime import tune_malloc  # noqa: E402
@@ -261,4 +261,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

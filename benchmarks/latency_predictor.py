@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, provenance, run_context  # noqa: E402
+from common import RESULTS, ROOT, provenance, run_context, run_main  # noqa: E402
 
 from attendnets.bench import LatencyMeter  # noqa: E402
 from attendnets.files import atomic_write_text  # noqa: E402
@@ -130,4 +130,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

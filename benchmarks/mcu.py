@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arms import SEEDS, Arm, Study, with_blocks  # noqa: E402
-from common import RESULTS, ROOT, provenance, run_context, step  # noqa: E402
+from common import RESULTS, ROOT, provenance, run_context, run_main, step  # noqa: E402
 from deploy import tflm_check  # noqa: E402
 from imagenette import IMG_SIZE, NUM_CLASSES  # noqa: E402
 
@@ -174,4 +174,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

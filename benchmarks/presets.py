@@ -33,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arms import TIMM_CROP, Arm, compare, pepes, run_study, vacs, with_blocks  # noqa: E402
+from common import run_main  # noqa: E402
 from imagenette import EPOCHS  # noqa: E402
 
 from attendnets.spec import ArchSpec  # noqa: E402
@@ -86,4 +87,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

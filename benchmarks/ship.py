@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, run_context  # noqa: E402
+from common import RESULTS, ROOT, run_context, run_main  # noqa: E402
 from imagenette import IMG_SIZE, NUM_CLASSES, quantize  # noqa: E402
 
 from attendnets.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint  # noqa: E402
@@ -171,4 +171,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

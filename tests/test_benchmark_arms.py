@@ -176,3 +176,24 @@ def test_mcu_verdict_checks_every_design_on_its_lower_seed() -> None:
     assert "MEETS" in verdicts[1]
     too_big = mcu.verdict({"mobilenet_v1": runs(64.0), "mcu": runs(80.0, arena=321.0), "found_latency": runs(80.0)})
     assert "does NOT meet" in too_big[0] and "MEETS" in too_big[1]
+
+
+def test_a_benchmark_ends_bad_input_and_failed_commands_in_one_line(capsys) -> None:
+    import subprocess
+
+    from attendnets.errors import AttendNetsError
+    from common import run_main
+
+    def no_data() -> int:
+        raise AttendNetsError("no dataset given: pass --data DIR or set ATTENDNETS_DATA")
+
+    def failed_step() -> int:
+        said = "Traceback\nattendnets eval: error: x.pt: not a checkpoint\n"
+        raise subprocess.CalledProcessError(2, ["attendnets", "eval", "x.pt"], stderr=said)
+
+    assert run_main(no_data) == 1 and run_main(failed_step) == 1 and run_main(lambda: None) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith(": error: no dataset given: pass --data DIR or set ATTENDNETS_DATA")
+    assert lines[1].endswith(
+        ": error: attendnets eval x.pt failed (exit status 2): attendnets eval: error: x.pt: not a checkpoint")
+    assert len(lines) == 2
