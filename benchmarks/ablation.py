@@ -89,7 +89,7 @@ def conclusion(rows: dict[str, dict[str, Any]]) -> str | None:
     else:
         first = (f"**Attention does not clearly earn its cost.** Without it, with the multiply-adds spent on wider "
                  f"down-mixing, attendnet_b is {-wider.mean:+.2f} points at 8-bit weights, within the seed spread")
-    first += f" (attention {wider.describe()})."
+    first += f" (attendnet_b's margin {wider.details()})."
     if se.clear and se.mean > 0:
         second = "The condensers' spatial attention also beats timm's squeeze-excite (channel attention) of equal cost"
     elif se.clear:
@@ -98,7 +98,7 @@ def conclusion(rows: dict[str, dict[str, Any]]) -> str | None:
     else:
         second = ("timm's squeeze-excite (channel attention) of equal cost does as well: attending pays, the "
                   "condensers' spatial form of it adds nothing measurable")
-    return f"{first} {second} (condenser {se.describe()})."
+    return f"{first} {second} (attendnet_b's margin {se.details()})."
 
 
 def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:

@@ -203,10 +203,10 @@ class Gap:
     def clear(self) -> bool:
         return abs(self.mean) > self.spread
 
-    def describe(self, what: str = "") -> str:
-        """``+1.90 points<what> (per seed +2.00, +1.80; beyond the larger seed spread, 0.60)``."""
-        return (f"{self.mean:+.2f} points{what} (per seed {', '.join(f'{g:+.2f}' for g in self.per_seed)}; "
-                f"{'beyond' if self.clear else 'within'} the larger seed spread, {self.spread:.2f})")
+    def details(self) -> str:
+        """``per seed +2.00, +1.80; beyond the larger seed spread, 0.60``."""
+        return (f"per seed {', '.join(f'{g:+.2f}' for g in self.per_seed)}; "
+                f"{'beyond' if self.clear else 'within'} the larger seed spread, {self.spread:.2f}")
 
 
 def gap(rows: dict[str, dict[str, Any]], arm: str, base: str, key: str = "int8_top1", model: str = "attendnet_b",
@@ -232,7 +232,7 @@ def compare(rows: dict[str, dict[str, Any]], arm: str, base: str, model: str = "
             for key, label in (("int8_top1", "8-bit weights"), ("top1", "float"))}
     if None in gaps.values():
         return None
-    parts = "; ".join(g.describe(f" at {label}") for label, g in gaps.items())
+    parts = "; ".join(f"{g.mean:+.2f} points at {label} ({g.details()})" for label, g in gaps.items())
     return f"{arm} vs {base} ({model}{'' if base_model in (None, model) else ' vs ' + base_model}): {parts}"
 
 

@@ -137,6 +137,21 @@ def test_a_verdict_pairs_seeds_and_weighs_the_gap_against_the_seed_spread() -> N
     assert arms.compare(rows, "a", "missing") is None
 
 
+@pytest.mark.parametrize("se, says", [(73.0, "also beats timm's squeeze-excite"), (77.0, "does better"),
+                                      (75.3, "does as well")])
+def test_the_ablation_says_whether_attention_earns_its_cost(se, says) -> None:
+    def arm(*top1: float) -> dict:
+        return {"attendnet_b": {"seeds": {s: {"top1": t, "int8_top1": t} for s, t in enumerate(top1)}}}
+
+    rows = {"attention": arm(75.0, 75.4), "no-attention-wider": arm(73.0, 73.6), "squeeze-excite": arm(se, se)}
+    text = ablation.conclusion(rows)
+    assert text.startswith("**Attention earns its cost.**") and says in text
+    assert "margin per seed +2.00, +1.80; beyond the larger seed spread, 0.60" in text
+    rows["no-attention-wider"] = arm(75.2, 75.1)
+    assert ablation.conclusion(rows).startswith("**Attention does not clearly earn its cost.**")
+    assert ablation.conclusion({"attention": rows["attention"]}) is None
+
+
 def test_latency_target_needs_both_seeds_and_every_named_runtime() -> None:
     columns = [f"{r}/{t}t" for r in explore_latency.RUNTIMES for t in explore_latency.THREADS]
     fast = {c: 0.3 for c in columns}
