@@ -17,6 +17,7 @@ from typing import Any
 
 from attendnets.bench import machine_info
 from attendnets.errors import AttendNetsError
+from attendnets.files import atomic_write_json
 from attendnets.runtime import tune_malloc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +76,7 @@ def step(name: str, record: Path, command: list[str], resume_from: Path | None =
     result = json.loads(out)
     result["command"] = shlex.join(["python", *full[1:]])
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(record, result)
     return result
 
 

@@ -38,6 +38,7 @@ from common import RESULTS, ROOT, provenance, run_context, run_main, step  # noq
 from attendnets.bench import _synthetic_images, load_bench_model  # noqa: E402
 from attendnets.data import default_preprocessing, resolve_data_dir  # noqa: E402
 from attendnets.export import CalibrationImages, LiteRTRunner, MicroRunner, export_tflite, profile_for_micro  # noqa: E402
+from attendnets.files import atomic_write_json, atomic_write_text  # noqa: E402
 from attendnets.registry import BASELINES, create_model  # noqa: E402
 from attendnets.runtime import tune_malloc  # noqa: E402
 
@@ -106,7 +107,7 @@ def _measure_micro(record: Path) -> list[dict[str, Any]]:
                              "arena_persistent_bytes": runner.arena_persistent_bytes})
                 print(f"micro {name} {size} px: {rows[-1]}", flush=True)
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(rows, indent=2) + "\n")
+    atomic_write_json(record, rows)
     return rows
 
 
@@ -143,7 +144,7 @@ def tflm_check(path: str, data: Path, run: Path, count: int) -> dict[str, Any]:
     images = torch.from_numpy(np.concatenate(CalibrationImages(data / "val", micro.meta, count).batches))
     a, b = micro(images).argmax(1), litert(images).argmax(1)
     result = {"images": len(images), "top1_agreement": 100.0 * float((a == b).mean()), "arena_bytes": micro.arena_bytes}
-    record.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(record, result)
     return result
 
 
@@ -220,7 +221,7 @@ def verdicts(latency: dict[str, Any], accuracy: dict[str, dict]) -> list[str]:
 def write_report(latency: dict, micro_rows: list, accuracy: dict, context: dict) -> None:
     statements = verdicts(latency, accuracy)
     report = {**context, "latency": latency, "micro": micro_rows, "accuracy": accuracy, "verdicts": statements}
-    (RESULTS / "deploy.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(RESULTS / "deploy.json", report)
     m = context["machine"]
     lines = ["# Deployment: ONNX Runtime, LiteRT, ExecuTorch and TFLite Micro", "",
              "Each model exported by `attendnets export` for each runtime, every block in that runtime's form (the "
@@ -258,7 +259,7 @@ def write_report(latency: dict, micro_rows: list, accuracy: dict, context: dict)
     lines += [f"- `{b['command']}`" for b in latency.values()]
     for model in accuracy.values():
         lines += [f"- `{v['command']}`" for v in model.values() if isinstance(v, dict) and "command" in v]
-    (RESULTS / "deploy.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(RESULTS / "deploy.md", "\n".join(lines) + "\n")
     print(f"wrote {RESULTS / 'deploy.md'} and {RESULTS / 'deploy.json'}")
     for s in statements:
         print(s)

@@ -34,6 +34,7 @@ from attendnets.cli import build_parser  # noqa: E402
 from attendnets.cli.train import config_from_args  # noqa: E402
 from attendnets.complexity import profile_model  # noqa: E402
 from attendnets.data import resolve_data_dir  # noqa: E402
+from attendnets.files import atomic_write_json, atomic_write_text  # noqa: E402
 from attendnets.registry import create_model  # noqa: E402
 
 MODELS = ("attendnet_a", "attendnet_b", "attendnet_found_macs", "attendnet_found_latency", "mobilenet_v1",
@@ -192,7 +193,7 @@ def write_report(rows: dict[str, dict], context: dict, smoke: bool, out_dir: Pat
     statements = ordering(rows)
     report = {**context, "smoke_run": smoke, "img_size": IMG_SIZE, "epochs": args.epochs, "subset": args.subset,
               "recipe": shlex.join(RECIPE), "models": list(rows.values()), "ordering": statements}
-    (out_dir / "imagenette.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out_dir / "imagenette.json", report)
     m = context["machine"]
     lines = [
         "# Imagenette: AttendNets against MobileNets, trained from scratch with one recipe",
@@ -229,7 +230,7 @@ def write_report(rows: dict[str, dict], context: dict, smoke: bool, out_dir: Pat
         lines += ["", "Epochs that ran at less than half their run's median speed (the machine was shared or the "
                   "run paused then; they inflate the wall time, not the median images/s):"]
         lines += [f"- {m}: epochs {', '.join(map(str, e))}" for m, e in slowed.items() if e]
-    (out_dir / "imagenette.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "imagenette.md", "\n".join(lines) + "\n")
     print(f"wrote {out_dir / 'imagenette.md'} and {out_dir / 'imagenette.json'}")
     for s in statements:
         print(s)

@@ -24,7 +24,6 @@ Writes docs/results/int8.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, provenance, run_context, run_main, step  # noqa: E402
 
 from attendnets.data import resolve_data_dir  # noqa: E402
+from attendnets.files import atomic_write_json, atomic_write_text  # noqa: E402
 from attendnets.runtime import tune_malloc  # noqa: E402
 
 MODELS = ("attendnet_b", "mobilenet_v1", "attendnet_a", "mobilenet_v2")
@@ -216,7 +216,7 @@ def write_report(rows: dict[str, dict], raw: dict, latency: dict[tuple[int, int]
     report = {**context, "qat_epochs": args.qat_epochs, "calib_images": args.calib_images, "rows": list(rows.values()),
               "verdicts": statements, "steps": raw,
               "latency": {f"{size}px-{threads}t": v for (size, threads), v in latency.items()}}
-    (RESULTS / "int8.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(RESULTS / "int8.json", report)
     lines = [
         "# 8-bit AttendNets: accuracy at 8 bits, ONNX Runtime int8, weight memory, latency",
         "",
@@ -242,7 +242,7 @@ def write_report(rows: dict[str, dict], raw: dict, latency: dict[tuple[int, int]
     for model in raw.values():
         lines += [f"- `{value['command']}`" for value in model.values() if isinstance(value, dict)]
     lines += [f"- `{rep['command']}`" for rep in latency.values()]
-    (RESULTS / "int8.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(RESULTS / "int8.md", "\n".join(lines) + "\n")
     print(f"wrote {RESULTS / 'int8.md'} and {RESULTS / 'int8.json'}")
     for s in statements:
         print(s)

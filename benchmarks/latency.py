@@ -14,7 +14,6 @@ batch 1 shows where the time goes.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -28,6 +27,7 @@ from common import RESULTS, run_context, run_main  # noqa: E402
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
+from attendnets.files import atomic_write_json, atomic_write_text  # noqa: E402
 from attendnets.registry import create_model  # noqa: E402
 from attendnets.runtime import tune_malloc  # noqa: E402
 
@@ -181,7 +181,7 @@ def write_markdown(result: dict, path: Path) -> None:
                   for o in prof["ops"]]
         lines.append("")
     lines += ["## Findings", ""] + [f"- {f}" for f in result["findings"]]
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(path.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
 def findings(summary: dict, profiles: dict) -> list[str]:
@@ -241,7 +241,7 @@ def main() -> None:
         "raw_ms": times,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_json(args.out.with_suffix(".json"), result)
     write_markdown(result, args.out)
     print(args.out.with_suffix(".md").read_text())
 
