@@ -48,15 +48,13 @@ def test_ablation_arms_change_only_the_condensers_attention(preset_macs, arm, at
         assert macs < 0.95 * preset_macs
 
 
-def test_preset_arms_change_what_they_say(preset_macs) -> None:
+def test_preset_arms_change_what_they_say() -> None:
     preset = load_preset("attendnet_b")
     wide = presets.ARMS["pepe-wide-proj2"].spec(preset)
     assert [b.proj2 for b in wide.blocks if b.type == "pepe"] == list(presets.WIDE_PROJ2)
     narrow = presets.ARMS["vac28-narrow"].spec(preset)
     assert [b.mid for b in narrow.blocks if b.type == "vac"] == [16, 16, 32, 32, 32]
     assert presets.ARMS["init-torch"].weight_init == "torch"
-    all_three = presets.ARMS["all-three"].spec(preset)
-    assert profile_model(AttendNet(all_three), img_size=224).macs / preset_macs == pytest.approx(1.022, abs=0.002)
 
 
 def test_each_arm_trains_with_the_recipe_changed_only_as_it_says(tmp_path) -> None:
@@ -67,7 +65,7 @@ def test_each_arm_trains_with_the_recipe_changed_only_as_it_says(tmp_path) -> No
         assert config.seed == 1 and config.output == str(tmp_path / arm / "attendnet_b-s1")
         assert config.crop_scale == ((0.08, 1.0) if arm == "crop008" else (0.35, 1.0))
         assert command.count("--crop-scale") == 1 and command.count("--weight-init") == 1
-        assert config.weight_init == ("torch" if arm in ("init-torch", "all-three") else "kaiming")
+        assert config.weight_init == ("torch" if arm == "init-torch" else "kaiming")
         assert config.zero_init_last is (arm not in ("crop008", "crop035"))  # the recipe since zero-init-last won
 
 
@@ -135,6 +133,22 @@ def test_a_verdict_pairs_seeds_and_weighs_the_gap_against_the_seed_spread() -> N
         "0.60); +1.90 points at float (per seed +2.00, +1.80; beyond the larger seed spread, 0.60)")
     assert "within the larger seed spread, 1.80" in arms.compare(rows, "c", "b")
     assert arms.compare(rows, "a", "missing") is None
+
+
+def test_the_presets_study_sorts_gains_from_noise() -> None:
+    def arm(model: str, *top1: float) -> dict:
+        return {model: {"seeds": {s: {"top1": t, "int8_top1": t} for s, t in enumerate(top1)}}}
+
+    rows = {"crop008": {**arm("attendnet_b", 73.0, 73.2), **arm("mobilenet_v1", 62.0, 62.2)},
+            "crop035": {**arm("attendnet_b", 75.0, 75.2), **arm("mobilenet_v1", 64.5, 64.8)},
+            "zero-init-last": arm("attendnet_b", 78.0, 77.8), "init-torch": arm("attendnet_b", 78.8, 77.8),
+            "vac28-narrow": arm("attendnet_b", 76.0, 75.9)}
+    assert presets.conclusion(rows) == (
+        "**Gains beyond the seed spread** (8-bit weights, points): crop035 (attendnet_b) +2.00, "
+        "crop035 (mobilenet_v1) +2.55, zero-init-last (attendnet_b) +2.80. "
+        "**Losses beyond it**: vac28-narrow (attendnet_b) -1.95. "
+        "**Not told apart from noise**: init-torch (attendnet_b) +0.40 (spread 1.00).")
+    assert presets.conclusion({}) is None
 
 
 @pytest.mark.parametrize("se, says", [(73.0, "also beats timm's squeeze-excite"), (77.0, "does better"),
