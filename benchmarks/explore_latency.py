@@ -245,11 +245,10 @@ def write_report(runs: Path, out_dir: Path, rows: dict[str, Any], ms: dict[str, 
     lines += ["", "## Verdict", "", *(f"- {v}" for v in verdicts or ["no design besides the prototype was found"]),
               "", "## How it was run", "", *provenance(context), ""]
     atomic_write_text(out_dir / "explore_latency.md", "\n".join(lines))
-    atomic_write_text(out_dir / "explore_latency.json",
-                      json.dumps({**context, "smoke_run": smoke, "models": rows, "latency_ms": ms,
-                                  "latency_measured": measured, "ratios": ratios, "arena_kb": arena,
-                                  "verdicts": verdicts, "searches": searches, "cpu_seconds": steps.cpu},
-                                 indent=2) + "\n")
+    atomic_write_json(out_dir / "explore_latency.json",
+                      {**context, "smoke_run": smoke, "models": rows, "latency_ms": ms, "latency_measured": measured,
+                       "ratios": ratios, "arena_kb": arena, "verdicts": verdicts, "searches": searches,
+                       "cpu_seconds": steps.cpu})
     print("\n".join(verdicts))
 
 
