@@ -5,7 +5,8 @@ design around it (down-mixing, up-mixing, residual). Every arm keeps attendnet_b
 comparison recipe (crops keeping 35-100% of the area, the residual condensers' last BN zero-initialised:
 docs/results/presets.md), 2 seeds:
 
-- ``attention``: attendnet_b as it is (benchmarks/presets.py's zero-init-last runs, reused: run that first);
+- ``attention``: attendnet_b as it is (benchmarks/presets.py's zero-init-last runs, reused: run that first; its
+  seed 0 is benchmarks/imagenette.py's run);
 - ``no-attention``: every condenser without its attention values, ``V'' = V' * S`` (no condensation,
   embedding or expansion): the same widths, fewer multiply-adds;
 - ``no-attention-wider``: the same with the freed multiply-adds given back as wider down-mixing;
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arms import Arm, compare, gap, run_study, with_blocks  # noqa: E402
 from common import run_main  # noqa: E402
 from imagenette import EPOCHS  # noqa: E402
+from presets import COMPARISON_RUN  # noqa: E402
 
 from attendnets.spec import ArchSpec, VACSpec, block_out_chs  # noqa: E402
 
@@ -63,7 +65,7 @@ def without_attention(attention: str, widen: bool) -> Callable[[ArchSpec], ArchS
 
 
 ARMS = {
-    "attention": Arm("attendnet_b as it is", reuse="presets/zero-init-last"),
+    "attention": Arm("attendnet_b as it is", reuse="presets/zero-init-last", seed0_run=COMPARISON_RUN),
     "no-attention": Arm("condensers without attention, V'' = V' * S", spec=without_attention("none", False)),
     "no-attention-wider": Arm("no attention, down-mixing widened to the condensers' multiply-adds",
                               spec=without_attention("none", True)),

@@ -4,8 +4,10 @@ An arm is a change to benchmarks/imagenette.py's recipe (train options) and/or t
 function of the preset, written as a spec file beside the arm's runs). Each run is ``attendnets train`` in its
 own process, one after another, in ``<runs>/<arm>/<model>-s<seed>`` (resumable: a finished run is skipped, a
 killed one continues with ``--resume``); its best checkpoint is then re-evaluated (``attendnets eval``) and
-quantized to 8-bit weights (``attendnets quantize``, post-training), both cached in the run folder. An arm may
-reuse another arm's runs (a shared baseline) instead of training its own.
+quantized to 8-bit weights (``attendnets quantize``, post-training), and the run is recorded in the ledger
+(benchmarks/ledger.py, committed): the reports are built from the records, so a study's runs may be trained on
+several machines, and a recorded run is not trained again. An arm may reuse another arm's runs (a shared
+baseline) instead of training its own.
 
 benchmarks/presets.py (recipe and preset arms) and benchmarks/ablation.py (the attention ablation) are the
 drivers; this module is what they share.
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shlex
 import statistics
 import subprocess
@@ -25,17 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, ROOT, provenance, run_context
-from imagenette import (
-    EPOCHS,
-    IMG_SIZE,
-    NUM_CLASSES,
-    completed_epochs,
-    evaluate,
-    quantize,
-    recipe,
-    resumed,
-    train_command,
-)
+from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, completed_epochs, recipe, resumed, train_command
+from ledger import load, record
 
 from attendnets.complexity import profile_model
 from attendnets.data import resolve_data_dir
@@ -57,7 +49,9 @@ class Arm:
     under ``runs/`` (``presets/crop035``), trained by that study's driver; ``zero_init_last=False``: AttendNets
     start with the residual condensers' last BN at 1, as the comparison recipe did before zero-init-last won;
     ``weight_init``: AttendNets' initialisation (``--weight-init``), named in every AttendNet's command so that
-    the command stays the one the run trained with when the default changes."""
+    the command stays the one the run trained with when the default changes; ``seed0_run``: the folder under
+    ``runs/`` of the first model's seed-0 run when it is another driver's run of the same command
+    (``imagenette/attendnet_b``: benchmarks/imagenette.py's comparison run)."""
 
     description: str
     options: tuple[str, ...] = ()
@@ -66,6 +60,7 @@ class Arm:
     reuse: str | None = None
     zero_init_last: bool = True
     weight_init: str = "kaiming"
+    seed0_run: str | None = None
 
 
 def without_option(options: list[str], flag: str, nargs: int) -> list[str]:
@@ -106,8 +101,10 @@ class Study:
         self.arms, self.runs, self.data, self.workers = arms, runs, data, workers
 
     def folder(self, arm: str, model: str, seed: int) -> Path:
-        reuse = self.arms[arm].reuse
-        return (ROOT / "runs" / reuse if reuse else self.runs / arm) / f"{model}-s{seed}"
+        chosen = self.arms[arm]
+        if chosen.seed0_run and seed == 0 and model == chosen.models[0]:
+            return ROOT / "runs" / chosen.seed0_run
+        return (ROOT / "runs" / chosen.reuse if chosen.reuse else self.runs / arm) / f"{model}-s{seed}"
 
     def model_argument(self, arm: str, model: str) -> str:
         """``--model``'s value: the model's name, or the arm's spec file (written when it is not there yet)."""
@@ -133,30 +130,24 @@ class Study:
 
     def train(self, arm: str, model: str, seed: int) -> None:
         run, command = self.folder(arm, model, seed), self.train_command(arm, model, seed)
-        if completed_epochs(run) >= EPOCHS:
+        if self.finished(run):
             return
         resume = resumed(run)
         print(f"{'resuming' if resume else 'training'}: {shlex.join(command + resume)}", flush=True)
         subprocess.run(command + resume, check=True, cwd=ROOT)
 
+    @staticmethod
+    def finished(run: Path) -> bool:
+        """Whether ``run`` is recorded in the ledger or has trained every epoch here."""
+        return load(run) is not None or completed_epochs(run) >= EPOCHS
+
     def result(self, arm: str, model: str, seed: int) -> dict[str, Any]:
-        """The run's best checkpoint re-evaluated in float and at 8-bit weights, and its last epoch's top-1."""
-        run = self.folder(arm, model, seed)
-        cache = run / "presets-eval.json"
-        if cache.is_file():
-            evaluation = json.loads(cache.read_text())
-        else:
-            evaluation, eval_command = evaluate(run, self.data, self.workers)
-            evaluation["command"] = shlex.join(["python", *eval_command[1:]])
-            atomic_write_json(cache, evaluation)
-        int8 = quantize(run, self.data, self.workers)
-        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        last = history[-1]
-        return {"top1": evaluation["top1"], "int8_top1": int8["int8_top1"], "best_epoch": evaluation["epoch"],
-                "weights": evaluation["weights"], "last_raw_top1": last["val_top1"],
-                "last_ema_top1": last.get("ema_val_top1"), "run": str(run.relative_to(ROOT)),
-                "train_command": shlex.join(["python", *self.train_command(arm, model, seed)[1:]]),
-                "eval_command": evaluation["command"], "quantize_command": int8["command"]}
+        """The run's best checkpoint re-evaluated in float and at 8-bit weights, its last epoch's top-1 and its
+        commands: from its record (made now if it has none)."""
+        recorded = record(self.folder(arm, model, seed), self.train_command(arm, model, seed), self.data, self.workers)
+        return {key: recorded[key] for key in ("top1", "int8_top1", "best_epoch", "weights", "last_raw_top1",
+                                               "last_ema_top1", "run", "train_command", "eval_command",
+                                               "quantize_command")}
 
     def complexity(self, arm: str, model: str) -> dict[str, int]:
         """Parameters and multiply-adds at the paper's setting (224 px, 50 classes) and at the recipe's."""
@@ -173,7 +164,7 @@ class Study:
                 for seed in seeds:
                     if train and not self.arms[arm].reuse:
                         self.train(arm, model, seed)
-                    if completed_epochs(self.folder(arm, model, seed)) >= EPOCHS:
+                    if self.finished(self.folder(arm, model, seed)):
                         row = rows.setdefault(arm, {}).setdefault(model, {"seeds": {}})
                         row["seeds"][seed] = self.result(arm, model, seed)
                 if model in rows.get(arm, {}):

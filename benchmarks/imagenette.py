@@ -5,14 +5,17 @@ processes at once), then its best checkpoint is re-evaluated by ``attendnets eva
 128 px (random-resized crops keeping 35-100% of the image area for training; resize and centre crop for
 val), 15 epochs, AdamW lr 2e-3, weight decay 0.05, cosine schedule with 1 warm-up epoch, label smoothing
 0.1, batch 64, EMA, fp32 channels_last, seed 0. Runs live in ``runs/imagenette/<model>/`` (outside git)
-and the script is resumable: finished models are skipped and a killed one continues with ``--resume``.
+and the script is resumable: finished models are skipped and a killed one continues with ``--resume``. A
+finished run is recorded in the ledger (benchmarks/ledger.py: docs/results/runs/imagenette/<model>.json,
+committed), and the report is built from the records, so models trained on different machines, or by
+different invocations (``--models``), make up one comparison.
 
     python benchmarks/imagenette.py --data ../shared/datasets/imagenette2-224   # or set ATTENDNETS_DATA
     python benchmarks/imagenette.py --models mobilenet_v2 --epochs 1 --subset 640  # smoke run
 
 The results (docs/results/imagenette.{md,json}) hold top-1 of the re-evaluation, parameters, MACs at
 128 px, training images/s, wall time, the commands, the commit and the machine. A run with other
-epochs or a subset is a smoke run, and a run of some of the models a partial one: each writes its report
+epochs or a subset is a smoke run, and a report that lacks a model's record a partial one: each is written
 into its runs folder, not docs/results.
 """
 
@@ -28,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, run_context, run_main  # noqa: E402
+from ledger import load, record  # noqa: E402
 
 from attendnets import training  # noqa: E402
 from attendnets.cli import build_parser  # noqa: E402
@@ -80,14 +84,18 @@ def recipe(seed: int, zero_init_last: bool = True) -> list[str]:
 
 def recipe_changes(run: Path, model: str, epochs: int, subset: int | None, seed: int = 0,
                    zero_init_last: bool = True) -> list[str]:
-    """How the run started in ``run`` differs from the comparison recipe (``recipe(seed, zero_init_last)``)
-    for ``model``, one ``field: run's -> recipe's`` per difference (none: it is that recipe's run, or no run
-    has started)."""
-    if not (run / "config.json").is_file():
+    """How the run started in ``run`` (its config.json, or its record's) differs from the comparison recipe
+    (``recipe(seed, zero_init_last)``) for ``model``, one ``field: run's -> recipe's`` per difference (none: it
+    is that recipe's run, or no run has started)."""
+    recorded = load(run)
+    if recorded is not None:
+        saved = recorded["config"]
+    elif (run / "config.json").is_file():
+        saved = json.loads((run / "config.json").read_text())
+    else:
         return []
     options = [*recipe(seed, zero_init_last), "--epochs", str(epochs), *(["--subset", str(subset)] if subset else [])]
     config = config_from_args(build_parser().parse_args(["train", "--model", model, "--output", str(run), *options]))
-    saved = json.loads((run / "config.json").read_text())
     return [f"{field}: {was} -> {now}" for field, was, now in training.recipe_changes(saved, config)]
 
 
@@ -105,14 +113,14 @@ def resumed(run: Path) -> list[str]:
 
 
 def train(model: str, run: Path, args: argparse.Namespace, data: Path) -> list[str]:
-    """Train ``model`` into ``run`` unless finished; returns the command (as first given)."""
+    """Train ``model`` into ``run`` unless finished or recorded; returns the command (as first given)."""
     command = train_command(model, run, data, RECIPE, args.workers, args.epochs)
     if args.subset:
         command += ["--subset", str(args.subset)]
     changes = recipe_changes(run, model, args.epochs, args.subset)
     if changes:
         sys.exit(f"{run} holds a run of another recipe ({'; '.join(changes)}): move it away or give --runs")
-    if completed_epochs(run) >= args.epochs:
+    if load(run) is not None or completed_epochs(run) >= args.epochs:
         print(f"{model}: already trained ({run})", flush=True)
         return command
     resume = resumed(run)
@@ -121,46 +129,29 @@ def train(model: str, run: Path, args: argparse.Namespace, data: Path) -> list[s
     return command
 
 
-def evaluate(run: Path, data: Path, workers: int) -> tuple[dict, list[str]]:
-    command = [sys.executable, "-m", "attendnets", "eval", "--checkpoint", str(run / "best"), "--data", str(data),
-               "--json", "--workers", str(workers)]
-    out = subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True).stdout
-    return json.loads(out), command
-
-
-def quantize(run: Path, data: Path, workers: int) -> dict:
-    """Post-training 8-bit weights of the run's best checkpoint, in ``<run>-int8/``, evaluated on val: the
-    ``attendnets quantize`` report (cached: a run is quantized once), its command and the 8-bit checkpoint."""
-    out = run.parent / f"{run.name}-int8"
-    command = [sys.executable, "-m", "attendnets", "quantize", "--checkpoint", str(run), "--output", str(out),
-               "--data", str(data), "--workers", str(workers), "--json"]
-    if not (out / "quantize.json").is_file():
-        subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
-    return {**json.loads((out / "quantize.json").read_text()), "command": shlex.join(["python", *command[1:]]),
-            "checkpoint": str(out / "best")}
-
-
-def summarise(model: str, run: Path, data: Path, args: argparse.Namespace, train_command: list[str]) -> dict:
-    result, eval_command = evaluate(run, data, args.workers)
-    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    last = history[-1]
+def summarise(model: str, recorded: dict) -> dict:
+    """The report's row of ``model`` from the record of its run."""
+    epochs, evaluation = recorded["history"], recorded["eval"]
     complexity = profile_model(create_model(model, num_classes=NUM_CLASSES), img_size=IMG_SIZE)
     return {
         "model": model,
-        "top1": result["top1"],
-        "top5": result["top5"],
-        "best_epoch": result["epoch"],
-        "best_weights": result["weights"],
-        "last_epoch_top1": max(last["val_top1"], last.get("ema_val_top1", 0.0)),
+        "top1": recorded["top1"],
+        "int8_top1": recorded["int8_top1"],
+        "top5": evaluation["top5"],
+        "best_epoch": recorded["best_epoch"],
+        "best_weights": recorded["weights"],
+        "last_epoch_top1": max(recorded["last_raw_top1"], recorded["last_ema_top1"] or 0.0),
         "params": complexity.params,
         "macs": complexity.macs,
-        "train_images_per_s": statistics.median(r["train_images_per_s"] for r in history),
-        "epoch_images_per_s": [round(r["train_images_per_s"], 1) for r in history],
-        "wall_seconds": sum(r["epoch_seconds"] for r in history),
-        "epochs": last["epoch"],
-        "train_command": shlex.join(["python", *train_command[1:]]),
-        "eval_command": shlex.join(["python", *eval_command[1:]]),
-        "per_class_top1": result["per_class_top1"],
+        "train_images_per_s": statistics.median(r["train_images_per_s"] for r in epochs),
+        "epoch_images_per_s": [round(r["train_images_per_s"], 1) for r in epochs],
+        "wall_seconds": sum(r["epoch_seconds"] for r in epochs),
+        "epochs": epochs[-1]["epoch"],
+        "train_command": recorded["train_command"],
+        "eval_command": recorded["eval_command"],
+        "quantize_command": recorded["quantize_command"],
+        "recorded": {k: recorded["recorded"][k] for k in ("commit", "date", "machine")},
+        "per_class_top1": evaluation["per_class_top1"],
     }
 
 
@@ -204,16 +195,19 @@ def write_report(rows: dict[str, dict], context: dict, smoke: bool, out_dir: Pat
         "label smoothing, EMA, fp32 channels_last, random-resized crop + flip; val: resize and centre crop 0.875). "
         "Top-1 is the re-evaluation (`attendnets eval`) of each run's best checkpoint, chosen on val/ among "
         "the raw and EMA weights of every epoch, which flatters every model a little; the last epoch's "
-        "top-1 is shown beside it. Accuracy here is not the paper's ImageNet50 at 224 px.",
+        "top-1 is shown beside it. 8-bit weights: that checkpoint quantized after training (`attendnets "
+        "quantize`). Accuracy here is not the paper's ImageNet50 at 224 px."
+        + ("" if set(MODELS) <= set(rows) else " **PARTIAL: not every model has a recorded run yet.**"),
         "",
-        "| model | top-1 (best ckpt) | top-1 last epoch | top-5 | params | MACs @128 px | train img/s | wall time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | top-1 (best ckpt) | 8-bit weights | top-1 last epoch | top-5 | params | MACs @128 px | train img/s "
+        "| wall time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows.values():
         lines.append(
             f"| {r['model']} | {r['top1']:.2f}% (epoch {r['best_epoch']}, {r['best_weights']}) | "
-            f"{r['last_epoch_top1']:.2f}% | {r['top5']:.2f}% | {r['params'] / 1e3:,.0f}K | {r['macs'] / 1e6:,.1f}M | "
-            f"{r['train_images_per_s']:.0f} | {r['wall_seconds'] / 60:.1f} min |"
+            f"{r['int8_top1']:.2f}% | {r['last_epoch_top1']:.2f}% | {r['top5']:.2f}% | {r['params'] / 1e3:,.0f}K | "
+            f"{r['macs'] / 1e6:,.1f}M | {r['train_images_per_s']:.0f} | {r['wall_seconds'] / 60:.1f} min |"
         )
     lines += ["", "## Does the paper's ordering hold?", "", *[f"- {s}" for s in statements], "", "## How it was run", ""]
     lines += [f"- driver: `{context['command']}`", f"- commit: `{context['commit']}`"
@@ -221,7 +215,9 @@ def write_report(rows: dict[str, dict], context: dict, smoke: bool, out_dir: Pat
               f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}",
               f"- date: {context['date']}", ""]
     for r in rows.values():
-        lines += [f"- `{r['train_command']}`", f"- `{r['eval_command']}`"]
+        at = r["recorded"]
+        lines += [f"- {r['model']}, recorded at commit `{at['commit'][:7]}` on {at['machine']['cpu']} ({at['date']}):",
+                  f"  `{r['train_command']}`; `{r['eval_command']}`; `{r['quantize_command']}`"]
     lines += ["", "Training images/s is the median over epochs, data loading included; wall time sums the "
               "epochs (training, evaluation and checkpoints), process start-up excluded. One seed per model: "
               "the seed-to-seed spread of top-1 is not measured here."]
@@ -243,9 +239,12 @@ def main() -> int:
     smoke = args.epochs != EPOCHS or args.subset is not None
     runs = args.runs or ROOT / "runs" / ("imagenette-smoke" if smoke else "imagenette")
     context = run_context()
-    commands = {m: train(m, runs / m, args, data) for m in models}
-    rows = {m: summarise(m, runs / m, data, args, commands[m]) for m in models}
-    partial = set(models) != set(MODELS)  # docs/results holds the whole comparison only
+    for m in models:
+        record(runs / m, train(m, runs / m, args, data), data, args.workers)
+    # Every model recorded so far, wherever it was trained; docs/results holds the whole comparison only.
+    recorded = {m: r for m in dict.fromkeys([*MODELS, *models]) if (r := load(runs / m)) is not None}
+    rows = {m: summarise(m, r) for m, r in recorded.items()}
+    partial = not set(MODELS) <= set(rows)
     write_report(rows, context, smoke, runs if smoke or partial else RESULTS, args)
     return 0
 

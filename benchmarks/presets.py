@@ -40,6 +40,8 @@ from imagenette import EPOCHS  # noqa: E402
 from attendnets.spec import ArchSpec  # noqa: E402
 
 BOTH = ("attendnet_b", "mobilenet_v1")
+# The comparison recipe's seed-0 run of attendnet_b is benchmarks/imagenette.py's (the same command).
+COMPARISON_RUN = "imagenette/attendnet_b"
 # The second projections of the configuration in shared/paper/notes.md: 64 to 144 over seven PEPEs.
 WIDE_PROJ2 = (64, 80, 88, 104, 120, 128, 144)
 
@@ -58,7 +60,8 @@ ARMS = {
     "crop008": Arm("crops keep 8-100% of the area (timm's; the recipe before this study)", TIMM_CROP, models=BOTH,
                    zero_init_last=False),
     "crop035": Arm("crops keep 35-100% of the area", models=BOTH, zero_init_last=False),
-    "zero-init-last": Arm("crop035, residual condensers' last BN zero-initialised (the recipe since)"),
+    "zero-init-last": Arm("crop035, residual condensers' last BN zero-initialised (the recipe since)",
+                          seed0_run=COMPARISON_RUN),
     "init-torch": Arm("zero-init-last, PyTorch's default initialisation", weight_init="torch"),
     "pepe-wide-proj2": Arm(f"zero-init-last, second PEPE projections {'-'.join(map(str, WIDE_PROJ2))}",
                            spec=wide_proj2),

@@ -1,11 +1,12 @@
 """Ship trained AttendNets inside the package and write their model cards (issue 18).
 
-For each model, its run of benchmarks/imagenette.py (``runs/imagenette/<model>``: the comparison recipe) is
-quantized to 8-bit weights (``attendnets quantize``, post-training, cached in ``<run>-int8``) and written as an
-8-bit checkpoint ``attendnets/weights/<model>.imagenette.{safetensors,json}`` whose sidecar records the
-release: the run's train command and the commit of docs/results/imagenette.json, val top-1 in float and at
-8 bits, and the classes' names. The shipped file is then loaded back the way users load it,
-``timm.create_model(model, pretrained=True)``, and evaluated on val: its top-1 must equal the 8-bit top-1.
+For each model, its run of benchmarks/imagenette.py (``runs/imagenette/<model>``: the comparison recipe, on
+the machine that trained it) is quantized to 8-bit weights (``attendnets quantize``, post-training, cached in
+``<run>-int8``) and written as an 8-bit checkpoint ``attendnets/weights/<model>.imagenette.{safetensors,json}``
+whose sidecar records the release: the run's train command and the commit of its record
+(docs/results/runs/imagenette/<model>.json), val top-1 in float and at 8 bits, and the classes' names. The
+shipped file is then loaded back the way users load it, ``timm.create_model(model, pretrained=True)``, and
+evaluated on val: its top-1 must equal the 8-bit top-1.
 
 The model cards ``docs/models/<model>.md`` are generated from docs/results/ship.json (this script's record),
 docs/results/deploy.json (latency per runtime, TFLite Micro arena) and the model's complexity; nothing in
@@ -26,7 +27,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, run_context, run_main  # noqa: E402
-from imagenette import IMG_SIZE, NUM_CLASSES, quantize  # noqa: E402
+from imagenette import IMG_SIZE, NUM_CLASSES  # noqa: E402
+from ledger import load, portable, quantize, record_path  # noqa: E402
 
 from attendnets.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint  # noqa: E402
 from attendnets.complexity import profile_model  # noqa: E402
@@ -56,30 +58,28 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def trained_run(model: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """``(run folder, its row of docs/results/imagenette.json, that report)``; refuses a model it lacks."""
-    report = json.loads((RESULTS / "imagenette.json").read_text())
-    rows = {row["model"]: row for row in report["models"]}
-    if model not in rows:
-        raise AttendNetsError(f"docs/results/imagenette.json has no run of {model}: run benchmarks/imagenette.py first")
-    return ROOT / "runs" / "imagenette" / model, rows[model], report
-
-
-def portable(command: str, data: Path) -> str:
-    """``command`` as run from the project root, with the data folder as a path relative to it."""
-    return command.replace(str(data), os.path.relpath(data, ROOT)).replace(f"{ROOT}/", "")
+def trained_run(model: str) -> tuple[Path, dict[str, Any]]:
+    """``(run folder, its record)`` of ``model``'s comparison run; refuses a model without both."""
+    run = ROOT / "runs" / "imagenette" / model
+    recorded = load(run)
+    if recorded is None:
+        raise AttendNetsError(f"{model} has no recorded run ({record_path(run).relative_to(ROOT)}): "
+                              f"run benchmarks/imagenette.py --models {model} first")
+    if not (run / "config.json").is_file():
+        raise AttendNetsError(f"{run} is not on this machine: ship {model} where its run was trained")
+    return run, recorded
 
 
 def ship(model: str, data: Path, workers: int) -> dict[str, Any]:
     """Write the shipped checkpoint of ``model``, check it loads through timm, and return its record."""
     import timm
 
-    run, row, report = trained_run(model)
+    run, recorded = trained_run(model)
     int8 = quantize(run, data, workers)
     net, meta = load_checkpoint(int8["checkpoint"])
-    release = {"train_command": portable(row["train_command"], data), "commit": report["commit"],
+    release = {"train_command": recorded["train_command"], "commit": recorded["recorded"]["commit"],
                "top1": int8["float_top1"], "int8_top1": int8["int8_top1"],
-               "quantize_command": portable(int8["command"], data), "machine": report["machine"]}
+               "quantize_command": portable(int8["command"], data), "machine": recorded["recorded"]["machine"]}
     labels = {c: IMAGENETTE_LABELS[c] for c in meta["class_names"] if c in IMAGENETTE_LABELS}
     if "ptq" in meta:  # the quantized run, from the project root
         meta["ptq"] = {**meta["ptq"], "source": os.path.relpath(meta["ptq"]["source"], ROOT)}
