@@ -5,7 +5,7 @@ design around it (down-mixing, up-mixing, residual). Every arm keeps attendnet_b
 comparison recipe (crops keeping 35-100% of the area, the residual condensers' last BN zero-initialised:
 docs/results/presets.md), 2 seeds:
 
-- ``attention``: attendnet_b as it is (benchmarks/presets.py's zero-init-last runs, reused: run that first; its
+- ``attention``: attendnet_b as it is (benchmarks/presets.py's crop035 runs, reused: run that first; its
   seed 0 is benchmarks/imagenette.py's run);
 - ``no-attention``: every condenser without its attention values, ``V'' = V' * S`` (no condensation,
   embedding or expansion): the same widths, fewer multiply-adds;
@@ -65,7 +65,7 @@ def without_attention(attention: str, widen: bool) -> Callable[[ArchSpec], ArchS
 
 
 ARMS = {
-    "attention": Arm("attendnet_b as it is", reuse="presets/zero-init-last", seed0_run=COMPARISON_RUN),
+    "attention": Arm("attendnet_b as it is", reuse="presets/crop035", seed0_run=COMPARISON_RUN),
     "no-attention": Arm("condensers without attention, V'' = V' * S", spec=without_attention("none", False)),
     "no-attention-wider": Arm("no attention, down-mixing widened to the condensers' multiply-adds",
                               spec=without_attention("none", True)),
