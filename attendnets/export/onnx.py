@@ -126,6 +126,16 @@ class CalibrationImages:
         self._next = iter(self.batches)
 
 
+def saturating_int8() -> bool:
+    """Whether this is an x86 CPU with AVX2 but no VNNI, where ONNX Runtime's uint8 x int8 products saturate."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags)
+
+
 def quantize_onnx(
     float_path: str | os.PathLike,
     int8_path: str | os.PathLike,
@@ -137,6 +147,11 @@ def quantize_onnx(
     float graph, its activation ranges calibrated on up to ``max_images`` images of the folder
     ``calibration`` (training images, not the test set), or on a tensor of preprocessed inputs
     ``(N, C, H, W)``. The metadata is carried over.
+
+    On an x86 CPU without VNNI, ONNX Runtime multiplies uint8 by int8 in 16-bit sums that saturate, so the
+    weights are quantized to 7 bits there (``reduce_range``, ONNX Runtime's remedy): measured on an AVX2-only
+    machine, full 8-bit weights left a small test network's int8 graph agreeing with float on 77.5% of
+    images, below the 90% the tests ask.
 
     The graph is all-integer by default. ``float_stem`` keeps the convs that read the image in float: on the
     Imagenette checkpoints that was most of the int8 graph's disagreement with float (AttendNet-B: top-1
@@ -174,6 +189,7 @@ def quantize_onnx(
                 activation_type=QuantType.QUInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 nodes_to_exclude=stem,
+                reduce_range=saturating_int8(),
             )
             proto = onnx.load(tmp)
             onnx.helper.set_model_props(proto, props)
