@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from attendnets.errors import AttendNetsError
 from attendnets.files import atomic_write_text
 from attendnets.registry import BASELINES
-from attendnets.runtime import torch_threads
+from attendnets.runtime import cpu_flags, torch_threads
 
 if TYPE_CHECKING:
     import numpy as np
@@ -294,14 +294,14 @@ def machine_info() -> dict[str, Any]:
 
     from attendnets import __version__
 
-    cpu, flags = platform.processor() or "unknown", []
+    cpu = platform.processor() or "unknown"
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
         cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-        present = set(next(line.split(":", 1)[1].split() for line in lines if line.startswith("flags")))
-        flags = [f for f in SIMD_FLAGS if f in present]
     except (OSError, StopIteration):
         pass
+    present = cpu_flags()
+    flags = [f for f in SIMD_FLAGS if f in present]
     return {
         "cpu": cpu,
         "cpu_flags": flags,

@@ -33,6 +33,7 @@ from attendnets.export.forms import Target, for_runtime
 from attendnets.export.meta import deploy_meta
 from attendnets.export.ort import FORMAT, read_onnx_meta
 from attendnets.files import atomic_write
+from attendnets.runtime import cpu_flags
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
@@ -128,12 +129,8 @@ class CalibrationImages:
 
 def saturating_int8() -> bool:
     """Whether this is an x86 CPU with AVX2 but no VNNI, where ONNX Runtime's uint8 x int8 products saturate."""
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags)
+    flags = cpu_flags()
+    return "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & flags
 
 
 def quantize_onnx(
