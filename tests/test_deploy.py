@@ -188,6 +188,7 @@ def test_cli_export_option_errors(trained: Trained, tmp_path, capsys) -> None:
         (["--micro", "--int8"], "--micro needs --format tflite --int8"),
         (["--format", "tflite", "--micro"], "--micro needs --format tflite --int8"),
         (["--format", "tflite", "--int8", "--float-stem"], "--float-stem applies to --format onnx --int8 only"),
+        (["--weight-bits", "8"], "--weight-bits applies to --format onnx --int8 only"),
         (["--format", "executorch", "--output", str(tmp_path / "m.onnx")], "--output must be a .pte file"),
     ]:
         assert main([*base, *extra]) == 2

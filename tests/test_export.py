@@ -19,6 +19,7 @@ from attendnets.cli import main
 from attendnets.data import DATA_ENV
 from attendnets.errors import AttendNetsError
 from attendnets.export import OnnxRunner, export_checkpoint, export_onnx, quantize_onnx, read_onnx_meta
+from attendnets.export.onnx import saturating_int8
 from attendnets.model import build_model
 from attendnets.spec import ArchSpec
 from tests.conftest import TINY_SPEC
@@ -101,7 +102,7 @@ def test_int8_agrees_with_float(trained, float_onnx, tmp_path) -> None:
     int8_path = quantize_onnx(float_path, tmp_path / "tiny-int8.onnx", trained.data / "train")
     graph = onnx.load(str(int8_path))
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.graph.node}
-    assert read_onnx_meta(int8_path) == read_onnx_meta(float_path)
+    assert read_onnx_meta(int8_path) == {**read_onnx_meta(float_path), "weight_bits": 7 if saturating_int8() else 8}
     val, _ = load_images(trained.data / "val", trained.classes)
     expected = OnnxRunner(float_path, threads=1)(val)
     logits = OnnxRunner(int8_path, threads=1)(val)
@@ -122,6 +123,19 @@ def test_all_integer_by_default(trained, float_onnx, tmp_path, float_stem: bool 
     convs = [n for n in graph.node if n.op_type == "Conv"]
     weights_quantized = [any(i.endswith("_DequantizeLinear_Output") for i in n.input[1:2]) for n in convs]
     assert all(weights_quantized[1:]) and weights_quantized[0] != float_stem
+
+
+@pytest.mark.parametrize("bits", [7, 8])
+def test_weight_bits_are_kept_and_recorded(trained, float_onnx, tmp_path, bits: int) -> None:
+    """7-bit weights (for CPUs whose int8 sums saturate) use half the int8 range; 8-bit ones reach its ends."""
+    int8_path = quantize_onnx(float_onnx, tmp_path / "int8.onnx", trained.data / "train", 8, weight_bits=bits)
+    graph = onnx.load(str(int8_path)).graph
+    weights = [onnx.numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    largest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert largest in ((63, 64) if bits == 7 else (127,))
+    assert read_onnx_meta(int8_path)["weight_bits"] == bits
+    with pytest.raises(AttendNetsError, match="weight_bits must be 7 or 8, not 6"):
+        quantize_onnx(float_onnx, tmp_path / "int6.onnx", trained.data / "train", 8, weight_bits=6)
 
 
 def test_calibration_needs_images(exported, tmp_path) -> None:

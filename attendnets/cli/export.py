@@ -34,8 +34,9 @@ With --int8, also NAME.int8.EXT: all-integer 8 bits, weights int8 per output cha
 tensor with ranges calibrated on --calib-images real training images (ONNX Runtime static QDQ with uint8
 activations; ai-edge-quantizer for TFLite; XNNPACK's PT2E quantizer for ExecuTorch). --float-stem keeps
 the ONNX graph's image-reading conv in float (closer to float, but ONNX Runtime then moves activations
-between layouts). The optional runtimes install with pip install 'attendnets[litert]', '[micro]' and
-'[executorch]'.
+between layouts). ONNX int8 weights are 7-bit on x86 CPUs with AVX2 but no VNNI, where ONNX Runtime's
+uint8 x int8 sums saturate (--weight-bits 8 to export for another CPU). The optional runtimes install with
+pip install 'attendnets[litert]', '[micro]' and '[executorch]'.
 
 The output defaults to NAME.EXT next to checkpoint NAME (runs/b/best -> runs/b/best.onnx). Calibration
 images come from --calib-data DIR (searched recursively), else from the training folder DATA/train, DATA
@@ -62,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8", action="store_true", help="also write FILE.int8.EXT, all-integer 8 bits")
     parser.add_argument("--micro", action="store_true", help="with --format tflite --int8: also FILE.micro.tflite for TFLite Micro")
     parser.add_argument("--float-stem", action="store_true", help="with --format onnx --int8: keep the image-reading conv float")
+    parser.add_argument("--weight-bits", type=int, choices=(7, 8),
+                        help="with --format onnx --int8: 8, or 7 for x86 CPUs with AVX2 but no VNNI, where ONNX "
+                             "Runtime's int8 sums saturate (default: 7 on such a CPU, else 8; 8 to deploy elsewhere)")
     parser.add_argument("--attention-outputs", action="store_true",
                         help="with --format onnx: also output each condenser's attention values (attention_block<i>)")
     parser.add_argument("--calib-data", metavar="DIR", help="calibration and parity-check images (default: DATA/train of the run)")
@@ -122,6 +126,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise AttendNetsError("--micro needs --format tflite --int8 (TFLite Micro runs all-integer models)")
     if args.float_stem and (args.format != "onnx" or not args.int8):
         raise AttendNetsError("--float-stem applies to --format onnx --int8 only")
+    if args.weight_bits and (args.format != "onnx" or not args.int8):
+        raise AttendNetsError("--weight-bits applies to --format onnx --int8 only")
     if args.attention_outputs and args.format != "onnx":
         raise AttendNetsError("--attention-outputs applies to --format onnx only")
 
@@ -137,7 +143,8 @@ def _write(args: argparse.Namespace, model: torch.nn.Module, meta: dict[str, Any
     if args.format == "onnx":
         paths = {"float": export_onnx(model, output, meta, args.attention_outputs)}
         if args.int8:
-            paths["int8"] = quantize_onnx(paths["float"], int8_path, calib, args.calib_images, args.float_stem)
+            paths["int8"] = quantize_onnx(paths["float"], int8_path, calib, args.calib_images, args.float_stem,
+                                          args.weight_bits)
     elif args.format == "tflite":
         paths = {"float": export_tflite(model, output, meta)}
         if args.int8:

@@ -139,16 +139,18 @@ def quantize_onnx(
     calibration: str | os.PathLike | torch.Tensor,
     max_images: int = 64,
     float_stem: bool = False,
+    weight_bits: int | None = None,
 ) -> Path:
     """Write the int8 (static, QDQ, per-channel int8 weights, uint8 activations) version of an exported
     float graph, its activation ranges calibrated on up to ``max_images`` images of the folder
     ``calibration`` (training images, not the test set), or on a tensor of preprocessed inputs
     ``(N, C, H, W)``. The metadata is carried over.
 
-    On an x86 CPU without VNNI, ONNX Runtime multiplies uint8 by int8 in 16-bit sums that saturate, so the
-    weights are quantized to 7 bits there (``reduce_range``, ONNX Runtime's remedy): measured on an AVX2-only
-    machine, full 8-bit weights left a small test network's int8 graph agreeing with float on 77.5% of
-    images, below the 90% the tests ask.
+    ``weight_bits``: 8, or 7 (ONNX Runtime's ``reduce_range``) for x86 CPUs with AVX2 but no VNNI, where ONNX
+    Runtime multiplies uint8 by int8 in 16-bit sums that saturate: measured on such a machine, 8-bit weights
+    left a small test network's int8 graph agreeing with float on 77.5% of images, below the 90% the tests
+    ask. ``None``: 7 if this CPU is one of those (:func:`saturating_int8`), else 8; give 8 for a graph that
+    will run on another CPU (ARM, or x86 with VNNI). The choice is stored in the metadata (``weight_bits``).
 
     The graph is all-integer by default. ``float_stem`` keeps the convs that read the image in float: on the
     Imagenette checkpoints that was most of the int8 graph's disagreement with float (AttendNet-B: top-1
@@ -159,6 +161,10 @@ def quantize_onnx(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if weight_bits is None:
+        weight_bits = 7 if saturating_int8() else 8
+    if weight_bits not in (7, 8):
+        raise AttendNetsError(f"weight_bits must be 7 or 8, not {weight_bits}")
     meta = read_onnx_meta(float_path)
     if isinstance(calibration, torch.Tensor):
         reader = CalibrationImages.from_inputs(calibration[:max_images])
@@ -171,7 +177,7 @@ def quantize_onnx(
         # Symbolic shape inference has failed on Resize nodes (the attention condenser's expansion).
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load(str(prepared), load_external_data=False)
-        props = {p.key: p.value for p in graph.metadata_props}
+        props = {**{p.key: p.value for p in graph.metadata_props}, "weight_bits": json.dumps(weight_bits)}
         inputs = {i.name for i in graph.graph.input}
         stem = [n.name for n in graph.graph.node if n.op_type == "Conv" and n.input[0] in inputs] if float_stem else []
 
@@ -186,7 +192,7 @@ def quantize_onnx(
                 activation_type=QuantType.QUInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 nodes_to_exclude=stem,
-                reduce_range=saturating_int8(),
+                reduce_range=weight_bits == 7,
             )
             proto = onnx.load(tmp)
             onnx.helper.set_model_props(proto, props)

@@ -59,8 +59,9 @@ def read_onnx_meta(path: str | os.PathLike) -> dict[str, Any]:
         except json.JSONDecodeError as err:
             raise AttendNetsError(f"{path} is damaged: its metadata {key} is not valid JSON ({err})") from None
     meta.update({k: props[k] for k in ("model", "attendnets_version") if k in props})
-    if "attention_blocks" in props:  # written by export_onnx(..., attention_outputs=True)
-        meta["attention_blocks"] = json.loads(props["attention_blocks"])
+    for key in ("attention_blocks", "weight_bits"):  # written with attention outputs; by quantize_onnx
+        if key in props:
+            meta[key] = json.loads(props[key])
     return meta
 
 
