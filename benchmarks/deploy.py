@@ -10,12 +10,17 @@ it stopped (delete a step's JSON to redo it):
   fewer rounds: reference kernels are slow);
 - ``micro``: each model's all-integer TFLite Micro file at 224 px / 50 classes and at 128 px / 10 classes: its
   size, the arena TFLite Micro really used, and the profiler's peak-activation estimate;
-- ``accuracy``: the four models of ``benchmarks/imagenette.py`` (``runs/imagenette/<model>/best``, trained at
+- ``accuracy``: the six models of ``benchmarks/imagenette.py`` (``runs/imagenette/<model>/best``, trained at
   128 px) exported to ONNX, TFLite (with the micro file) and ExecuTorch, float and int8 calibrated on 64
   train/ images, each evaluated on val/ in its runtime with the int8 file's agreement with its float file;
   the micro file is evaluated in LiteRT, and TFLite Micro's top-1 is compared with LiteRT's on ``--tflm-images``
   evenly spaced val images (TFLite Micro's reference kernels take ~0.1 s an image);
 - ``report``: docs/results/deploy.{md,json}.
+
+A report made without the latency or micro stage, whose steps are not under ``runs/deploy/`` either (another
+machine, or a refresh of the accuracy after retraining), keeps those stages' results from the last
+docs/results/deploy.json, with the commit, date and machine they were measured at (``measured``): latency
+belongs to the CPU that measured it, not to the one that writes the report.
 
     python benchmarks/deploy.py --data ../shared/datasets/imagenette2-224   # or set ATTENDNETS_DATA
 """
@@ -37,13 +42,20 @@ from common import RESULTS, ROOT, provenance, run_context, run_main, step  # noq
 
 from attendnets.bench import _synthetic_images, load_bench_model  # noqa: E402
 from attendnets.data import default_preprocessing, resolve_data_dir  # noqa: E402
-from attendnets.export import CalibrationImages, LiteRTRunner, MicroRunner, export_tflite, profile_for_micro  # noqa: E402
+from attendnets.export import (  # noqa: E402
+    CalibrationImages,
+    LiteRTRunner,
+    MicroRunner,
+    export_tflite,
+    profile_for_micro,
+    read_onnx_meta,
+)
 from attendnets.files import atomic_write_json, atomic_write_text  # noqa: E402
 from attendnets.registry import BASELINES, create_model  # noqa: E402
 from attendnets.runtime import tune_malloc  # noqa: E402
 
-MODELS = ("attendnet_b", "mobilenet_v1", "attendnet_a", "mobilenet_v2")
 OURS = ("attendnet_b", "attendnet_a", "attendnet_found_macs", "attendnet_found_latency")
+MODELS = ("attendnet_b", "mobilenet_v1", "attendnet_a", "mobilenet_v2", *OURS[2:])
 XNNPACK_RUNTIMES = "eager,ort,ort-int8,litert,litert-int8,executorch,executorch-int8"
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite", "executorch": ".pte"}
 STAGES = ("latency", "micro", "accuracy", "report")
@@ -131,6 +143,7 @@ def accuracy_of(model: str, args: argparse.Namespace, data: Path) -> dict[str, A
                 out[f"{fmt}_{label}"] = step(
                     f"{model} eval {fmt} {label}", run / f"eval-{fmt}-{label}.json",
                     ["eval", "--file", files[label]["path"], "--agreement-with", str(path), *common])
+    out["onnx_int8_weight_bits"] = read_onnx_meta(out["onnx_export"]["files"]["int8"]["path"]).get("weight_bits", 8)
     out["tflm_vs_litert"] = tflm_check(out["tflite_export"]["files"]["micro"]["path"], data, run, args.tflm_images)
     return out
 
@@ -177,7 +190,9 @@ def _accuracy_table(accuracy: dict[str, dict]) -> list[str]:
         sizes = [m[f"{f}_export"]["files"][k]["kb"] for f, k in
                  (("onnx", "int8"), ("tflite", "int8"), ("tflite", "micro"), ("executorch", "int8"))]
         check = m["tflm_vs_litert"]
-        lines.append(f"| {m['model']} | {top('onnx_float')} | {top('onnx_int8')} | {top('tflite_float')} | "
+        bits = m.get("onnx_int8_weight_bits", 8)  # reports before the choice existed: 8-bit weights everywhere
+        ort_int8 = top("onnx_int8") + ("" if bits == 8 else f", {bits}-bit weights")
+        lines.append(f"| {m['model']} | {top('onnx_float')} | {ort_int8} | {top('tflite_float')} | "
                      f"{top('tflite_int8')} | {top('tflite_micro')} | {top('executorch_float')} | "
                      f"{top('executorch_int8')} | {check['top1_agreement']:.1f}% of {check['images']} | "
                      + " / ".join(f"{s:,.0f}" for s in sizes) + " |")
@@ -218,18 +233,34 @@ def verdicts(latency: dict[str, Any], accuracy: dict[str, dict]) -> list[str]:
     return lines
 
 
-def write_report(latency: dict, micro_rows: list, accuracy: dict, context: dict) -> None:
+def measured_here(context: dict) -> dict[str, Any]:
+    """The commit, date and machine of a run context (a report's), as ``measured`` keeps them."""
+    return {k: context[k] for k in ("commit", "date", "machine")}
+
+
+def _measured_lines(measured: dict[str, dict], context: dict) -> list[str]:
+    """Where the latency and micro results come from an earlier report than this one: one line saying so."""
+    earlier = {stage: at for stage, at in measured.items() if at != measured_here(context)}
+    return [f"The {stage} results are an earlier run's: commit `{at['commit'][:10]}`, {at['date'][:10]}, on "
+            f"{at['machine']['cpu']} ({', '.join(at['machine']['cpu_flags'])}); kept because this report did not "
+            "measure them again." for stage, at in earlier.items()] + ([""] if earlier else [])
+
+
+def write_report(latency: dict, micro_rows: list, accuracy: dict, context: dict, measured: dict[str, dict]) -> None:
+    """docs/results/deploy.{md,json}; ``measured``: the commit, date and machine of the latency and micro results
+    (``{stage: {"commit", "date", "machine"}}``), which may be an earlier report's."""
     statements = verdicts(latency, accuracy)
-    report = {**context, "latency": latency, "micro": micro_rows, "accuracy": accuracy, "verdicts": statements}
+    report = {**context, "measured": measured, "latency": latency, "micro": micro_rows, "accuracy": accuracy,
+              "verdicts": statements}
     atomic_write_json(RESULTS / "deploy.json", report)
-    m = context["machine"]
+    m = measured.get("latency", context)["machine"]
     lines = ["# Deployment: ONNX Runtime, LiteRT, ExecuTorch and TFLite Micro", "",
              "Each model exported by `attendnets export` for each runtime, every block in that runtime's form (the "
              "same math; see `attendnets/blocks.py`), int8 all-integer: weights int8 per output channel, "
              "activations 8-bit per tensor. Latency: batch 1, median of interleaved rounds, random weights, 224 px, "
              "50 classes; in brackets the speed relative to MobileNet-V1 in the same runtime and run (> 1 is "
              "faster). Machine: " + f"{m['cpu']} with {', '.join(m['cpu_flags'])}, {m['cores']} cores: int8 "
-             "verdicts differ on CPUs without VNNI. KB = 1024 bytes.", ""]
+             "verdicts differ on CPUs without VNNI. KB = 1024 bytes.", "", *_measured_lines(measured, context)]
     for key, bench in latency.items():
         s = bench["settings"]
         lines += [f"## Latency, {s['threads']} thread(s), {s['rounds']} rounds" + (" (TFLite Micro)" if key == "tflm" else ""),
@@ -243,14 +274,17 @@ def write_report(latency: dict, micro_rows: list, accuracy: dict, context: dict)
                   *_micro_table(micro_rows), ""]
     if accuracy:
         lines += ["## Imagenette val top-1 in each runtime", "", "The checkpoints of `benchmarks/imagenette.py` "
-                  "(128 px); in brackets the share of val images on which the 8-bit file's top-1 is its float "
-                  "file's.", "", *_accuracy_table(accuracy), "",
+                  "(128 px; each run's record: docs/results/runs/imagenette/<model>.json); in brackets the share of "
+                  "val images on which the 8-bit file's top-1 is its float file's. ONNX Runtime's int8 weights are "
+                  "7-bit where the table says so: the export's choice on x86 CPUs without VNNI.", "",
+                  *_accuracy_table(accuracy), "",
                   "ExecuTorch's int8 files take their activation ranges from the min and max seen on the 64 "
                   "calibration images, as ONNX Runtime's export does. The XNNPACK quantizer's default, a histogram "
-                  "fit, gave (commit 336c227, same checkpoints and images) attendnet_b 73.02%, MobileNet-V1 62.19%, "
-                  "attendnet_a 70.39% and MobileNet-V2 63.46%: 0.69 point below float, the one result outside 0.5; "
-                  "with 256 calibration images MobileNet-V2 fell to 63.31%. The ranges set the files' scales, not "
-                  "their operators, so the latency tables do not depend on them.", ""]
+                  "fit, was tried at commit 336c227 on the checkpoints of an earlier recipe (float top-1: "
+                  "attendnet_b 73.12%, MobileNet-V1 62.47%, attendnet_a 70.57%, MobileNet-V2 64.15%): it gave "
+                  "73.02%, 62.19%, 70.39% and 63.46%, MobileNet-V2 0.69 point below float, the one result outside "
+                  "0.5; with 256 calibration images MobileNet-V2 fell to 63.31%. The ranges set the files' scales, "
+                  "not their operators, so the latency tables do not depend on them.", ""]
     lines += ["## Verdicts", "", *[f"- {s}" for s in statements], "", "## How it was run", "",
               *provenance(context), "",
               "Each step's result is kept under runs/deploy/ and reused by later invocations, so a step may have run "
@@ -274,16 +308,26 @@ def main() -> int:
         raise SystemExit(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
     context = run_context()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    # The report also takes the stages finished earlier: their steps are recorded under --runs.
+    # The report also takes the stages finished earlier: their steps are recorded under --runs, or else in the
+    # last report, measured where it says.
     done = {"latency": (args.runs / "bench-tflm.json").is_file(), "micro": (args.runs / "micro.json").is_file()}
-    lat = latency(args) if "latency" in stages or done["latency"] else {}
-    micro_rows = micro(args) if "micro" in stages or done["micro"] else []
+    last = json.loads((RESULTS / "deploy.json").read_text()) if (RESULTS / "deploy.json").is_file() else {}
+    measured = {stage: last.get("measured", {}).get(stage, measured_here(last)) if last else None
+                for stage in ("latency", "micro")}
+    if "latency" in stages or done["latency"]:
+        lat, measured["latency"] = latency(args), measured_here(context)
+    else:
+        lat = last.get("latency", {})
+    if "micro" in stages or done["micro"]:
+        micro_rows, measured["micro"] = micro(args), measured_here(context)
+    else:
+        micro_rows = last.get("micro", [])
     if "accuracy" not in stages:
         models = [m for m in models if (args.runs / m / "tflm-vs-litert.json").is_file()]
     data = resolve_data_dir(args.data).resolve() if models else None
     acc = {m: accuracy_of(m, args, data) for m in models}
     if "report" in stages:
-        write_report(lat, micro_rows, acc, context)
+        write_report(lat, micro_rows, acc, context, {k: v for k, v in measured.items() if v})
     return 0
 
 

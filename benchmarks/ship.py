@@ -131,9 +131,10 @@ def card(record: dict[str, Any], deploy: dict[str, Any]) -> str:
 
 def latency_lines(name: str, deploy: dict[str, Any]) -> list[str]:
     """The deployment results' batch-1 latency of ``name`` in each runtime (224 px, 50 classes, as measured)."""
-    machine = deploy["machine"]
+    measured = deploy.get("measured", {}).get("latency", deploy)  # the report's own machine before it said
+    machine = measured["machine"]
     lines = [f"## Latency (batch 1, {machine['cpu']}: {', '.join(machine['cpu_flags'])})", "",
-             "From docs/results/deploy.json (commit " + deploy["commit"][:10] + "), measured at the paper's 224 px "
+             f"From docs/results/deploy.json (measured at commit {measured['commit'][:10]}), at the paper's 224 px "
              "and 50 classes; ratios to MobileNet-V1 measured interleaved in the same run.", "",
              "| runtime | 1 thread | 2 threads | speed-up vs MobileNet-V1 (1 thread) |", "|---|---|---|---|"]
     rows = {t: {r["runtime"]: r for r in deploy["latency"][t]["results"] if r["model"] == name} for t in ("1t", "2t")}
