@@ -94,18 +94,20 @@ def _val_images(per_class: int) -> list[tuple[Path, str]]:
 
 
 @needs_shipped
-def test_predict_without_a_model_names_imagenette_classes_of_real_images(capsys) -> None:
-    """The default shipped model on the first 4 val images of each class: the expected class for most, and
-    for at least one image of every class."""
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_predict_names_imagenette_classes_of_real_images(name: str, capsys) -> None:
+    """Each shipped model (the default one without --model) on the first 4 val images of each class: the
+    expected class for most, and for at least one image of every class."""
     images = _val_images(4)
-    assert main(["predict", *(str(p) for p, _ in images), "--top", "2", "--json"]) == 0
+    model = [] if name == pretrained.DEFAULT_MODEL else ["--model", name]
+    assert main(["predict", *(str(p) for p, _ in images), *model, "--top", "2", "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
     guesses = [(r["top"][0]["class"], expected) for r, (_, expected) in zip(records, images, strict=True)]
     right = [guess == expected for guess, expected in guesses]
     assert sum(right) >= 0.75 * len(images), guesses
     assert {expected for (_, expected), ok in zip(guesses, right) if ok} == {e for _, e in images}
     assert records[0]["top"][0]["label"] == "tench (n01440764)"
-    main(["predict", str(images[0][0]), "--top", "1"])
+    main(["predict", str(images[0][0]), *model, "--top", "1"])
     out, err = capsys.readouterr()
     assert "knows only Imagenette's 10 classes" in err and "tench (n01440764)" in out
 
