@@ -106,7 +106,7 @@ class ArchSpec:
     num_classes: int = 50
     in_chans: int = 3
     img_size: int = 224
-    description: str = ""
+    description: str = field(default="", compare=False)  # prose: two specs that differ only here are one design
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict in which every block carries its ``type``."""

@@ -611,9 +611,10 @@ def _build_model(config: TrainConfig, num_classes: int, state: dict[str, Any] | 
     if saved is None:
         return create_model(name, num_classes=num_classes, **_init_options(config))
     current = _named_spec(name)
-    # Both read as specs first, so that a field added since the run started counts with its default.
+    # Both read as specs first, so that a field added since the run started counts with its default; the
+    # description is prose, not design.
     difference = None if current is None else _first_difference(
-        as_json_data(ArchSpec.from_dict(saved).to_dict()), as_json_data(current.to_dict()))
+        *(as_json_data({**spec.to_dict(), "description": ""}) for spec in (ArchSpec.from_dict(saved), current)))
     if difference:
         raise AttendNetsError(
             f"cannot resume: the spec of {name} has changed since the run started ({difference}); "

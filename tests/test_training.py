@@ -205,6 +205,8 @@ def test_a_run_saved_before_a_spec_field_existed_resumes_with_its_default(tmp_pa
     config = TrainConfig(model=str(small_spec_file), output=str(tmp_path))
     model = _build_model(config, 3, {"spec": saved})
     assert [b.attention for b in model.spec.blocks if b.type == "vac"] == ["condenser"]
+    described = {**saved, "description": "reworded since the run started"}  # prose, not design: resumes
+    assert _build_model(config, 3, {"spec": described}).spec == model.spec
     saved["blocks"][2]["pool"] = 4
     with pytest.raises(AttendNetsError, match=r"the spec of .* has changed since the run started \(blocks\[2\]\.pool: 4 in the run, 2 now\)"):
         _build_model(config, 3, {"spec": saved})
