@@ -16,7 +16,7 @@ demo: setup
 	$(VENV)/bin/attendnets demo
 
 test: setup
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 -q --durations=15
 
 # timm's own tests/test_models.py (from the timm sdist of the installed version) on our models; needs PyPI.
 test-timm: setup
