@@ -81,8 +81,8 @@ def ship(model: str, data: Path, workers: int) -> dict[str, Any]:
                "top1": int8["float_top1"], "int8_top1": int8["int8_top1"],
                "quantize_command": portable(int8["command"], data), "machine": recorded["recorded"]["machine"]}
     labels = {c: IMAGENETTE_LABELS[c] for c in meta["class_names"] if c in IMAGENETTE_LABELS}
-    if "ptq" in meta:  # the quantized run, from the project root
-        meta["ptq"] = {**meta["ptq"], "source": os.path.relpath(meta["ptq"]["source"], ROOT)}
+    if "ptq" in meta:  # the quantized run, from the project root (as the ledger names it, not by another path to it)
+        meta["ptq"] = {**meta["ptq"], "source": os.path.relpath(run, ROOT)}
     path = WEIGHTS_DIR / f"{model}.{TAG}"
     save_checkpoint(path, net, {**meta, "class_labels": labels, "release": release}, int8=True)
     weights, _ = checkpoint_paths(path)
