@@ -47,6 +47,10 @@ EXPANSION_SPEC = {**TINY_SPEC, "img_size": SIZE, "blocks": [
     {"type": "conv", "out": 8, "kernel": 3, "stride": 2}, {"type": "conv", "out": 16, "groups": 8, "stride": 2},
     {"type": "vac", "mid": 8}, {"type": "pepe", "proj": 8, "mult": 2, "proj2": 8, "out": 16}]}
 MODELS = ["attendnet_a", "attendnet_b", "found design", "depthwise expansion"]
+# attendnet_a is attendnet_b's blocks at other widths, and lowering it to LiteRT and ExecuTorch took 243 s in a
+# CI run whose tests took 1,115 s on 2 workers (--durations): the ONNX Runtime check keeps it, and
+# benchmarks/deploy.py exports it to every runtime.
+XNNPACK_MODELS = [m for m in MODELS if m != "attendnet_a"]
 
 
 def _model(name: str) -> tuple[torch.nn.Module, dict]:
@@ -76,7 +80,7 @@ def test_ort_int8_graph_has_no_layout_ops(name, calibration, tmp_path) -> None:
 
 
 @needs_litert
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", XNNPACK_MODELS)
 def test_litert_int8_graph_is_one_xnnpack_partition(name, calibration, tmp_path) -> None:
     model, meta = _model(name)
     path = export_tflite(model, tmp_path / "m.int8.tflite", meta, int8=True, calibration=calibration[1])
@@ -85,7 +89,7 @@ def test_litert_int8_graph_is_one_xnnpack_partition(name, calibration, tmp_path)
 
 
 @needs_executorch
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", XNNPACK_MODELS)
 def test_executorch_int8_program_is_one_xnnpack_partition(name, calibration, tmp_path) -> None:
     model, meta = _model(name)
     path = export_executorch(model, tmp_path / "m.int8.pte", meta, int8=True, calibration=calibration[1])
