@@ -312,8 +312,8 @@ def main() -> int:
     # last report, measured where it says.
     done = {"latency": (args.runs / "bench-tflm.json").is_file(), "micro": (args.runs / "micro.json").is_file()}
     last = json.loads((RESULTS / "deploy.json").read_text()) if (RESULTS / "deploy.json").is_file() else {}
-    measured = {stage: last.get("measured", {}).get(stage, measured_here(last)) if last else None
-                for stage in ("latency", "micro")}
+    measured = {stage: last.get("measured", {}).get(stage, measured_here(last)) for stage in ("latency", "micro")
+                if last.get(stage)}
     if "latency" in stages or done["latency"]:
         lat, measured["latency"] = latency(args), measured_here(context)
     else:
@@ -327,7 +327,7 @@ def main() -> int:
     data = resolve_data_dir(args.data).resolve() if models else None
     acc = {m: accuracy_of(m, args, data) for m in models}
     if "report" in stages:
-        write_report(lat, micro_rows, acc, context, {k: v for k, v in measured.items() if v})
+        write_report(lat, micro_rows, acc, context, measured)
     return 0
 
 
