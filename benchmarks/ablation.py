@@ -77,8 +77,8 @@ ARMS = {
 
 def conclusion(rows: dict[str, dict[str, Any]]) -> str | None:
     """Whether the condensers' attention earns its multiply-adds, in words, from the 8-bit gaps at equal cost:
-    against wider down-mixing without attention, and against squeeze-excite attention; ``None`` until both
-    have a seed in common with attendnet_b."""
+    against wider down-mixing without attention, against squeeze-excite attention, and whether squeeze-excite
+    itself beats that widening; ``None`` until the first two have a seed in common with attendnet_b."""
     wider, se = gap(rows, "attention", "no-attention-wider"), gap(rows, "attention", "squeeze-excite")
     if wider is None or se is None:
         return None
@@ -91,22 +91,31 @@ def conclusion(rows: dict[str, dict[str, Any]]) -> str | None:
     else:
         first = (f"**Attention does not clearly earn its cost.** Without it, with the multiply-adds spent on wider "
                  f"down-mixing, attendnet_b is {-wider.mean:+.2f} points at 8-bit weights, within the seed spread")
-    first += f" (attendnet_b's margin {wider.details()})."
+    sentences = [f"{first} (attendnet_b's margin {wider.details()})."]
     if se.clear and se.mean > 0:
         second = "The condensers' spatial attention also beats timm's squeeze-excite (channel attention) of equal cost"
     elif se.clear:
-        second = ("But timm's squeeze-excite (channel attention) of equal cost does better: attending pays, the "
-                  "condensers' spatial form of it does not")
+        second = f"timm's squeeze-excite (channel attention) of equal cost beats it by {-se.mean:.2f} points"
     else:
-        second = ("timm's squeeze-excite (channel attention) of equal cost does as well: attending pays, the "
-                  "condensers' spatial form of it adds nothing measurable")
-    return f"{first} {second} (attendnet_b's margin {se.details()})."
+        second = "timm's squeeze-excite (channel attention) of equal cost is not told apart from it"
+    sentences.append(f"{second} (attendnet_b's margin {se.details()}).")
+    channel = gap(rows, "squeeze-excite", "no-attention-wider")
+    if channel is not None:
+        if channel.clear:
+            third = (f"Squeeze-excite {'beats' if channel.mean > 0 else 'loses to'} the same widened down-mixing "
+                     f"without attention by {abs(channel.mean):.2f} points")
+        else:
+            third = "Squeeze-excite is not told apart from the same widened down-mixing without attention"
+        sentences.append(f"{third} (its margin {channel.details()}).")
+    return " ".join(sentences)
 
 
 def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
-    """Whether attention earns its cost, then attendnet_b as it is against each other arm, seed by seed."""
+    """Whether attention earns its cost, then attendnet_b as it is against each other arm, and squeeze-excite
+    against the widening without attention, seed by seed."""
     lines = [compare(rows, "attention", arm, base_model="mobilenet_v1" if arm == "mobilenet_v1" else None)
              for arm in ("no-attention", "no-attention-wider", "squeeze-excite", "mobilenet_v1")]
+    lines.append(compare(rows, "squeeze-excite", "no-attention-wider"))
     summary = conclusion(rows)
     return ["## Verdict", "", *([summary, ""] if summary else []), *(f"- {line}." for line in lines if line)]
 

@@ -150,19 +150,23 @@ def test_the_presets_study_sorts_gains_from_noise() -> None:
     assert presets.conclusion({}) is None
 
 
-@pytest.mark.parametrize("se, says", [(73.0, "also beats timm's squeeze-excite"), (77.0, "does better"),
-                                      (75.3, "does as well")])
+@pytest.mark.parametrize("se, says", [
+    (72.0, ["also beats timm's squeeze-excite", "Squeeze-excite loses to the same widened down-mixing"]),
+    (77.0, ["squeeze-excite (channel attention) of equal cost beats it by 1.80", "Squeeze-excite beats the same"]),
+    (75.3, ["is not told apart from it", "Squeeze-excite beats the same widened down-mixing"]),
+    (73.3, ["also beats", "Squeeze-excite is not told apart from the same widened down-mixing"])])
 def test_the_ablation_says_whether_attention_earns_its_cost(se, says) -> None:
     def arm(*top1: float) -> dict:
         return {"attendnet_b": {"seeds": {s: {"top1": t, "int8_top1": t} for s, t in enumerate(top1)}}}
 
     rows = {"attention": arm(75.0, 75.4), "no-attention-wider": arm(73.0, 73.6), "squeeze-excite": arm(se, se)}
     text = ablation.conclusion(rows)
-    assert text.startswith("**Attention earns its cost.**") and says in text
+    assert text.startswith("**Attention earns its cost.**") and all(said in text for said in says)
     assert "margin per seed +2.00, +1.80; beyond the larger seed spread, 0.60" in text
     rows["no-attention-wider"] = arm(75.2, 75.1)
     assert ablation.conclusion(rows).startswith("**Attention does not clearly earn its cost.**")
     assert ablation.conclusion({"attention": rows["attention"]}) is None
+    assert "squeeze-excite vs no-attention-wider" in ablation.verdict(rows)[-1]
 
 
 def test_latency_target_needs_both_seeds_and_every_named_runtime() -> None:
