@@ -55,6 +55,8 @@ def test_preset_arms_change_what_they_say() -> None:
     narrow = presets.ARMS["vac28-narrow"].spec(preset)
     assert [b.mid for b in narrow.blocks if b.type == "vac"] == [16, 16, 32, 32, 32]
     assert presets.ARMS["init-torch"].weight_init == "torch"
+    together = presets.ARMS["all-three"]
+    assert together.weight_init == "torch" and together.spec(preset) == presets.narrow_vac28(wide)
 
 
 def test_each_arm_trains_with_the_recipe_changed_only_as_it_says(tmp_path) -> None:
@@ -65,7 +67,7 @@ def test_each_arm_trains_with_the_recipe_changed_only_as_it_says(tmp_path) -> No
         assert config.seed == 1 and config.output == str(tmp_path / arm / "attendnet_b-s1")
         assert config.crop_scale == ((0.08, 1.0) if arm == "crop008" else (0.35, 1.0))
         assert command.count("--crop-scale") == 1 and command.count("--weight-init") == 1
-        assert config.weight_init == ("torch" if arm == "init-torch" else "kaiming")
+        assert config.weight_init == ("torch" if arm in ("init-torch", "all-three") else "kaiming")
         assert config.zero_init_last  # the recipe since zero-init-last won (docs/results/zero_init.md)
 
 
