@@ -184,7 +184,8 @@ def mean_spread(values: list[float]) -> str:
 @dataclass(frozen=True)
 class Gap:
     """``arm`` minus ``base`` in top-1 points, seed by seed (``per_seed``), their mean, and the larger of the
-    two arms' seed spreads (max - min over seeds): a gap within it is not told apart from noise."""
+    two arms' seed spreads (max - min over seeds): a gap within it is not told apart from noise, nor is one
+    measured at a single seed in common (there is no spread to judge it by)."""
 
     mean: float
     per_seed: list[float]
@@ -192,12 +193,14 @@ class Gap:
 
     @property
     def clear(self) -> bool:
-        return abs(self.mean) > self.spread
+        return len(self.per_seed) > 1 and abs(self.mean) > self.spread
 
     def details(self) -> str:
         """``per seed +2.00, +1.80; beyond the larger seed spread, 0.60``."""
-        return (f"per seed {', '.join(f'{g:+.2f}' for g in self.per_seed)}; "
-                f"{'beyond' if self.clear else 'within'} the larger seed spread, {self.spread:.2f}")
+        per_seed = f"per seed {', '.join(f'{g:+.2f}' for g in self.per_seed)}"
+        if len(self.per_seed) == 1:
+            return f"{per_seed}; one seed in common, too few to judge"
+        return f"{per_seed}; {'beyond' if self.clear else 'within'} the larger seed spread, {self.spread:.2f}"
 
 
 def gap(rows: dict[str, dict[str, Any]], arm: str, base: str, key: str = "int8_top1", model: str = "attendnet_b",

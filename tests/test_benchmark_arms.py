@@ -135,6 +135,9 @@ def test_a_verdict_pairs_seeds_and_weighs_the_gap_against_the_seed_spread() -> N
         "0.60); +1.90 points at float (per seed +2.00, +1.80; beyond the larger seed spread, 0.60)")
     assert "within the larger seed spread, 1.80" in arms.compare(rows, "c", "b")
     assert arms.compare(rows, "a", "missing") is None
+    rows["d"] = arm(80.0)  # one seed: however large the gap, nothing to judge it by
+    assert not arms.gap(rows, "d", "b").clear
+    assert "per seed +7.00; one seed in common, too few to judge" in arms.compare(rows, "d", "b")
 
 
 def test_the_presets_study_sorts_gains_from_noise() -> None:
