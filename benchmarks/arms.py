@@ -29,6 +29,7 @@ from common import RESULTS, ROOT, provenance, run_context
 from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, completed_epochs, recipe, resumed, train_command
 from ledger import load, record
 
+from attendnets.bench import REFERENCE, run_bench
 from attendnets.complexity import profile_model
 from attendnets.data import resolve_data_dir
 from attendnets.files import atomic_write_json, atomic_write_text
@@ -40,6 +41,10 @@ SEEDS = (0, 1)
 # timm's crop range, 8-100% of the image area: the comparison recipe's before benchmarks/presets.py's recipe
 # arms chose 35-100% (docs/results/presets.md). An arm's --crop-scale replaces the recipe's.
 TIMM_CROP = ("--crop-scale", "0.08", "1")
+# Each arm's architecture is also timed (``--latency``): batch 1 at the paper's setting (224 px, 50 classes,
+# random weights) in the int8 runtimes edge users deploy to, at 1 and 2 threads, against MobileNet-V1.
+LATENCY_RUNTIMES = ("ort-int8", "litert-int8", "executorch-int8")
+LATENCY_THREADS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -259,6 +264,9 @@ def run_study(doc: str, arms: dict[str, Arm], stem: str, title: str, intro: str,
     add_arguments(parser, arms, ROOT / "runs" / stem)
     args = parser.parse_args()
     names, seeds = selected(args, arms)
+    if args.latency:
+        latency_report(Study({a: arms[a] for a in names}, args.runs, Path(), args.workers), stem, title, args.rounds)
+        return 0
     study = Study(arms, args.runs, resolve_data_dir(args.data), args.workers)
     if not args.report:
         study.collect(names, seeds, train=True)
@@ -278,6 +286,48 @@ def run_study(doc: str, arms: dict[str, Arm], stem: str, title: str, intro: str,
     return 0
 
 
+def architectures(study: Study) -> dict[str, list[str]]:
+    """``{model name or spec file: ["arm (model)", ...]}``: each distinct architecture the arms train, with the
+    arms that train it (arms of the same architecture differ only in their recipe)."""
+    names: dict[str, list[str]] = {}
+    for arm, chosen in study.arms.items():
+        for model in chosen.models:
+            names.setdefault(study.model_argument(arm, model), []).append(f"{arm} ({model})")
+    return names
+
+
+def latency_report(study: Study, stem: str, title: str, rounds: int) -> None:
+    """Time every architecture of the study (see LATENCY_RUNTIMES) interleaved with MobileNet-V1 in one run per
+    thread count, and write ``<stem>_latency.{md,json}`` into docs/results."""
+    names = architectures(study)
+    context = run_context()
+    measured = {}
+    for threads in LATENCY_THREADS:
+        print(f"timing {len(names)} architectures and {REFERENCE} at {threads} thread(s)", flush=True)
+        measured[threads] = run_bench(list(names), baselines=[REFERENCE], runtimes=list(LATENCY_RUNTIMES),
+                                      img_size=224, num_classes=50, threads=threads, batch=0, rounds=rounds)
+    arms_of = {**names, REFERENCE: names.get(REFERENCE, [REFERENCE])}
+    columns = [(t, r) for t in LATENCY_THREADS for r in LATENCY_RUNTIMES]
+    cells = {(row["model"], t, row["runtime"]): row for t, report in measured.items() for row in report["results"]}
+    lines = [f"# {title}: int8 latency of each arm's architecture", "",
+             "Batch 1, 224 px, 50 classes (the paper's setting), random weights (latency does not depend on their "
+             "values), int8 as `attendnets bench` exports it for each runtime; median ms of interleaved rounds, in "
+             f"brackets the speed against {REFERENCE} measured in the same run (>1: faster). Recipe-only arms share "
+             "their model's row.", "",
+             "| architecture | MACs | " + " | ".join(f"{r}, {t} thread{'s' * (t > 1)}" for t, r in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for name, labels in arms_of.items():
+        macs = profile_model(create_model(name, num_classes=50), img_size=224).macs
+        timed = [cells[(name, t, r)] for t, r in columns]
+        lines.append(f"| {', '.join(labels)} | {macs / 1e6:.1f}M | " + " | ".join(
+            f"{c['batch1_median_ms']:.2f} ({c[f'batch1_speedup_vs_{REFERENCE}']:.2f}x)" for c in timed) + " |")
+    lines += ["", "## How it was run", "", *provenance(context), f"- {rounds} interleaved rounds per thread count", ""]
+    atomic_write_text(RESULTS / f"{stem}_latency.md", "\n".join(lines))
+    atomic_write_json(RESULTS / f"{stem}_latency.json", {**context, "architectures": arms_of,
+                                                          "measured": {str(t): m for t, m in measured.items()}})
+    print(f"wrote {RESULTS / f'{stem}_latency.md'}")
+
+
 def add_arguments(parser: argparse.ArgumentParser, arms: dict[str, Arm], runs: Path) -> None:
     """The options every study driver takes."""
     parser.add_argument("--data", help="Imagenette root with train/ and val/ (default: $ATTENDNETS_DATA)")
@@ -289,6 +339,9 @@ def add_arguments(parser: argparse.ArgumentParser, arms: dict[str, Arm], runs: P
                         help="train nothing: write the report of the runs finished so far (into the runs folder)")
     parser.add_argument("--name", help="write the report as NAME.{md,json}, on the arms of --arms only (e.g. one "
                         "comparison that has finished before the others)")
+    parser.add_argument("--latency", action="store_true", help="train nothing: time each arm's architecture in the "
+                        f"int8 runtimes ({', '.join(LATENCY_RUNTIMES)}) against {REFERENCE}, on idle cores")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds of --latency (default 10)")
 
 
 def selected(args: argparse.Namespace, arms: dict[str, Arm]) -> tuple[list[str], list[int]]:

@@ -140,6 +140,33 @@ def test_a_verdict_pairs_seeds_and_weighs_the_gap_against_the_seed_spread() -> N
     assert "per seed +7.00; one seed in common, too few to judge" in arms.compare(rows, "d", "b")
 
 
+def test_the_latency_report_times_each_architecture_once_against_mobilenet_v1(tmp_path, monkeypatch) -> None:
+    calls = []
+
+    def bench(names, baselines, runtimes, threads, **_):  # MobileNet-V1 takes 2 ms, every other model 1 ms
+        calls.append((names, baselines, threads))
+        rows = [{"model": m, "runtime": r, "batch1_median_ms": 2.0 if m == "mobilenet_v1" else 1.0,
+                 "batch1_speedup_vs_mobilenet_v1": 1.0 if m == "mobilenet_v1" else 2.0}
+                for m in dict.fromkeys([*names, *baselines]) for r in runtimes]
+        return {"results": rows}
+
+    monkeypatch.setattr(arms, "run_bench", bench)
+    monkeypatch.setattr(arms, "RESULTS", tmp_path)
+    chosen = {a: presets.ARMS[a] for a in ("crop035", "crop008", "vac28-narrow")}
+    arms.latency_report(arms.Study(chosen, tmp_path / "runs", tmp_path, workers=2), "presets", "Presets", rounds=3)
+    narrow = str(tmp_path / "runs" / "vac28-narrow" / "attendnet_b.json")
+    assert [c[0] for c in calls] == [["attendnet_b", "mobilenet_v1", narrow]] * len(arms.LATENCY_THREADS)
+    rows = (tmp_path / "presets_latency.md").read_text().splitlines()
+    table = [r for r in rows if r.startswith("| crop") or r.startswith("| vac")]
+    assert table[0].startswith("| crop035 (attendnet_b), crop008 (attendnet_b) | 191.2M | 1.00 (2.00x) |")
+    assert table[1].startswith("| crop035 (mobilenet_v1), crop008 (mobilenet_v1) | 567.8M | 2.00 (1.00x) |")
+    assert table[2].startswith("| vac28-narrow (attendnet_b) | 182.8M |")
+    cells = len(arms.LATENCY_THREADS) * len(arms.LATENCY_RUNTIMES)
+    assert all(r.count("(2.00x)") == cells for r in (table[0], table[2]))
+    recorded = json.loads((tmp_path / "presets_latency.json").read_text())["architectures"]
+    assert recorded[narrow] == ["vac28-narrow (attendnet_b)"]
+
+
 def test_the_presets_study_sorts_gains_from_noise() -> None:
     def arm(model: str, *top1: float) -> dict:
         return {model: {"seeds": {s: {"top1": t, "int8_top1": t} for s, t in enumerate(top1)}}}
