@@ -23,6 +23,7 @@ Runs are in ``runs/ablation/<arm>/attendnet_b-s<seed>`` (see benchmarks/arms.py)
 
     python benchmarks/ablation.py --data ../shared/datasets/imagenette2-224
     python benchmarks/ablation.py --report
+    python benchmarks/ablation.py --latency   # each arm's int8 latency (docs/results/ablation_latency.md)
 """
 
 from __future__ import annotations

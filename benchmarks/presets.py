@@ -26,6 +26,7 @@ Runs are in ``runs/presets/<arm>/<model>-s<seed>`` (see benchmarks/arms.py). The
     python benchmarks/presets.py --arms init-torch --seeds 0   # one run
     python benchmarks/presets.py --report                      # what has finished so far
     python benchmarks/presets.py --arms crop008,crop035 --report --name crops   # one comparison alone
+    python benchmarks/presets.py --latency                     # each architecture's int8 latency, on idle cores
 """
 
 from __future__ import annotations
