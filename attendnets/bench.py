@@ -32,7 +32,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,7 +75,7 @@ def load_bench_model(name: str, img_size: int, num_classes: int) -> BenchModel:
     if checkpoint_paths(name)[0].is_file():
         module, meta = load_checkpoint(name)
         label = meta.get("model") or (meta.get("spec") or {}).get("name") or Path(name).name
-        return BenchModel(f"{label} ({Path(name).name})", module, {**meta, **_preprocessing(img_size)})
+        return BenchModel(f"{label} ({Path(name).name})", module.eval(), {**meta, **_preprocessing(img_size)})
     torch.manual_seed(0)
     return random_weights_model(name, create_model(name, num_classes=num_classes), img_size)
 
@@ -177,9 +177,15 @@ def _calibration(runtimes: list[str], img_size: int, meta: dict[str, Any], work:
 
 def _runtime_call(
     model: BenchModel, runtime: str, index: int, work: Path, calibration: dict[str, Any], threads: int
-) -> tuple[Callable[[np.ndarray], Any], Path | None]:
-    """A batch callable of ``model`` in ``runtime`` and the file it runs (None for eager). Eager runs last of a
-    model's runtimes: channels_last converts its module in place."""
+) -> Callable[[np.ndarray], Any]:
+    """A batch callable of ``model`` in ``runtime``, exporting the file it runs (none for eager)."""
+    path = None if runtime == "eager" else _export(model, runtime, index, work, calibration)
+    return _runner(model, runtime, path, threads)
+
+
+def _runner(model: BenchModel, runtime: str, path: Path | None, threads: int) -> Callable[[np.ndarray], Any]:
+    """A batch callable of ``model`` (eager) or of its exported ``path`` in ``runtime``, with ``threads``. Eager
+    converts the module to channels_last in place: make it after the model's exports."""
     import torch
 
     from attendnets.export import load_runner, ort_session
@@ -191,25 +197,18 @@ def _runtime_call(
             with torch.inference_mode():
                 return module(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
 
-        return eager, None
-    path = _export(model, runtime, index, work, calibration)
+        return eager
     if runtime.startswith("ort"):
-        return _ort_call(ort_session(path, threads)), path
-    return load_runner(path, "tflm" if runtime == "tflm" else None, threads), path
+        return _ort_call(ort_session(path, threads))
+    return load_runner(path, "tflm" if runtime == "tflm" else None, threads)
 
 
-def _prepare(models: list[BenchModel], runtimes: list[str], threads: int, img_size: int, work: Path) -> dict:
-    """``{(label, runtime): callable(batch as numpy) }`` plus the ONNX paths, exporting and quantizing as needed."""
-    calls: dict[tuple[str, str], Callable[[np.ndarray], Any]] = {}
-    onnx_paths: dict[tuple[str, str], Path] = {}
+def _export_all(models: list[BenchModel], runtimes: list[str], img_size: int, work: Path
+                ) -> dict[tuple[str, str], Path | None]:
+    """``{(label, runtime): file}`` (None for eager), exporting and quantizing each model once for every runtime."""
     calibration = _calibration(runtimes, img_size, models[0].meta, work)
-    for index, model in enumerate(models):
-        model.module.eval()
-        for runtime in sorted(runtimes, key=lambda r: r == "eager"):
-            calls[(model.label, runtime)], path = _runtime_call(model, runtime, index, work, calibration, threads)
-            if runtime.startswith("ort"):
-                onnx_paths[(model.label, runtime)] = path
-    return {"calls": calls, "onnx": onnx_paths}
+    return {(model.label, runtime): None if runtime == "eager" else _export(model, runtime, index, work, calibration)
+            for index, model in enumerate(models) for runtime in runtimes}
 
 
 def _measure(
@@ -257,7 +256,7 @@ class LatencyMeter:
         self.reference = load_bench_model(reference, img_size, num_classes)
         self.calibration = _calibration([runtime], img_size, self.reference.meta, self.work)
         with torch_threads(threads):
-            self.reference_call, _ = _runtime_call(self.reference, runtime, 0, self.work, self.calibration, threads)
+            self.reference_call = _runtime_call(self.reference, runtime, 0, self.work, self.calibration, threads)
         self.measured = 0
 
     def measure(self, module: nn.Module, label: str = "model") -> dict[str, float]:
@@ -265,7 +264,7 @@ class LatencyMeter:
         self.measured += 1
         model = random_weights_model(label, module, self.img_size)
         with torch_threads(self.threads):
-            call, _ = _runtime_call(model, self.runtime, self.measured, self.work, self.calibration, self.threads)
+            call = _runtime_call(model, self.runtime, self.measured, self.work, self.calibration, self.threads)
             calls = {("candidate", self.runtime): call, ("reference", self.runtime): self.reference_call}
             times = _measure(calls, 1, self.img_size, self.rounds, lambda: None)
         for file in self.work.glob(f"m{self.measured}[.-]*"):
@@ -321,59 +320,80 @@ def run_bench(
     runtimes: list[str] | None = None,
     img_size: int = 224,
     num_classes: int = 50,
-    threads: int = 2,
+    threads: int | Sequence[int] = 2,
     batch: int = 32,
     rounds: int = 10,
     profile_dir: str | os.PathLike | None = None,
     progress: Callable[[int], Callable[[], None]] | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | list[dict[str, Any]]:
     """Measure ``names`` (and ``baselines``, default :data:`BASELINES`) in every runtime of ``runtimes``.
 
     Returns the JSON-able report: per (model, runtime) batch-1 median and p90 ms, batch-``batch`` images/s
     (``batch`` of 0 or 1 skips throughput), speed relative to :data:`REFERENCE` in the same runtime and to
     eager for the same model, and raw times. ``progress(total)`` returns a function called once per visit.
     ``profile_dir`` gets each ORT model's time by operator type (``<label>-<runtime>.json``).
+
+    ``threads`` as a sequence of counts returns one report per count, in that order, from one export of each
+    model: exporting and calibrating int8 files takes longer than timing them.
     """
+    counts = [threads] if isinstance(threads, int) else list(threads)
     runtimes = list(DEFAULT_RUNTIMES if runtimes is None else runtimes)
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown or not runtimes:
         raise AttendNetsError(f"unknown runtime {', '.join(unknown) or '(none)'}; choose from {', '.join(RUNTIMES)}")
-    if threads < 1 or rounds < 1 or batch < 0 or img_size < 8 or num_classes < 1:
+    if not counts or min(counts) < 1 or rounds < 1 or batch < 0 or img_size < 8 or num_classes < 1:
         raise AttendNetsError("--threads, --rounds, --num-classes must be >= 1, --img-size >= 8, --batch >= 0")
+    if profile_dir is not None and len(counts) > 1:
+        raise AttendNetsError("--profile takes one thread count (profiles would overwrite each other)")
     baselines = list(BASELINES if baselines is None else baselines)
     labels = list(dict.fromkeys([*names, *baselines]))
     if not labels:
         raise AttendNetsError("nothing to measure: name a model or checkpoint, or keep the baselines")
-    machine = machine_info()
-    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="attendnets-bench-") as tmp:
+    batches = [1] + ([batch] if batch > 1 else [])
+    reports = []
+    with tempfile.TemporaryDirectory(prefix="attendnets-bench-") as tmp:
         work = Path(tmp)
         models = [load_bench_model(name, img_size, num_classes) for name in labels]
         if len({m.label for m in models}) < len(models):
             raise AttendNetsError("the same model is named twice")
-        prepared = _prepare(models, runtimes, threads, img_size, work)
-        calls = prepared["calls"]
-        batches = [1] + ([batch] if batch > 1 else [])
-        advance = progress(rounds * len(calls) * len(batches)) if progress else (lambda: None)
-        times = {b: _measure(calls, b, img_size, rounds, advance) for b in batches}
-        profiles = {}
-        if profile_dir is not None:
-            out = Path(profile_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            for (label, runtime), path in prepared["onnx"].items():
-                summary = op_type_profile(path, threads, img_size, work)
-                profiles[f"{label}|{runtime}"] = summary
-                file = out / f"{label.replace('/', '_').replace(' ', '_')}-{runtime}.json"
-                atomic_write_text(file, json.dumps({"model": label, "runtime": runtime, **summary}, indent=1) + "\n")
-    return {
-        "machine": machine,
-        "settings": dict(threads=threads, img_size=img_size, num_classes=num_classes, batch=batch, rounds=rounds,
-                         batch1_calls_per_visit=TIMED_CALLS, settle_ms=1e3 * SETTLE_S),
-        "note": "random weights for named models (latency does not depend on the weights' values); int8 ranges "
-        "calibrated on generated images; ratios are measured interleaved in this run",
-        "results": speed_table([m.label for m in models], runtimes, times, batch),
-        "profiles": profiles,
-        "raw_ms": {f"{label}|{rt}|{b}": v for b, per in times.items() for (label, rt), v in per.items()},
-    }
+        by_label = {m.label: m for m in models}
+        files = _export_all(models, runtimes, img_size, work)
+        advance = progress(len(counts) * rounds * len(files) * len(batches)) if progress else (lambda: None)
+        for count in counts:
+            machine = machine_info()  # its load average, at the start of this count's timing
+            with torch_threads(count):
+                calls = {key: _runner(by_label[key[0]], key[1], path, count) for key, path in files.items()}
+                times = {b: _measure(calls, b, img_size, rounds, advance) for b in batches}
+                profiles = {}
+                if profile_dir is not None:
+                    profiles = _write_profiles(files, Path(profile_dir), count, img_size, work)
+            del calls  # the runtimes' sessions and their thread pools, before the next count's
+            reports.append({
+                "machine": machine,
+                "settings": dict(threads=count, img_size=img_size, num_classes=num_classes, batch=batch,
+                                 rounds=rounds, batch1_calls_per_visit=TIMED_CALLS, settle_ms=1e3 * SETTLE_S),
+                "note": "random weights for named models (latency does not depend on the weights' values); int8 "
+                "ranges calibrated on generated images; ratios are measured interleaved in this run",
+                "results": speed_table(list(by_label), runtimes, times, batch),
+                "profiles": profiles,
+                "raw_ms": {f"{label}|{rt}|{b}": v for b, per in times.items() for (label, rt), v in per.items()},
+            })
+    return reports[0] if isinstance(threads, int) else reports
+
+
+def _write_profiles(files: dict[tuple[str, str], Path | None], out: Path, threads: int, img_size: int,
+                    work: Path) -> dict[str, Any]:
+    """Each ORT file's :func:`op_type_profile`, written to ``out/<label>-<runtime>.json`` and returned by
+    ``"label|runtime"``."""
+    out.mkdir(parents=True, exist_ok=True)
+    profiles = {}
+    for (label, runtime), path in files.items():
+        if runtime.startswith("ort"):
+            summary = op_type_profile(path, threads, img_size, work)
+            profiles[f"{label}|{runtime}"] = summary
+            file = out / f"{label.replace('/', '_').replace(' ', '_')}-{runtime}.json"
+            atomic_write_text(file, json.dumps({"model": label, "runtime": runtime, **summary}, indent=1) + "\n")
+    return profiles
 
 
 def speed_table(labels: list[str], runtimes: list[str], times: dict[int, dict[tuple[str, str], list[float]]],

@@ -297,15 +297,15 @@ def architectures(study: Study) -> dict[str, list[str]]:
 
 
 def latency_report(study: Study, stem: str, title: str, rounds: int) -> None:
-    """Time every architecture of the study (see LATENCY_RUNTIMES) interleaved with MobileNet-V1 in one run per
-    thread count, and write ``<stem>_latency.{md,json}`` into docs/results."""
+    """Time every architecture of the study (see LATENCY_RUNTIMES) interleaved with MobileNet-V1, at each thread
+    count from one export, and write ``<stem>_latency.{md,json}`` into docs/results."""
     names = architectures(study)
     context = run_context()
-    measured = {}
-    for threads in LATENCY_THREADS:
-        print(f"timing {len(names)} architectures and {REFERENCE} at {threads} thread(s)", flush=True)
-        measured[threads] = run_bench(list(names), baselines=[REFERENCE], runtimes=list(LATENCY_RUNTIMES),
-                                      img_size=224, num_classes=50, threads=threads, batch=0, rounds=rounds)
+    print(f"timing {len(names)} architectures and {REFERENCE} at {', '.join(map(str, LATENCY_THREADS))} thread(s)",
+          flush=True)
+    reports = run_bench(list(names), baselines=[REFERENCE], runtimes=list(LATENCY_RUNTIMES), img_size=224,
+                        num_classes=50, threads=LATENCY_THREADS, batch=0, rounds=rounds)
+    measured = dict(zip(LATENCY_THREADS, reports, strict=True))
     arms_of = {**names, REFERENCE: names.get(REFERENCE, [REFERENCE])}
     columns = [(t, r) for t in LATENCY_THREADS for r in LATENCY_RUNTIMES]
     cells = {(row["model"], t, row["runtime"]): row for t, report in measured.items() for row in report["results"]}

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from attendnets import bench
 from attendnets.bench import load_bench_model, speed_table
 from attendnets.cli import main
 from attendnets.registry import create_model
@@ -40,6 +41,25 @@ def test_bench_tiny_model_all_runtimes(tiny_file, tmp_path, capsys) -> None:
     assert "QLinearConv" in int8["ops"] and abs(sum(v["share"] for v in int8["ops"].values()) - 1) < 1e-6
     written = sorted(p.name for p in (tmp_path / "prof").iterdir())
     assert len(written) == 2 and all(name.endswith(("-ort.json", "-ort-int8.json")) for name in written)
+
+
+def test_several_thread_counts_time_one_export_each(tiny_file, tmp_path, monkeypatch, capsys) -> None:
+    exports, real = [], bench._export
+
+    def export(model, runtime, *rest):
+        exports.append(runtime)
+        return real(model, runtime, *rest)
+
+    monkeypatch.setattr(bench, "_export", export)
+    args = [str(tiny_file), "--no-baselines", "--img-size", "16", "--num-classes", "5", "--threads", "1,2",
+            "--runtimes", "eager,ort-int8", "--rounds", "1", "--batch", "0", "--json"]
+    assert main(["bench", *args]) == 0
+    reports = json.loads(capsys.readouterr().out)
+    assert [r["settings"]["threads"] for r in reports] == [1, 2] and exports == ["ort-int8"]
+    for report in reports:
+        assert {row["runtime"] for row in report["results"]} == {"eager", "ort-int8"}
+    assert main(["bench", *args[:-1], "--profile", str(tmp_path / "prof")]) == 2
+    assert "--profile takes one thread count" in capsys.readouterr().err
 
 
 def test_measured_models_keep_every_branch(tiny_file) -> None:

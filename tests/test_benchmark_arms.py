@@ -148,14 +148,14 @@ def test_the_latency_report_times_each_architecture_once_against_mobilenet_v1(tm
         rows = [{"model": m, "runtime": r, "batch1_median_ms": 2.0 if m == "mobilenet_v1" else 1.0,
                  "batch1_speedup_vs_mobilenet_v1": 1.0 if m == "mobilenet_v1" else 2.0}
                 for m in dict.fromkeys([*names, *baselines]) for r in runtimes]
-        return {"results": rows}
+        return [{"results": rows} for _ in threads]
 
     monkeypatch.setattr(arms, "run_bench", bench)
     monkeypatch.setattr(arms, "RESULTS", tmp_path)
     chosen = {a: presets.ARMS[a] for a in ("crop035", "crop008", "vac28-narrow")}
     arms.latency_report(arms.Study(chosen, tmp_path / "runs", tmp_path, workers=2), "presets", "Presets", rounds=3)
     narrow = str(tmp_path / "runs" / "vac28-narrow" / "attendnet_b.json")
-    assert [c[0] for c in calls] == [["attendnet_b", "mobilenet_v1", narrow]] * len(arms.LATENCY_THREADS)
+    assert calls == [(["attendnet_b", "mobilenet_v1", narrow], ["mobilenet_v1"], arms.LATENCY_THREADS)]
     rows = (tmp_path / "presets_latency.md").read_text().splitlines()
     table = [r for r in rows if r.startswith("| crop") or r.startswith("| vac")]
     assert table[0].startswith("| crop035 (attendnet_b), crop008 (attendnet_b) | 191.2M | 1.00 (2.00x) |")

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING, Any
 
 from attendnets.bench import DEFAULT_RUNTIMES, REFERENCE, RUNTIMES
 from attendnets.cli.options import NON_NEGATIVE, POSITIVE, integer
 from attendnets.files import check_writable
 from attendnets.registry import BASELINES
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 HELP = "batch-1 latency and batch-N throughput in PyTorch and the deployment runtimes, vs the MobileNets"
 DESCRIPTION = f"""\
 Measure each MODEL (a preset, baseline, timm name or spec file, with random weights) or CKPT (a checkpoint
-or run folder, with its weights) in each runtime, on CPU with --threads threads:
+or run folder, with its weights) in each runtime, on CPU with --threads threads (several counts, as 1,2, time
+each count in turn from one export of every model: one report per count, a JSON list with --json):
 
   eager                        PyTorch, channels_last
   ort, ort-int8                ONNX Runtime (int8: static QDQ, per-channel int8 weights, uint8 activations)
@@ -33,12 +38,22 @@ examples:
   attendnets bench attendnet_a attendnet_b --runtimes ort-int8 --rounds 20
   attendnets bench runs/b --img-size 128 --no-baselines --batch 0   # a checkpoint, batch 1 only
   attendnets bench attendnet_b --profile prof/ --json    # + time by ONNX operator type, as JSON
-  attendnets bench attendnet_b --runtimes ort-int8,litert-int8,executorch-int8 --threads 1 --batch 0
+  attendnets bench attendnet_b --runtimes ort-int8,litert-int8,executorch-int8 --threads 1,2 --batch 0
 """
 
 
 def _list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _thread_counts(text: str) -> list[int]:
+    counts = [POSITIVE(item) for item in _list(text)]
+    if not counts:
+        raise argparse.ArgumentTypeError(f"must name one or more thread counts (as 2 or 1,2), got {text!r}")
+    return counts
+
+
+_thread_counts.__name__ = "thread counts"  # argparse names the type in its own messages
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"any of {','.join(RUNTIMES)} (default {','.join(DEFAULT_RUNTIMES)})")
     parser.add_argument("--img-size", type=integer(8), default=224, help="input size in pixels, >= 8 (default 224)")
     parser.add_argument("--num-classes", type=POSITIVE, default=50, help="classes of named models (default 50)")
-    parser.add_argument("--threads", type=POSITIVE, default=2, help="PyTorch and ONNX Runtime threads (default 2)")
+    parser.add_argument("--threads", type=_thread_counts, default=[2], metavar="N[,N]",
+                        help="threads of PyTorch and the runtimes; several counts are timed in turn (default 2)")
     parser.add_argument("--batch", type=NON_NEGATIVE, default=32, help="batch for throughput; 0 skips it (default 32)")
     parser.add_argument("--rounds", type=POSITIVE, default=10, help="interleaved rounds (default 10)")
     parser.add_argument("--profile", metavar="DIR", help="write ONNX Runtime's time by operator type per ORT model")
@@ -61,7 +77,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    from rich.table import Table
 
     from attendnets.bench import run_bench
 
@@ -78,13 +93,26 @@ def run(args: argparse.Namespace) -> int:
             return lambda: bar.advance(task)
 
         console.print("exporting and quantizing...", style="dim")
-        report = run_bench(
+        reports = run_bench(
             args.models, args.baselines, args.runtimes, args.img_size, args.num_classes, args.threads,
             args.batch, args.rounds, args.profile, progress,
         )
     if args.json:
-        print(json.dumps({k: v for k, v in report.items() if k != "raw_ms"}, indent=2))
+        shown = [{k: v for k, v in report.items() if k != "raw_ms"} for report in reports]
+        print(json.dumps(shown[0] if len(shown) == 1 else shown, indent=2))
         return 0
+    out = Console(width=140)
+    for report in reports:
+        _print_report(out, report)
+    if args.profile:
+        out.print(f"operator profiles written to {args.profile}/")
+    return 0
+
+
+def _print_report(out: Console, report: dict[str, Any]) -> None:
+    """One thread count's results as a table, then the machine and the ORT operator profiles."""
+    from rich.table import Table
+
     settings, rows = report["settings"], report["results"]
     columns = {
         "batch 1 median ms": lambda r: f"{r['batch1_median_ms']:.2f}",
@@ -107,13 +135,9 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(title, justify="right")
     for i, row in enumerate(rows):
         table.add_row(row["model"], row["runtime"], *(cells[i] for cells in shown.values()))
-    out = Console(width=140)
     out.print(table)
     out.print(f"ratios > 1 are faster. {report['note']}. Machine: {report['machine']['cpu']}, "
               f"{report['machine']['cores']} cores, load average {report['machine']['load_average']}.")
     for key, prof in report["profiles"].items():
         top = ", ".join(f"{op} {100 * v['share']:.0f}%" for op, v in list(prof["ops"].items())[:6])
         out.print(f"{key}: {prof['total_ms']:.2f} ms of kernel time: {top}")
-    if args.profile:
-        out.print(f"operator profiles written to {args.profile}/")
-    return 0

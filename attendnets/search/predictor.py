@@ -211,7 +211,7 @@ def _time_probe(layer: Layer, runtime: str, work: Path, index: int, threads: int
     probe = random_weights_model(layer.key, layer.probe(), layer.size)
     generator = torch.Generator().manual_seed(index)
     inputs = torch.randn(16, layer.in_chs, layer.size, layer.size, generator=generator)
-    call, _ = _runtime_call(probe, runtime, index, work, {"images": inputs}, threads)
+    call = _runtime_call(probe, runtime, index, work, {"images": inputs}, threads)
     x = inputs[:1].numpy()
     for _ in range(3):
         call(x)
