@@ -146,7 +146,7 @@ class TrainConfig:
     init: str | None = None  # start from this checkpoint's weights (same architecture; other classes: a new head)
     qat: bool = False  # quantization-aware training: int8 fake-quantized conv/linear weights
     qat_activations: bool = False  # and 8-bit fake-quantized conv/linear inputs (needs qat)
-    weight_init: str = "kaiming"  # AttendNets: AttendNet's weight_init ("kaiming" or "torch")
+    weight_init: str = "torch"  # AttendNets: AttendNet's weight_init ("torch" or "kaiming")
     zero_init_last: bool = True  # AttendNets: start residual blocks as the identity (AttendNet's zero_init_last)
     # Preprocessing, identical for every model so that a comparison compares models, not pipelines.
     interpolation: str = INTERPOLATION
@@ -163,7 +163,7 @@ RECIPE_FIELDS = ("model", "img_size", "epochs", "batch_size", "lr", "weight_deca
                  "qat", "qat_activations", "crop_scale", "weight_init", "zero_init_last", "hflip", "color_jitter",
                  "auto_augment", "random_erase", "mixup", "cutmix")
 # What a run saved before a field existed did, where that differs from the field's default today.
-BEFORE_FIELD = {"crop_scale": (0.08, 1.0), "zero_init_last": False}
+BEFORE_FIELD = {"crop_scale": (0.08, 1.0), "zero_init_last": False, "weight_init": "kaiming"}
 
 
 class TrainingDiverged(AttendNetsError):

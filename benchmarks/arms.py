@@ -54,9 +54,10 @@ class Arm:
     under ``runs/`` (``presets/crop035``), trained by that study's driver; ``zero_init_last=False``: AttendNets
     start with the residual condensers' last BN at 1, as the comparison recipe did before zero-init-last won;
     ``weight_init``: AttendNets' initialisation (``--weight-init``), named in every AttendNet's command so that
-    the command stays the one the run trained with when the default changes; ``seed0_run``: the folder under
+    the command stays the one the run trained with when the default changes (Kaiming's: the arms' baseline,
+    trained before PyTorch's default became the comparison recipe's); ``seed0_run``: the folder under
     ``runs/`` of the first model's seed-0 run when it is another driver's run of the same command
-    (``imagenette/attendnet_b``: benchmarks/imagenette.py's comparison run)."""
+    (``imagenette-kaiming/attendnet_b``: benchmarks/imagenette.py's comparison run, Kaiming-initialised)."""
 
     description: str
     options: tuple[str, ...] = ()

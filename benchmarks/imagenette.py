@@ -47,10 +47,12 @@ IMG_SIZE = 128
 EPOCHS = 15
 # Written out in full, so that a change of the train verb's defaults cannot change the comparison. The crop
 # range is not timm's 8-100%: benchmarks/presets.py's recipe arms (docs/results/presets.md) chose it; the
-# zero-initialised last BN of AttendNets' residual blocks won its zero-init-last arm (docs/results/zero_init.md).
+# zero-initialised last BN of AttendNets' residual blocks won its zero-init-last arm (docs/results/zero_init.md),
+# PyTorch's default initialisation its init-torch arm (docs/results/weight_init.md; the runs before it are
+# recorded in docs/results/runs/imagenette-kaiming/).
 RECIPE = ["--img-size", str(IMG_SIZE), "--batch-size", "64", "--lr", "2e-3", "--weight-decay", "0.05",
           "--warmup-epochs", "1", "--label-smoothing", "0.1", "--crop-scale", "0.35", "1", "--seed", "0", "--ema",
-          "--zero-init-last", "--weight-init", "kaiming"]
+          "--zero-init-last", "--weight-init", "torch"]
 # How the runs are made faster without changing them: images decoded once (about 2 GiB for Imagenette).
 SPEED = ["--cache-images"]
 NUM_CLASSES = 10

@@ -79,7 +79,9 @@ def test_every_driver_trains_the_comparison_recipe_alike(tmp_path, monkeypatch) 
     args = argparse.Namespace(epochs=imagenette.EPOCHS, workers=2, subset=None)
     imagenette.train("attendnet_b", tmp_path / "plain", args, data)
     study = arms.Study(presets.ARMS, tmp_path, data, workers=2)
-    given["arms"] = study.train_command("crop035", "attendnet_b", 0)  # the arm of the recipe as it is
+    given["arms"] = study.train_command("init-torch", "attendnet_b", 0)  # the arm of the recipe as it is now
+    before = study.train_command("crop035", "attendnet_b", 0)  # the recipe before PyTorch's init won
+    assert before[before.index("--weight-init") + 1] == "kaiming"
 
     class Recorder:
         def run(self, stage: str, command: list[str]) -> None:

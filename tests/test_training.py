@@ -167,30 +167,36 @@ def test_initialisation_options_reach_the_attendnet_and_are_refused_for_other_mo
         return train_verb.config_from_args(build_parser().parse_args(
             ["train", "--output", str(tmp_path / "run"), "--data", str(synthetic_data), *options]))
 
-    config = parse("--model", "attendnet_b", "--weight-init", "torch")
-    assert (config.weight_init, config.zero_init_last) == ("torch", True)  # zero-init: the default
+    config = parse("--model", "attendnet_b")
+    assert (config.weight_init, config.zero_init_last) == ("torch", True)  # both the defaults
     model = _build_model(config, 3, None)
-    assert torch.count_nonzero(model.classifier.bias) > 0  # PyTorch's default; ours starts biases at 0
+    assert torch.count_nonzero(model.classifier.bias) > 0  # PyTorch's default; kaiming starts biases at 0
     assert torch.all(model.blocks[1].up_mix.norm.weight == 0)
+    kaiming = _build_model(parse("--model", "attendnet_b", "--weight-init", "kaiming"), 3, None)
+    assert torch.count_nonzero(kaiming.classifier.bias) == 0
     unzeroed = _build_model(parse("--model", "attendnet_b", "--no-zero-init-last"), 3, None)
     assert torch.all(unzeroed.blocks[1].up_mix.norm.weight == 1)
     with pytest.raises(AttendNetsError, match="^weight_init applies to AttendNets only, not to mobilenet_v1$"):
-        train(parse("--model", "mobilenet_v1", "--weight-init", "torch"))
+        train(parse("--model", "mobilenet_v1", "--weight-init", "kaiming"))
     assert not (tmp_path / "run").exists()
     assert _build_model(parse("--model", "mobilenet_v1", "--no-zero-init-last"), 3, None)  # no condensers: ignored
 
 
-def test_a_run_started_before_zero_init_became_the_default_keeps_its_recipe(tmp_path, synthetic_data) -> None:
-    """An AttendNet run whose config predates the ``zero_init_last`` field started without it, so resuming it
-    under today's default is a change of recipe; for a MobileNet, which ignores it, no field of it counts."""
+@pytest.mark.parametrize(("field", "as_before"), [("zero_init_last", ["--no-zero-init-last"]),
+                                                  ("weight_init", ["--weight-init", "kaiming"])])
+def test_a_run_started_before_an_init_default_changed_keeps_its_recipe(tmp_path, synthetic_data, field,
+                                                                       as_before) -> None:
+    """An AttendNet run whose config predates the field (zero_init_last; weight_init, whose default became
+    PyTorch's) started with the behaviour before it, so resuming it under today's default is a change of recipe;
+    for a MobileNet, which ignores both, no field of them counts."""
     def changes(model: str, *options: str) -> list[str]:
         config = train_verb.config_from_args(build_parser().parse_args(
             ["train", "--output", str(tmp_path), "--data", str(synthetic_data), "--model", model, *options]))
-        saved = {k: v for k, v in as_json_data(dataclasses.asdict(config)).items() if k != "zero_init_last"}
-        return [field for field, _, _ in recipe_changes({**saved, "model": model}, config)]
+        saved = {k: v for k, v in as_json_data(dataclasses.asdict(config)).items() if k != field}
+        return [changed for changed, _, _ in recipe_changes({**saved, "model": model}, config)]
 
-    assert changes("attendnet_b") == ["zero_init_last"]
-    assert changes("attendnet_b", "--no-zero-init-last") == []
+    assert changes("attendnet_b") == [field]
+    assert changes("attendnet_b", *as_before) == []
     assert changes("mobilenet_v1") == []
 
 
