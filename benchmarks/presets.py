@@ -6,16 +6,18 @@ last epoch's weights got about 4 points more on Imagenette for attendnet_b and M
 attendnet_b's layout and cost that differs in three respects (below) got 1.8 points more with that trainer.
 Each arm changes the comparison recipe (benchmarks/imagenette.py) or attendnet_b in one respect:
 
-- ``crop035``: both models on the comparison recipe as it is: crops keeping 35-100% of the area (and
-  attendnet_b's residual condensers' last BN zero-initialised: issue 16, docs/results/zero_init.md, where it
-  gained 2.9 points over the BN at 1). attendnet_b's seed 0 is benchmarks/imagenette.py's run; MobileNet-V1's
-  runs predate the ledger, and their records were migrated from docs/results/zero_init.json.
+- ``crop035``: both models on the comparison recipe as this study found it: crops keeping 35-100% of the
+  area (and attendnet_b's residual condensers' last BN zero-initialised: issue 16, docs/results/zero_init.md,
+  where it gained 2.9 points over the BN at 1), AttendNets Kaiming-initialised. attendnet_b's seed 0 is
+  benchmarks/imagenette.py's run of then (runs/imagenette-kaiming); MobileNet-V1's runs predate the ledger,
+  and their records were migrated from docs/results/zero_init.json.
 - ``crop008``: both models with timm's crop range, 8-100% of the area (the comparison recipe before this
   study). No EMA and the last epoch need no arm of their own: the EMA is a shadow copy that never feeds back
   into training, so a run's raw weights at its last epoch are what the same run without EMA would end with;
   the report shows them beside the EMA's.
-- preset arms, attendnet_b on the comparison recipe: PyTorch's default initialisation, wider second PEPE
-  projections, a narrower condenser at 28 px; and ``all-three``, the three together, which is the
+- preset arms, attendnet_b on crop035's recipe: PyTorch's default initialisation (``init-torch``, which won:
+  it is the comparison recipe's since, docs/results/weight_init.md), wider second PEPE projections, a narrower
+  condenser at 28 px; and ``all-three``, the three together, which is the
   configuration the issue compared (+4.0% parameters, +2.2% multiply-adds over attendnet_b; the wider
   projections alone are +6.5%, beyond Table 1's 3%, so a preset adopting them must narrow something else).
 
@@ -62,9 +64,11 @@ def narrow_vac28(spec: ArchSpec) -> ArchSpec:
 
 
 ARMS = {
-    "crop035": Arm("the comparison recipe: crops keep 35-100% of the area", models=BOTH, seed0_run=COMPARISON_RUN),
+    "crop035": Arm("crops keep 35-100% of the area, Kaiming's initialisation (the comparison recipe before "
+                   "init-torch won)", models=BOTH, seed0_run=COMPARISON_RUN),
     "crop008": Arm("crops keep 8-100% of the area (timm's; the recipe before this study)", TIMM_CROP, models=BOTH),
-    "init-torch": Arm("the comparison recipe, PyTorch's default initialisation", weight_init="torch"),
+    "init-torch": Arm("crop035 with PyTorch's default initialisation (the comparison recipe since)",
+                      weight_init="torch"),
     "pepe-wide-proj2": Arm(f"the comparison recipe, second PEPE projections {'-'.join(map(str, WIDE_PROJ2))}",
                            spec=wide_proj2),
     "vac28-narrow": Arm("the comparison recipe, the 28 px condenser down-mixes to 32 channels (not 64)",
