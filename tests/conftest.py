@@ -105,7 +105,9 @@ def trained(tmp_path_factory):
     classes = sorted(p.name for p in (root / "train").iterdir())
     images, targets = load_images(root / "train", classes)
     torch.manual_seed(0)
-    model = build_model(ArchSpec.from_dict(TINY_SPEC))
+    # Kaiming's start, the default when the deployment tests' tolerances were set on this fitted model: with
+    # PyTorch's, LiteRT's 8-bit file flips one of 26 clear calls of the tiny model.
+    model = build_model(ArchSpec.from_dict(TINY_SPEC), weight_init="kaiming")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     with torch_threads(1):
         for _ in range(150):
