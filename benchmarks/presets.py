@@ -69,11 +69,11 @@ ARMS = {
     "crop008": Arm("crops keep 8-100% of the area (timm's; the recipe before this study)", TIMM_CROP, models=BOTH),
     "init-torch": Arm("crop035 with PyTorch's default initialisation (the comparison recipe since)",
                       weight_init="torch"),
-    "pepe-wide-proj2": Arm(f"the comparison recipe, second PEPE projections {'-'.join(map(str, WIDE_PROJ2))}",
+    "pepe-wide-proj2": Arm(f"crop035's recipe, second PEPE projections {'-'.join(map(str, WIDE_PROJ2))}",
                            spec=wide_proj2),
-    "vac28-narrow": Arm("the comparison recipe, the 28 px condenser down-mixes to 32 channels (not 64)",
+    "vac28-narrow": Arm("crop035's recipe, the 28 px condenser down-mixes to 32 channels (not 64)",
                         spec=narrow_vac28),
-    "all-three": Arm("the comparison recipe, the three preset changes above together", weight_init="torch",
+    "all-three": Arm("crop035's recipe, the three preset changes above together", weight_init="torch",
                      spec=lambda spec: narrow_vac28(wide_proj2(spec))),
 }
 RECIPE_ARMS = ("crop035", "crop008")
