@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arms import Arm, compare, gap, run_study, with_blocks  # noqa: E402
 from common import run_main  # noqa: E402
 from imagenette import EPOCHS  # noqa: E402
-from presets import COMPARISON_RUN  # noqa: E402
+from presets import KAIMING_COMPARISON_RUN  # noqa: E402
 
 from attendnets.spec import ArchSpec, VACSpec, block_out_chs  # noqa: E402
 
@@ -66,7 +66,7 @@ def without_attention(attention: str, widen: bool) -> Callable[[ArchSpec], ArchS
 
 
 ARMS = {
-    "attention": Arm("attendnet_b as it is", reuse="presets/crop035", seed0_run=COMPARISON_RUN),
+    "attention": Arm("attendnet_b as it is", reuse="presets/crop035", seed0_run=KAIMING_COMPARISON_RUN),
     "no-attention": Arm("condensers without attention, V'' = V' * S", spec=without_attention("none", False)),
     "no-attention-wider": Arm("no attention, down-mixing widened to the condensers' multiply-adds",
                               spec=without_attention("none", True)),

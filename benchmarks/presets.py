@@ -16,10 +16,12 @@ Each arm changes the comparison recipe (benchmarks/imagenette.py) or attendnet_b
   into training, so a run's raw weights at its last epoch are what the same run without EMA would end with;
   the report shows them beside the EMA's.
 - preset arms, attendnet_b on crop035's recipe: PyTorch's default initialisation (``init-torch``, which won:
-  it is the comparison recipe's since, docs/results/weight_init.md), wider second PEPE projections, a narrower
-  condenser at 28 px; and ``all-three``, the three together, which is the
-  configuration the issue compared (+4.0% parameters, +2.2% multiply-adds over attendnet_b; the wider
-  projections alone are +6.5%, beyond Table 1's 3%, so a preset adopting them must narrow something else).
+  it is the comparison recipe's since, docs/results/weight_init.md, and its seed 0 is benchmarks/imagenette.py's
+  attendnet_b run), wider second PEPE projections, a narrower condenser at 28 px; and ``all-three``, the three
+  together, which is the configuration the issue compared (+4.0% parameters, +2.2% multiply-adds over
+  attendnet_b; the wider projections alone are +6.5%, beyond Table 1's 3%, so a preset adopting them must
+  narrow something else). ``all-three`` against ``init-torch`` is what the two channel changes add on the
+  adopted start.
 
 Runs are in ``runs/presets/<arm>/<model>-s<seed>`` (see benchmarks/arms.py). The report
 (docs/results/presets.{md,json}) is written once every arm has both seeds; until then into the runs folder.
@@ -46,9 +48,11 @@ from imagenette import EPOCHS  # noqa: E402
 from attendnets.spec import ArchSpec  # noqa: E402
 
 BOTH = ("attendnet_b", "mobilenet_v1")
-# The comparison recipe's seed-0 run of attendnet_b is benchmarks/imagenette.py's (the same command), from
-# before PyTorch's default initialisation became that recipe's.
-COMPARISON_RUN = "imagenette-kaiming/attendnet_b"
+# The seed-0 runs of attendnet_b that are benchmarks/imagenette.py's (the same command): with Kaiming's start,
+# its run from before PyTorch's default initialisation became the comparison recipe's; with PyTorch's, this
+# study's init-torch run, recorded as imagenette.py's since (its record says ``moved_from``).
+KAIMING_COMPARISON_RUN = "imagenette-kaiming/attendnet_b"
+COMPARISON_RUN = "imagenette/attendnet_b"
 # The second projections of the configuration in shared/paper/notes.md: 64 to 144 over seven PEPEs.
 WIDE_PROJ2 = (64, 80, 88, 104, 120, 128, 144)
 
@@ -65,10 +69,10 @@ def narrow_vac28(spec: ArchSpec) -> ArchSpec:
 
 ARMS = {
     "crop035": Arm("crops keep 35-100% of the area, Kaiming's initialisation (the comparison recipe before "
-                   "init-torch won)", models=BOTH, seed0_run=COMPARISON_RUN),
+                   "init-torch won)", models=BOTH, seed0_run=KAIMING_COMPARISON_RUN),
     "crop008": Arm("crops keep 8-100% of the area (timm's; the recipe before this study)", TIMM_CROP, models=BOTH),
     "init-torch": Arm("crop035 with PyTorch's default initialisation (the comparison recipe since)",
-                      weight_init="torch"),
+                      weight_init="torch", seed0_run=COMPARISON_RUN),
     "pepe-wide-proj2": Arm(f"crop035's recipe, second PEPE projections {'-'.join(map(str, WIDE_PROJ2))}",
                            spec=wide_proj2),
     "vac28-narrow": Arm("crop035's recipe, the 28 px condenser down-mixes to 32 channels (not 64)",
@@ -80,15 +84,18 @@ RECIPE_ARMS = ("crop035", "crop008")
 
 
 # (arm, base, model) of each comparison of the verdict: the comparison recipe's crop range against timm's on
-# both models, then each preset arm against attendnet_b on the comparison recipe.
+# both models, each preset arm against attendnet_b on crop035's recipe, and the two channel changes together
+# against PyTorch's start alone (all-three against init-torch): what the channels add on the adopted start.
 COMPARISONS = [*(("crop035", "crop008", model) for model in BOTH),
-               *((arm, "crop035", "attendnet_b") for arm in ARMS if arm not in RECIPE_ARMS)]
+               *((arm, "crop035", "attendnet_b") for arm in ARMS if arm not in RECIPE_ARMS),
+               ("all-three", "init-torch", "attendnet_b")]
 
 
 def conclusion(rows: dict[str, dict[str, Any]]) -> str | None:
     """Which changes gain beyond the seed spread at 8-bit weights and which are not told apart from noise;
     ``None`` until a comparison has a seed in common."""
-    found = [(f"{arm} ({model})", g) for arm, base, model in COMPARISONS if (g := gap(rows, arm, base, model=model))]
+    found = [(f"{arm} vs {base} ({model})", g) for arm, base, model in COMPARISONS
+             if (g := gap(rows, arm, base, model=model))]
     if not found:
         return None
     clear = [f"{name} {g.mean:+.2f}" for name, g in found if g.clear and g.mean > 0]

@@ -175,12 +175,14 @@ def test_the_presets_study_sorts_gains_from_noise() -> None:
 
     rows = {"crop008": {**arm("attendnet_b", 76.0, 75.6), **arm("mobilenet_v1", 62.0, 62.2)},
             "crop035": {**arm("attendnet_b", 78.0, 77.8), **arm("mobilenet_v1", 64.5, 64.8)},
-            "init-torch": arm("attendnet_b", 78.8, 77.8), "vac28-narrow": arm("attendnet_b", 76.0, 75.9)}
+            "init-torch": arm("attendnet_b", 78.8, 77.8), "vac28-narrow": arm("attendnet_b", 76.0, 75.9),
+            "all-three": arm("attendnet_b", 79.0, 78.4)}
     assert presets.conclusion(rows) == (
-        "**Gains beyond the seed spread** (8-bit weights, points): crop035 (attendnet_b) +2.10, "
-        "crop035 (mobilenet_v1) +2.55. "
-        "**Losses beyond it**: vac28-narrow (attendnet_b) -1.95. "
-        "**Not told apart from noise**: init-torch (attendnet_b) +0.40 (spread 1.00).")
+        "**Gains beyond the seed spread** (8-bit weights, points): crop035 vs crop008 (attendnet_b) +2.10, "
+        "crop035 vs crop008 (mobilenet_v1) +2.55, all-three vs crop035 (attendnet_b) +0.80. "
+        "**Losses beyond it**: vac28-narrow vs crop035 (attendnet_b) -1.95. "
+        "**Not told apart from noise**: init-torch vs crop035 (attendnet_b) +0.40 (spread 1.00), "
+        "all-three vs init-torch (attendnet_b) +0.40 (spread 1.00).")
     assert presets.conclusion({}) is None
 
 

@@ -106,8 +106,10 @@ def test_imagenette_skips_a_recorded_run_and_checks_its_recipe_from_the_record(t
 
 
 def test_the_comparison_runs_seed0_is_imagenettes_for_both_studies(tmp_path) -> None:
-    comparison = ledger.RUNS / presets.COMPARISON_RUN
-    for arms_of, arm in ((presets.ARMS, "crop035"), (ablation.ARMS, "attention")):
+    for arms_of, arm, run in ((presets.ARMS, "crop035", presets.KAIMING_COMPARISON_RUN),
+                              (ablation.ARMS, "attention", presets.KAIMING_COMPARISON_RUN),
+                              (presets.ARMS, "init-torch", presets.COMPARISON_RUN)):
+        comparison = ledger.RUNS / run
         study = arms.Study(arms_of, tmp_path, tmp_path / "data", workers=2)
         assert study.folder(arm, "attendnet_b", 0) == comparison
         assert study.folder(arm, "attendnet_b", 1) != comparison
