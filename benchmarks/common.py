@@ -62,9 +62,11 @@ def run_main(main: Callable[[], int | None]) -> int:
     return 1
 
 
-def step(name: str, record: Path, command: list[str], resume_from: Path | None = None) -> dict[str, Any]:
-    """Run ``attendnets`` ``command`` (its ``--json`` output kept in ``record``) unless already recorded;
-    ``resume_from``: the command's training folder, continued with ``--resume`` if a killed run left it."""
+def step(name: str, record: Path, command: list[str],
+         resume_from: Path | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+    """Run ``attendnets`` ``command`` (its ``--json`` output kept in ``record``, each report with the command
+    line) unless already recorded; ``resume_from``: the command's training folder, continued with ``--resume``
+    if a killed run left it."""
     if record.is_file():
         print(f"{name}: done ({record})", flush=True)
         return json.loads(record.read_text())
@@ -74,7 +76,8 @@ def step(name: str, record: Path, command: list[str], resume_from: Path | None =
     print(f"{name}: {shlex.join(full[1:])}", flush=True)
     out = subprocess.run(full, check=True, cwd=ROOT, capture_output=True, text=True).stdout
     result = json.loads(out)
-    result["command"] = shlex.join(["python", *full[1:]])
+    for report in result if isinstance(result, list) else [result]:  # bench --threads 1,2: a report per count
+        report["command"] = shlex.join(["python", *full[1:]])
     record.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(record, result)
     return result

@@ -6,8 +6,8 @@ it stopped (delete a step's JSON to redo it):
 
 - ``latency``: ``attendnets bench`` of our four presets (attendnet_b, attendnet_a and the two designs the
   searches found) against MobileNet-V1/V2, 224 px, 50 classes, batch 1, random weights, interleaved, with 1 and
-  with 2 threads, in PyTorch, ONNX Runtime, LiteRT and ExecuTorch (float and int8), and TFLite Micro (1 thread,
-  fewer rounds: reference kernels are slow);
+  with 2 threads (one export of each model, timed at both), in PyTorch, ONNX Runtime, LiteRT and ExecuTorch
+  (float and int8), and TFLite Micro (1 thread, fewer rounds: reference kernels are slow);
 - ``micro``: each model's all-integer TFLite Micro file at 224 px / 50 classes and at 128 px / 10 classes: its
   size, the arena TFLite Micro really used, and the profiler's peak-activation estimate;
 - ``accuracy``: the six models of ``benchmarks/imagenette.py`` (``runs/imagenette/<model>/best``, trained at
@@ -76,11 +76,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def latency(args: argparse.Namespace) -> dict[str, Any]:
+    """``attendnets bench`` reports by thread count (``1t``, ``2t``: one export of each model timed at both)
+    and of TFLite Micro (``tflm``)."""
     common = ["bench", *OURS, "--baselines", ",".join(BASELINES), "--img-size", "224", "--num-classes", "50",
               "--batch", "0"]
-    runs = {f"{t}t": step(f"bench {t} thread(s)", args.runs / f"bench-{t}t.json",
-                          [*common, "--runtimes", XNNPACK_RUNTIMES, "--threads", str(t), "--rounds", str(args.rounds)])
-            for t in (1, 2)}
+    by_threads = step("bench 1 and 2 threads", args.runs / "bench-threads.json",
+                      [*common, "--runtimes", XNNPACK_RUNTIMES, "--threads", "1,2", "--rounds", str(args.rounds)])
+    runs = {f"{report['settings']['threads']}t": report for report in by_threads}
     runs["tflm"] = step("bench tflm", args.runs / "bench-tflm.json",
                         [*common, "--runtimes", "tflm", "--threads", "1", "--rounds", str(args.tflm_rounds)])
     return runs

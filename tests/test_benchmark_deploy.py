@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import common  # noqa: E402
 import deploy  # noqa: E402
 import ship  # noqa: E402
 
@@ -42,3 +44,25 @@ def test_a_report_without_the_latency_stage_keeps_the_last_reports_with_its_mach
     # A second report keeps where the latency was measured, not where the first report was written.
     assert deploy.main() == 0
     assert json.loads((tmp_path / "deploy.json").read_text())["measured"]["latency"]["commit"] == "a" * 40
+
+
+def test_the_latency_stage_exports_once_for_both_thread_counts(tmp_path, monkeypatch) -> None:
+    calls = []
+
+    def attendnets(command, **kwargs):
+        calls.append(command)
+        counts = command[command.index("--threads") + 1].split(",")
+        reports = [bench(int(count)) for count in counts]
+        return SimpleNamespace(stdout=json.dumps(reports if len(counts) > 1 else reports[0]))
+
+    monkeypatch.setattr(common.subprocess, "run", attendnets)
+    monkeypatch.setattr(sys, "argv", ["deploy.py", "--runs", str(tmp_path)])
+    runs = deploy.latency(deploy.parse_args())
+
+    assert [c[c.index("--threads") + 1] for c in calls] == ["1,2", "1"]
+    assert [(key, r["settings"]["threads"]) for key, r in runs.items()] == [("1t", 1), ("2t", 2), ("tflm", 1)]
+    assert "--threads 1,2 --rounds 10 --json" in runs["2t"]["command"]
+    assert runs["1t"]["command"] == runs["2t"]["command"]
+    recorded = json.loads((tmp_path / "bench-threads.json").read_text())
+    assert [r["settings"]["threads"] for r in recorded] == [1, 2]
+    assert deploy.latency(deploy.parse_args()) == runs and len(calls) == 2  # recorded steps are not run again
