@@ -30,7 +30,7 @@ from imagenette import EPOCHS, IMG_SIZE, NUM_CLASSES, completed_epochs, recipe, 
 from ledger import load, record
 
 from attendnets.bench import REFERENCE, run_bench
-from attendnets.complexity import profile_model
+from attendnets.complexity import Complexity, profile_model
 from attendnets.data import resolve_data_dir
 from attendnets.files import atomic_write_json, atomic_write_text
 from attendnets.registry import PRESETS, create_model, is_attendnet, load_preset
@@ -100,6 +100,11 @@ def pepes(spec: ArchSpec) -> list[int]:
     return [i for i, b in enumerate(spec.blocks) if isinstance(b, PEPESpec)]
 
 
+def profile_of(name: str, img_size: int = 224, num_classes: int = 50) -> Complexity:
+    """Parameters and multiply-adds of ``name`` (a model or a spec file), by default at the paper's setting."""
+    return profile_model(create_model(name, num_classes=num_classes), img_size=img_size)
+
+
 class Study:
     """Runs, results and report rows of a set of arms (``arms``: name -> :class:`Arm`)."""
 
@@ -158,8 +163,7 @@ class Study:
     def complexity(self, arm: str, model: str) -> dict[str, int]:
         """Parameters and multiply-adds at the paper's setting (224 px, 50 classes) and at the recipe's."""
         name = self.model_argument(arm, model)
-        paper = profile_model(create_model(name, num_classes=50), img_size=224)
-        ours = profile_model(create_model(name, num_classes=NUM_CLASSES), img_size=IMG_SIZE)
+        paper, ours = profile_of(name), profile_of(name, IMG_SIZE, NUM_CLASSES)
         return {"params_224_50": paper.params, "macs_224_50": paper.macs, "params": ours.params, "macs": ours.macs}
 
     def collect(self, names: Sequence[str], seeds: Sequence[int], train: bool) -> dict[str, dict[str, Any]]:
@@ -318,7 +322,7 @@ def latency_report(study: Study, stem: str, title: str, rounds: int) -> None:
              "| architecture | MACs | " + " | ".join(f"{r}, {t} thread{'s' * (t > 1)}" for t, r in columns) + " |",
              "|---|---|" + "---|" * len(columns)]
     for name, labels in arms_of.items():
-        macs = profile_model(create_model(name, num_classes=50), img_size=224).macs
+        macs = profile_of(name).macs
         timed = [cells[(name, t, r)] for t, r in columns]
         lines.append(f"| {', '.join(labels)} | {macs / 1e6:.1f}M | " + " | ".join(
             f"{c['batch1_median_ms']:.2f} ({c[f'batch1_speedup_vs_{REFERENCE}']:.2f}x)" for c in timed) + " |")
