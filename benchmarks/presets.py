@@ -100,7 +100,8 @@ def conclusion(rows: dict[str, dict[str, Any]]) -> str | None:
         return None
     clear = [f"{name} {g.mean:+.2f}" for name, g in found if g.clear and g.mean > 0]
     worse = [f"{name} {g.mean:+.2f}" for name, g in found if g.clear and g.mean < 0]
-    noise = [f"{name} {g.mean:+.2f} (spread {g.spread:.2f})" for name, g in found if not g.clear]
+    noise = [f"{name} {g.mean:+.2f} ({f'spread {g.spread:.2f}' if len(g.per_seed) > 1 else 'one seed'})"
+             for name, g in found if not g.clear]
     parts = [f"**Gains beyond the seed spread** (8-bit weights, points): {', '.join(clear) or 'none'}."]
     parts += [f"**Losses beyond it**: {', '.join(worse)}."] if worse else []
     parts += [f"**Not told apart from noise**: {', '.join(noise)}."] if noise else []

@@ -184,6 +184,8 @@ def test_the_presets_study_sorts_gains_from_noise() -> None:
         "**Not told apart from noise**: init-torch vs crop035 (attendnet_b) +0.40 (spread 1.00), "
         "all-three vs init-torch (attendnet_b) +0.40 (spread 1.00).")
     assert presets.conclusion({}) is None
+    del rows["init-torch"]["attendnet_b"]["seeds"][1]
+    assert "init-torch vs crop035 (attendnet_b) +0.80 (one seed)" in presets.conclusion(rows)
 
 
 @pytest.mark.parametrize("se, says", [
