@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -39,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, provenance, run_context, run_main, step  # noqa: E402
+from imagenette import comparison_run, run_options  # noqa: E402
 
 from attendnets.bench import _synthetic_images, load_bench_model  # noqa: E402
 from attendnets.data import default_preprocessing, resolve_data_dir  # noqa: E402
@@ -66,7 +68,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", help="Imagenette root with train/ and val/ (default: $ATTENDNETS_DATA)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated (default {','.join(STAGES)})")
     parser.add_argument("--models", default=",".join(MODELS), help="models of the accuracy stage")
-    parser.add_argument("--trained", type=Path, default=ROOT / "runs" / "imagenette", help="runs of imagenette.py")
+    parser.add_argument("--run", action="append", metavar="MODEL=FOLDER",
+                        help="take MODEL's checkpoint from this recorded run of the comparison recipe at another "
+                             "seed, not runs/imagenette/MODEL (as ship.py's --run: the shipped weights' run)")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "deploy", help="where the steps keep their files")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved latency rounds (default 10)")
     parser.add_argument("--tflm-rounds", type=int, default=3, help="TFLite Micro latency rounds (default 3)")
@@ -126,12 +130,12 @@ def _measure_micro(record: Path) -> list[dict[str, Any]]:
 
 
 def accuracy_of(model: str, args: argparse.Namespace, data: Path) -> dict[str, Any]:
-    trained = args.trained / model / "best"
+    trained = comparison_run(model, run_options(args.run, list(MODELS))) / "best"
     if not trained.with_suffix(".json").is_file():
         raise SystemExit(f"{model}: no trained checkpoint {trained}: run benchmarks/imagenette.py first")
     run = args.runs / model
     common = ["--data", str(data), "--workers", str(args.workers)]
-    out: dict[str, Any] = {"model": model}
+    out: dict[str, Any] = {"model": model, "checkpoint": os.path.relpath(trained, ROOT)}
     for fmt, suffix in FORMATS.items():
         path = run / fmt / f"{model}{suffix}"
         command = ["export", "--checkpoint", str(trained), "--format", fmt, "--output", str(path), "--int8",
@@ -275,10 +279,14 @@ def write_report(latency: dict, micro_rows: list, accuracy: dict, context: dict,
                   "greedy planner lays them out, plus bookkeeping per tensor, op and output channel.", "",
                   *_micro_table(micro_rows), ""]
     if accuracy:
+        chosen = [f"{a['model']}'s from {a['checkpoint']}" for a in accuracy.values()
+                  if Path(a.get("checkpoint", "runs/imagenette")).parts[:2] != ("runs", "imagenette")]
         lines += ["## Imagenette val top-1 in each runtime", "", "The checkpoints of `benchmarks/imagenette.py` "
-                  "(128 px; each run's record: docs/results/runs/imagenette/<model>.json); in brackets the share of "
-                  "val images on which the 8-bit file's top-1 is its float file's. ONNX Runtime's int8 weights are "
-                  "7-bit where the table says so: the export's choice on x86 CPUs without VNNI.", "",
+                  "(128 px; each run's record: docs/results/runs/imagenette/<model>.json" +
+                  (f"; {', '.join(chosen)}, a run of the same recipe at another seed" if chosen else "") +
+                  "); in brackets the share of val images on which the 8-bit file's top-1 is its float file's. ONNX "
+                  "Runtime's int8 weights are 7-bit where the table says so: the export's choice on x86 CPUs "
+                  "without VNNI.", "",
                   *_accuracy_table(accuracy), "",
                   "ExecuTorch's int8 files take their activation ranges from the min and max seen on the 64 "
                   "calibration images, as ONNX Runtime's export does. The XNNPACK quantizer's default, a histogram "

@@ -31,13 +31,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, run_context, run_main  # noqa: E402
-from ledger import load, record  # noqa: E402
+from ledger import load, record, record_path  # noqa: E402
 
 from attendnets import training  # noqa: E402
 from attendnets.cli import build_parser  # noqa: E402
 from attendnets.cli.train import config_from_args  # noqa: E402
 from attendnets.complexity import profile_model  # noqa: E402
 from attendnets.data import resolve_data_dir  # noqa: E402
+from attendnets.errors import AttendNetsError  # noqa: E402
 from attendnets.files import atomic_write_json, atomic_write_text  # noqa: E402
 from attendnets.registry import create_model  # noqa: E402
 
@@ -99,6 +100,35 @@ def recipe_changes(run: Path, model: str, epochs: int, subset: int | None, seed:
     options = [*recipe(seed, zero_init_last), "--epochs", str(epochs), *(["--subset", str(subset)] if subset else [])]
     config = config_from_args(build_parser().parse_args(["train", "--model", model, "--output", str(run), *options]))
     return [f"{field}: {was} -> {now}" for field, was, now in training.recipe_changes(saved, config)]
+
+
+def comparison_run(model: str, chosen: dict[str, Path]) -> Path:
+    """The folder of ``model``'s comparison run: ``runs/imagenette/<model>``, or ``chosen[model]`` (``--run
+    MODEL=FOLDER`` of ship.py and deploy.py: another recorded run of the comparison recipe, at another seed, for
+    when the recorded folder is on the machine that trained it, not this one); refuses a chosen run whose recipe
+    differs in more than the seed."""
+    if model not in chosen:
+        return ROOT / "runs" / "imagenette" / model
+    run = chosen[model].resolve()
+    recorded = load(run)
+    if recorded is None:
+        raise AttendNetsError(f"--run {model}={chosen[model]}: no recorded run there ({record_path(run)})")
+    changes = recipe_changes(run, model, EPOCHS, None, seed=recorded["config"]["seed"])
+    if changes:
+        raise AttendNetsError(f"--run {model}={chosen[model]} is not a run of the comparison recipe "
+                              f"({'; '.join(changes)})")
+    return run
+
+
+def run_options(values: list[str] | None, models: list[str]) -> dict[str, Path]:
+    """``--run MODEL=FOLDER`` values as ``{model: folder}``, each for one of ``models``."""
+    chosen = {}
+    for value in values or []:
+        model, _, folder = value.partition("=")
+        if not folder or model not in models:
+            raise AttendNetsError(f"--run takes MODEL=FOLDER with MODEL one of {', '.join(models)}, not {value!r}")
+        chosen[model] = Path(folder)
+    return chosen
 
 
 def train_command(model: str, run: Path, data: Path, options: list[str], workers: int,

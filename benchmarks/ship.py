@@ -12,7 +12,12 @@ The model cards ``docs/models/<model>.md`` are generated from docs/results/ship.
 docs/results/deploy.json (latency per runtime, TFLite Micro arena) and the model's complexity; nothing in
 them is typed by hand. ``--cards`` rewrites only the cards.
 
+A run's folder stays on the machine that trained it. Where a model's imagenette.py run was trained elsewhere,
+``--run MODEL=FOLDER`` ships another recorded run of the same recipe at another seed (a study's, e.g.
+``runs/presets/init-torch/attendnet_b-s1``); its card gives that run's train command.
+
     python benchmarks/ship.py --data ../shared/datasets/imagenette2-224
+    python benchmarks/ship.py --models attendnet_b --run attendnet_b=runs/presets/init-torch/attendnet_b-s1
     python benchmarks/ship.py --cards
 """
 
@@ -27,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, run_context, run_main  # noqa: E402
-from imagenette import IMG_SIZE, NUM_CLASSES  # noqa: E402
+from imagenette import IMG_SIZE, NUM_CLASSES, comparison_run, run_options  # noqa: E402
 from ledger import load, portable, quantize, record_path  # noqa: E402
 
 from attendnets.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint  # noqa: E402
@@ -55,12 +60,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated (default {','.join(MODELS)})")
     parser.add_argument("--workers", type=int, default=2, help="data loader processes (default 2)")
     parser.add_argument("--cards", action="store_true", help="only rewrite the model cards from the results")
+    parser.add_argument("--run", action="append", metavar="MODEL=FOLDER",
+                        help="ship MODEL from this recorded run of the comparison recipe at another seed (e.g. "
+                             "runs/presets/init-torch/attendnet_b-s1) when its imagenette.py run was trained on "
+                             "another machine; repeatable")
     return parser.parse_args()
 
 
-def trained_run(model: str) -> tuple[Path, dict[str, Any]]:
-    """``(run folder, its record)`` of ``model``'s comparison run; refuses a model without both."""
-    run = ROOT / "runs" / "imagenette" / model
+def trained_run(model: str, chosen: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    """``(run folder, its record)`` of ``model``'s comparison run (or ``chosen``'s, see
+    :func:`imagenette.comparison_run`); refuses a model without both."""
+    run = comparison_run(model, chosen)
     recorded = load(run)
     if recorded is None:
         raise AttendNetsError(f"{model} has no recorded run ({record_path(run).relative_to(ROOT)}): "
@@ -70,11 +80,11 @@ def trained_run(model: str) -> tuple[Path, dict[str, Any]]:
     return run, recorded
 
 
-def ship(model: str, data: Path, workers: int) -> dict[str, Any]:
+def ship(model: str, data: Path, workers: int, chosen: dict[str, Path]) -> dict[str, Any]:
     """Write the shipped checkpoint of ``model``, check it loads through timm, and return its record."""
     import timm
 
-    run, recorded = trained_run(model)
+    run, recorded = trained_run(model, chosen)
     int8 = quantize(run, data, workers)
     net, meta = load_checkpoint(int8["checkpoint"])
     release = {"train_command": recorded["train_command"], "commit": recorded["recorded"]["commit"],
@@ -160,7 +170,8 @@ def main() -> int:
     if not args.cards:
         data = resolve_data_dir(args.data)
         earlier = json.loads(record_path.read_text())["models"] if record_path.is_file() else {}
-        records = {**earlier, **{m: ship(m, data, args.workers) for m in models}}
+        chosen = run_options(args.run, models)
+        records = {**earlier, **{m: ship(m, data, args.workers, chosen) for m in models}}
         atomic_write_json(record_path, {**run_context(), "models": records})
     records = json.loads(record_path.read_text())["models"]
     deploy = json.loads((RESULTS / "deploy.json").read_text())

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from attendnets.cli import build_parser
+from attendnets.errors import AttendNetsError
 from attendnets.cli.train import config_from_args
 from attendnets.registry import load_preset
 
@@ -24,12 +25,12 @@ import ledger  # noqa: E402
 import presets  # noqa: E402
 
 
-def finished_run(run: Path, model: str = "attendnet_b") -> None:
-    """A run folder of the comparison recipe as the train verb leaves it after two epochs (no checkpoint:
-    evaluation is faked)."""
+def finished_run(run: Path, model: str = "attendnet_b", options: list[str] = imagenette.RECIPE) -> None:
+    """A run folder of the comparison recipe (or of ``options``) as the train verb leaves it after two epochs
+    (no checkpoint: evaluation is faked)."""
     run.mkdir(parents=True)
     config = config_from_args(build_parser().parse_args(
-        ["train", "--model", model, "--output", str(run), "--epochs", str(imagenette.EPOCHS), *imagenette.RECIPE]))
+        ["train", "--model", model, "--output", str(run), "--epochs", str(imagenette.EPOCHS), *options]))
     (run / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
     epochs = [{"epoch": e, "val_top1": 70.0 + e, "ema_val_top1": 71.0 + e, "train_images_per_s": 40.0,
                "epoch_seconds": 200.0} for e in (1, 2)]
@@ -113,3 +114,22 @@ def test_the_comparison_runs_seed0_is_imagenettes_for_both_studies(tmp_path) -> 
         study = arms.Study(arms_of, tmp_path, tmp_path / "data", workers=2)
         assert study.folder(arm, "attendnet_b", 0) == comparison
         assert study.folder(arm, "attendnet_b", 1) != comparison
+
+
+def test_ship_and_deploy_take_another_seed_of_the_comparison_recipe_and_refuse_another_recipe(tmp_path,
+                                                                                             evaluations) -> None:
+    seed1, kaiming = tmp_path / "init-torch-s1", tmp_path / "kaiming-s1"
+    finished_run(seed1, options=imagenette.recipe(1))
+    finished_run(kaiming, "attendnet_a", arms.with_option(imagenette.recipe(1), "--weight-init", "kaiming"))
+    for run in (seed1, kaiming):
+        ledger.record(run, [sys.executable], tmp_path, 2)
+    chosen = imagenette.run_options([f"attendnet_b={seed1}", f"attendnet_a={kaiming}"], list(imagenette.MODELS))
+    assert imagenette.comparison_run("attendnet_b", chosen) == seed1.resolve()
+    assert imagenette.comparison_run("mobilenet_v1", chosen) == ledger.RUNS / "imagenette" / "mobilenet_v1"
+    with pytest.raises(AttendNetsError, match="not a run of the comparison recipe .weight_init: kaiming -> torch"):
+        imagenette.comparison_run("attendnet_a", chosen)
+    with pytest.raises(AttendNetsError, match="no recorded run there"):
+        imagenette.comparison_run("attendnet_b", {"attendnet_b": tmp_path})
+    for bad in ("attendnet_b", "resnet50=runs/x"):
+        with pytest.raises(AttendNetsError, match="--run takes MODEL=FOLDER"):
+            imagenette.run_options([bad], list(imagenette.MODELS))
