@@ -39,6 +39,7 @@ def main() -> int:
         from skimage import data
     except ImportError:
         raise SystemExit("this figure needs scikit-image's sample photos: pip install scikit-image") from None
+    context = run_context()  # before the figure is rewritten: a committed tree is then not "uncommitted"
     figure = RESULTS / "attention.png"
     figure.unlink(missing_ok=True)  # attendnets attention never overwrites: this script owns the figure
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,7 +53,6 @@ def main() -> int:
     shown = shlex.join(["python", "-m", "attendnets", "attention", *(f"{n}.png" for n in SAMPLES), "--model", args.model,
                         "--pretrained", "--output", "docs/results/attention.png", "--json"])
     means = [c["mean_map"] for image in stats["images"] for c in image["condensers"]]
-    context = run_context()
     lines = ["# What the condensers of a trained AttendNet attend to", "",
              "![attention maps](attention.png)", "",
              f"{args.model} with its shipped Imagenette weights, on two photos of scikit-image's sample data "
