@@ -2,7 +2,7 @@
 file sizes, and top-1 of every exported Imagenette model in its runtime, with agreement with float.
 
 Stages (``--stages``, default all), each step's JSON kept in ``runs/deploy/`` so a killed run continues where
-it stopped (delete a step's JSON to redo it):
+it stopped (delete a step's JSON to redo it; a model's accuracy steps are redone when its checkpoint changes):
 
 - ``latency``: ``attendnets bench`` of our four presets (attendnet_b, attendnet_a and the two designs the
   searches found) against MobileNet-V1/V2, 224 px, 50 classes, batch 1, random weights, interleaved, with 1 and
@@ -28,8 +28,10 @@ belongs to the CPU that measured it, not to the one that writes the report.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -43,6 +45,7 @@ from common import RESULTS, ROOT, provenance, run_context, run_main, step  # noq
 from imagenette import comparison_run, run_options  # noqa: E402
 
 from attendnets.bench import _synthetic_images, load_bench_model  # noqa: E402
+from attendnets.checkpoint import checkpoint_paths  # noqa: E402
 from attendnets.data import default_preprocessing, resolve_data_dir  # noqa: E402
 from attendnets.export import (  # noqa: E402
     CalibrationImages,
@@ -129,11 +132,27 @@ def _measure_micro(record: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def steps_of(run: Path, trained: Path) -> Path:
+    """``run``, the folder of a model's accuracy steps, made from the checkpoint ``trained``: steps cached from
+    another checkpoint (a retrained model, another ``--run``), or from one not recorded, are deleted, not
+    reported as this one's."""
+    weights, _ = checkpoint_paths(trained)
+    made_from = {"checkpoint": os.path.relpath(trained, ROOT),
+                 "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    stamp = run / "checkpoint.json"
+    if run.is_dir() and (not stamp.is_file() or json.loads(stamp.read_text()) != made_from):
+        print(f"{run}: its steps were not made from {made_from['checkpoint']} as it is now: redoing them", flush=True)
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(stamp, made_from)
+    return run
+
+
 def accuracy_of(model: str, args: argparse.Namespace, data: Path) -> dict[str, Any]:
     trained = comparison_run(model, run_options(args.run, list(MODELS))) / "best"
     if not trained.with_suffix(".json").is_file():
         raise SystemExit(f"{model}: no trained checkpoint {trained}: run benchmarks/imagenette.py first")
-    run = args.runs / model
+    run = steps_of(args.runs / model, trained)
     common = ["--data", str(data), "--workers", str(args.workers)]
     out: dict[str, Any] = {"model": model, "checkpoint": os.path.relpath(trained, ROOT)}
     for fmt, suffix in FORMATS.items():

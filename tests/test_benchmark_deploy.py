@@ -66,3 +66,20 @@ def test_the_latency_stage_exports_once_for_both_thread_counts(tmp_path, monkeyp
     recorded = json.loads((tmp_path / "bench-threads.json").read_text())
     assert [r["settings"]["threads"] for r in recorded] == [1, 2]
     assert deploy.latency(deploy.parse_args()) == runs and len(calls) == 2  # recorded steps are not run again
+
+
+def test_accuracy_steps_made_from_another_checkpoint_are_redone(tmp_path) -> None:
+    trained, run = tmp_path / "run" / "best", tmp_path / "deploy" / "attendnet_b"
+    trained.parent.mkdir()
+    trained.with_suffix(".safetensors").write_bytes(b"first weights")
+    assert deploy.steps_of(run, trained) == run
+    (run / "eval-onnx.json").write_text("{}")
+    deploy.steps_of(run, trained)
+    assert (run / "eval-onnx.json").is_file()  # the same checkpoint: its steps are kept
+    trained.with_suffix(".safetensors").write_bytes(b"retrained weights")
+    deploy.steps_of(run, trained)
+    assert not (run / "eval-onnx.json").exists() and (run / "checkpoint.json").is_file()
+    (run / "checkpoint.json").unlink()
+    (run / "eval-onnx.json").write_text("{}")
+    deploy.steps_of(run, trained)
+    assert not (run / "eval-onnx.json").exists()  # steps of an unrecorded checkpoint: redone too
