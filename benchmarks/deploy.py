@@ -71,9 +71,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", help="Imagenette root with train/ and val/ (default: $ATTENDNETS_DATA)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated (default {','.join(STAGES)})")
     parser.add_argument("--models", default=",".join(MODELS), help="models of the accuracy stage")
+    parser.add_argument("--trained", type=Path, default=ROOT / "runs" / "imagenette", help="runs of imagenette.py")
     parser.add_argument("--run", action="append", metavar="MODEL=FOLDER",
                         help="take MODEL's checkpoint from this recorded run of the comparison recipe at another "
-                             "seed, not runs/imagenette/MODEL (as ship.py's --run: the shipped weights' run)")
+                             "seed, not --trained's (as ship.py's --run: the shipped weights' run)")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "deploy", help="where the steps keep their files")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved latency rounds (default 10)")
     parser.add_argument("--tflm-rounds", type=int, default=3, help="TFLite Micro latency rounds (default 3)")
@@ -149,12 +150,14 @@ def steps_of(run: Path, trained: Path) -> Path:
 
 
 def accuracy_of(model: str, args: argparse.Namespace, data: Path) -> dict[str, Any]:
-    trained = comparison_run(model, run_options(args.run, list(MODELS))) / "best"
+    chosen = run_options(args.run, list(MODELS))
+    trained = comparison_run(model, chosen, args.trained) / "best"
     if not trained.with_suffix(".json").is_file():
         raise SystemExit(f"{model}: no trained checkpoint {trained}: run benchmarks/imagenette.py first")
     run = steps_of(args.runs / model, trained)
     common = ["--data", str(data), "--workers", str(args.workers)]
-    out: dict[str, Any] = {"model": model, "checkpoint": os.path.relpath(trained, ROOT)}
+    out: dict[str, Any] = {"model": model, "checkpoint": os.path.relpath(trained, ROOT),
+                           "another_seed": model in chosen}
     for fmt, suffix in FORMATS.items():
         path = run / fmt / f"{model}{suffix}"
         command = ["export", "--checkpoint", str(trained), "--format", fmt, "--output", str(path), "--int8",
@@ -298,8 +301,7 @@ def write_report(latency: dict, micro_rows: list, accuracy: dict, context: dict,
                   "greedy planner lays them out, plus bookkeeping per tensor, op and output channel.", "",
                   *_micro_table(micro_rows), ""]
     if accuracy:
-        chosen = [f"{a['model']}'s from {a['checkpoint']}" for a in accuracy.values()
-                  if Path(a.get("checkpoint", "runs/imagenette")).parts[:2] != ("runs", "imagenette")]
+        chosen = [f"{a['model']}'s from {a['checkpoint']}" for a in accuracy.values() if a.get("another_seed")]
         lines += ["## Imagenette val top-1 in each runtime", "", "The checkpoints of `benchmarks/imagenette.py` "
                   "(128 px; each run's record: docs/results/runs/imagenette/<model>.json" +
                   (f"; {', '.join(chosen)}, a run of the same recipe at another seed" if chosen else "") +

@@ -102,13 +102,13 @@ def recipe_changes(run: Path, model: str, epochs: int, subset: int | None, seed:
     return [f"{field}: {was} -> {now}" for field, was, now in training.recipe_changes(saved, config)]
 
 
-def comparison_run(model: str, chosen: dict[str, Path]) -> Path:
-    """The folder of ``model``'s comparison run: ``runs/imagenette/<model>``, or ``chosen[model]`` (``--run
+def comparison_run(model: str, chosen: dict[str, Path], runs: Path = ROOT / "runs" / "imagenette") -> Path:
+    """The folder of ``model``'s comparison run: ``runs/<model>``, or ``chosen[model]`` (``--run
     MODEL=FOLDER`` of ship.py and deploy.py: another recorded run of the comparison recipe, at another seed, for
     when the recorded folder is on the machine that trained it, not this one); refuses a chosen run whose recipe
     differs in more than the seed."""
     if model not in chosen:
-        return ROOT / "runs" / "imagenette" / model
+        return runs / model
     run = chosen[model].resolve()
     recorded = load(run)
     if recorded is None:
