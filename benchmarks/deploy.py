@@ -80,7 +80,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tflm-rounds", type=int, default=3, help="TFLite Micro latency rounds (default 3)")
     parser.add_argument("--tflm-images", type=int, default=200, help="val images TFLite Micro is checked on")
     parser.add_argument("--workers", type=int, default=2, help="data loader processes (default 2)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.run = run_options(args.run, list(MODELS))  # {model: folder}, checked before any stage's long work
+    return args
 
 
 def latency(args: argparse.Namespace) -> dict[str, Any]:
@@ -150,14 +152,13 @@ def steps_of(run: Path, trained: Path) -> Path:
 
 
 def accuracy_of(model: str, args: argparse.Namespace, data: Path) -> dict[str, Any]:
-    chosen = run_options(args.run, list(MODELS))
-    trained = comparison_run(model, chosen, args.trained) / "best"
+    trained = comparison_run(model, args.run, args.trained) / "best"
     if not trained.with_suffix(".json").is_file():
         raise SystemExit(f"{model}: no trained checkpoint {trained}: run benchmarks/imagenette.py first")
     run = steps_of(args.runs / model, trained)
     common = ["--data", str(data), "--workers", str(args.workers)]
     out: dict[str, Any] = {"model": model, "checkpoint": os.path.relpath(trained, ROOT),
-                           "another_seed": model in chosen}
+                           "another_seed": model in args.run}
     for fmt, suffix in FORMATS.items():
         path = run / fmt / f"{model}{suffix}"
         command = ["export", "--checkpoint", str(trained), "--format", fmt, "--output", str(path), "--int8",
