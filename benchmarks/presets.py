@@ -24,7 +24,9 @@ Each arm changes the comparison recipe (benchmarks/imagenette.py) or attendnet_b
   adopted start.
 
 Runs are in ``runs/presets/<arm>/<model>-s<seed>`` (see benchmarks/arms.py). The report
-(docs/results/presets.{md,json}) is written once every arm has both seeds; until then into the runs folder.
+(docs/results/presets.{md,json}) is written once every arm has both seeds; until then into the runs folder. Its
+last section holds what the library uses now (the recipe, the train verb's defaults, the presets) against each
+comparison that changes one thing, so a default that is not the better side found is named there.
 
     python benchmarks/presets.py --data ../shared/datasets/imagenette2-224
     python benchmarks/presets.py --arms init-torch --seeds 0   # one run
@@ -36,6 +38,7 @@ Runs are in ``runs/presets/<arm>/<model>-s<seed>`` (see benchmarks/arms.py). The
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,9 +46,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arms import TIMM_CROP, Arm, compare, gap, pepes, run_study, vacs, with_blocks  # noqa: E402
 from common import run_main  # noqa: E402
-from imagenette import EPOCHS  # noqa: E402
+from imagenette import EPOCHS, recipe  # noqa: E402
 
+from attendnets.cli import build_parser  # noqa: E402
+from attendnets.cli.train import config_from_args  # noqa: E402
+from attendnets.registry import PRESETS, is_attendnet, load_preset  # noqa: E402
 from attendnets.spec import ArchSpec  # noqa: E402
+from attendnets.training import INIT_OPTIONS, RECIPE_FIELDS, TrainConfig  # noqa: E402
 
 BOTH = ("attendnet_b", "mobilenet_v1")
 # The seed-0 runs of attendnet_b that are benchmarks/imagenette.py's (the same command): with Kaiming's start,
@@ -63,7 +70,7 @@ def wide_proj2(spec: ArchSpec) -> ArchSpec:
 
 
 def narrow_vac28(spec: ArchSpec) -> ArchSpec:
-    (last,) = vacs(spec, mid=64)  # the condenser at 28 px (224 px input), on 128 channels
+    last = vacs(spec)[-1]  # the condenser at 28 px (224 px input), on 128 channels
     return with_blocks(spec, lambda i, b: dataclasses.replace(b, mid=32) if i == last else b)
 
 
@@ -108,11 +115,92 @@ def conclusion(rows: dict[str, dict[str, Any]]) -> str | None:
     return " ".join(parts)
 
 
+def trained_with(words: list[str]) -> TrainConfig:
+    """The training config of an ``attendnets train`` command line (from ``train`` on)."""
+    return config_from_args(build_parser().parse_args(words))
+
+
+def settings(rows: dict[str, dict[str, Any]], arm: str, base: str, model: str) -> dict[str, tuple[Any, Any]]:
+    """What ``arm``'s runs of ``model`` changed against ``base``'s, from their recorded train commands:
+    ``{field: (arm's value, base's value)}`` over the recipe's fields (``model`` is the architecture: a preset's
+    name or an arm's spec file), the seed aside, and AttendNets' initialisation options only for AttendNets."""
+    def config(name: str) -> TrainConfig:
+        words = shlex.split(next(iter(rows[name][model]["seeds"].values()))["train_command"])
+        return trained_with(words[words.index("train"):])
+
+    ours, theirs = config(arm), config(base)
+    ignored = {"seed", *(() if is_attendnet(model) else INIT_OPTIONS)}
+    return {f: (getattr(ours, f), getattr(theirs, f)) for f in RECIPE_FIELDS
+            if f not in ignored and getattr(ours, f) != getattr(theirs, f)}
+
+
+def chosen_now(model: str, field: str, values: dict[str, Any]) -> str | None:
+    """Which arm of ``values`` (``{arm: its value of field}``) the library takes now: for ``model`` (the
+    architecture), the arm whose spec change the preset already is (an arm without one: the preset as it is);
+    for a recipe field, the arm whose value both the comparison recipe (benchmarks/imagenette.py) and ``attendnets
+    train``'s default have. ``None``: neither (or the recipe and the default disagree)."""
+    if field == "model":
+        preset = load_preset(model)
+        changes = {arm: ARMS[arm].spec for arm in values}
+        return next((arm for arm, change in changes.items() if change is None or change(preset) == preset), None)
+    command = ["train", "--model", model, "--data", ".", "--output", "."]
+    recipe_value, default = (getattr(trained_with(words), field) for words in (command + recipe(0), command))
+    return next((arm for arm, value in values.items() if value == recipe_value == default), None)
+
+
+def setting(field: str) -> str:
+    return "the architecture" if field == "model" else f"`{field}`"
+
+
+def shown(field: str, value: Any) -> str:
+    if field == "model":
+        return "the preset" if value in PRESETS else "the arm's spec"
+    return " ".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
+
+
+def library_now(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Whether what the library uses now (the comparison recipe, the train verb's defaults, the presets) is,
+    for each comparison that changes one thing, the side that gained beyond the seed spread, or one not told
+    apart from the other: the issue's "the presets and the recipe default are the better ones found", read off
+    the code rather than stated. A comparison that changes several things at once decides none of them."""
+    lines, wrong = [], []
+    for arm, base, model in COMPARISONS:
+        g = gap(rows, arm, base, model=model)
+        if g is None:
+            continue
+        name, changed = f"{arm} vs {base} ({model})", settings(rows, arm, base, model)
+        if len(changed) != 1:
+            lines.append(f"- {name} changes {' and '.join(map(setting, changed))} at once: it decides none alone.")
+            continue
+        ((field, (ours, theirs)),) = changed.items()
+        side = chosen_now(model, field, {arm: ours, base: theirs})
+        now = f"{side}'s ({shown(field, ours if side == arm else theirs)})" if side else "neither side's"
+        if g.clear:
+            better = arm if g.mean > 0 else base
+            judged = "the better one" if side == better else f"**not the better one** ({better}'s)"
+            measured = f"{g.mean:+.2f} points at 8-bit weights, beyond the seed spread {g.spread:.2f}"
+        else:
+            judged = "one of two not told apart" if side else "**neither side**"
+            measured = f"{g.mean:+.2f} points, {f'spread {g.spread:.2f}' if len(g.per_seed) > 1 else 'one seed'}"
+        if judged.startswith("**"):
+            wrong.append(name)
+        lines.append(f"- {setting(field)}, {name}: now {now}, {judged} ({measured}).")
+    if not lines:
+        return []
+    summary = (f"**Not the better one found**: {', '.join(wrong)}." if wrong else
+               "**Every choice is the better one found, or one not told apart from the other.**")
+    return ["## The library now", "",
+            "What the library uses now (the comparison recipe of benchmarks/imagenette.py, which `attendnets train`'s "
+            "defaults equal, and the presets), against each comparison that changes one thing: " + summary, "", *lines]
+
+
 def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
-    """The conclusion, then each comparison of COMPARISONS seed by seed."""
+    """The conclusion, then each comparison of COMPARISONS seed by seed, then what the library uses now."""
     lines = [compare(rows, arm, base, model) for arm, base, model in COMPARISONS]
     summary = conclusion(rows)
-    return ["## Verdict", "", *([summary, ""] if summary else []), *(f"- {line}." for line in lines if line)]
+    now = library_now(rows)
+    return ["## Verdict", "", *([summary, ""] if summary else []), *(f"- {line}." for line in lines if line),
+            *(["", *now] if now else [])]
 
 
 def main() -> int:

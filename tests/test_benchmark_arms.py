@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -186,6 +187,35 @@ def test_the_presets_study_sorts_gains_from_noise() -> None:
     assert presets.conclusion({}) is None
     del rows["init-torch"]["attendnet_b"]["seeds"][1]
     assert "init-torch vs crop035 (attendnet_b) +0.80 (one seed)" in presets.conclusion(rows)
+
+
+def test_the_presets_report_checks_the_library_takes_the_better_side(tmp_path, monkeypatch) -> None:
+    """Each one-change comparison is read off the runs' train commands and held against the code now: the
+    recipe (and the train verb's default) and the preset."""
+    study = arms.Study(presets.ARMS, tmp_path, tmp_path / "data", workers=2)
+
+    def arm(name: str, model: str, *top1: float) -> dict:
+        command = study.train_command(name, model, 0)
+        return {model: {"seeds": {s: {"top1": t, "int8_top1": t, "train_command": shlex.join(command)}
+                                  for s, t in enumerate(top1)}}}
+
+    rows = {"crop008": arm("crop008", "attendnet_b", 74.0, 73.5), "crop035": arm("crop035", "attendnet_b", 77.0, 77.5),
+            "init-torch": arm("init-torch", "attendnet_b", 79.0, 78.5),
+            "pepe-wide-proj2": arm("pepe-wide-proj2", "attendnet_b", 79.5, 79.0),
+            "all-three": arm("all-three", "attendnet_b", 78.0, 78.5)}
+    lines = presets.library_now(rows)
+    assert "**Not the better one found**: pepe-wide-proj2 vs crop035 (attendnet_b)." in lines[2]
+    assert "- `crop_scale`, crop035 vs crop008 (attendnet_b): now crop035's (0.35 1), the better one" in lines[4]
+    assert lines[6].startswith("- the architecture, pepe-wide-proj2 vs crop035 (attendnet_b): now crop035's "
+                               "(the preset), **not the better one** (pepe-wide-proj2's) (+2.00 points")
+    assert lines[7] == "- all-three vs crop035 (attendnet_b) changes the architecture and `weight_init` at once: " \
+                       "it decides none alone."
+    assert "one of two not told apart (-0.50 points, spread 0.50)" in lines[8]
+    # a recipe whose crop range is not the train verb's default is neither side's
+    monkeypatch.setattr(presets, "recipe", lambda seed: arms.with_option(imagenette.recipe(seed), "--crop-scale",
+                                                                          "0.08", "1"))
+    assert "crop035 vs crop008 (attendnet_b): now neither side's, **not the better one** (crop035's)" in \
+        presets.library_now(rows)[4]
 
 
 @pytest.mark.parametrize("se, says", [
