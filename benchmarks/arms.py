@@ -16,6 +16,7 @@ drivers; this module is what they share.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import shlex
 import statistics
@@ -153,12 +154,12 @@ class Study:
         return load(run) is not None or completed_epochs(run) >= EPOCHS
 
     def result(self, arm: str, model: str, seed: int) -> dict[str, Any]:
-        """The run's best checkpoint re-evaluated in float and at 8-bit weights, its last epoch's top-1 and its
-        commands: from its record (made now if it has none)."""
+        """The run's best checkpoint re-evaluated in float and at 8-bit weights, its last epoch's top-1, its
+        commands and where it was recorded (commit, machine, date): from its record (made now if it has none)."""
         recorded = record(self.folder(arm, model, seed), self.train_command(arm, model, seed), self.data, self.workers)
         return {key: recorded[key] for key in ("top1", "int8_top1", "best_epoch", "weights", "last_raw_top1",
                                                "last_ema_top1", "run", "train_command", "eval_command",
-                                               "quantize_command")}
+                                               "quantize_command", "recorded")}
 
     def complexity(self, arm: str, model: str) -> dict[str, int]:
         """Parameters and multiply-adds at the paper's setting (224 px, 50 classes) and at the recipe's."""
@@ -259,6 +260,15 @@ def table(rows: dict[str, dict[str, Any]], arms: dict[str, Arm], names: Sequence
     return lines
 
 
+def machines(rows: dict[str, dict[str, Any]]) -> str:
+    """The CPUs the runs were recorded on (training follows the record on the same machine), with how many
+    runs each: a study spans sessions and machines, and fp32 kernels differ between instruction sets."""
+    cpus = collections.Counter(f"{m['cpu']} ({', '.join(m['cpu_flags']) or 'no AVX2'})"
+                               for row in rows.values() for model in row.values()
+                               for m in (run["recorded"]["machine"] for run in model["seeds"].values()))
+    return "; ".join(f"{cpu}: {n} run{'s' if n > 1 else ''}" for cpu, n in cpus.most_common())
+
+
 def run_study(doc: str, arms: dict[str, Arm], stem: str, title: str, intro: str,
               findings: Callable[[dict[str, Any]], list[str]] = lambda rows: []) -> int:
     """A study driver's main: parse its options, train the arms asked for, and write ``<stem>.{md,json}`` (into
@@ -281,7 +291,8 @@ def run_study(doc: str, arms: dict[str, Arm], stem: str, title: str, intro: str,
     done = complete(rows, arms)
     context = run_context()
     lines = [f"# {title}", "", *([] if done else ["**PARTIAL: not every run has finished.**", ""]), intro, "",
-             *table(rows, arms, list(arms)), "", *findings(rows), "", "## How it was run", "", *provenance(context), "",
+             *table(rows, arms, list(arms)), "", *findings(rows), "", "## How it was run", "", *provenance(context),
+             f"- runs recorded on: {machines(rows)}", "",
              f"Each run's train, eval and quantize commands are in {stem}.json."]
     out_dir = RESULTS if done else args.runs
     out_dir.mkdir(parents=True, exist_ok=True)

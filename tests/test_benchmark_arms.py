@@ -143,6 +143,15 @@ def test_a_verdict_pairs_seeds_and_weighs_the_gap_against_the_seed_spread() -> N
     assert "per seed +7.00; one seed in common, too few to judge" in arms.compare(rows, "d", "b")
 
 
+
+def test_a_study_report_counts_the_runs_of_each_machine() -> None:
+    def run(cpu: str, *flags: str) -> dict:
+        return {"recorded": {"machine": {"cpu": cpu, "cpu_flags": list(flags)}}}
+
+    rows = {"a": {"attendnet_b": {"seeds": {0: run("EPYC", "avx2"), 1: run("Xeon", "avx2", "avx512_vnni")}}},
+            "b": {"mobilenet_v1": {"seeds": {0: run("EPYC", "avx2"), 1: run("old")}}}}
+    assert arms.machines(rows) == "EPYC (avx2): 2 runs; Xeon (avx2, avx512_vnni): 1 run; old (no AVX2): 1 run"
+
 def test_the_latency_report_times_each_architecture_once_against_mobilenet_v1(tmp_path, monkeypatch) -> None:
     calls = []
 
