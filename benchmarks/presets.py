@@ -50,9 +50,10 @@ from imagenette import EPOCHS, recipe  # noqa: E402
 
 from attendnets.cli import build_parser  # noqa: E402
 from attendnets.cli.train import config_from_args  # noqa: E402
-from attendnets.registry import PRESETS, is_attendnet, load_preset  # noqa: E402
+from attendnets.files import as_json_data  # noqa: E402
+from attendnets.registry import PRESETS, load_preset  # noqa: E402
 from attendnets.spec import ArchSpec  # noqa: E402
-from attendnets.training import INIT_OPTIONS, RECIPE_FIELDS, TrainConfig  # noqa: E402
+from attendnets.training import TrainConfig, recipe_changes  # noqa: E402
 
 BOTH = ("attendnet_b", "mobilenet_v1")
 # The seed-0 runs of attendnet_b that are benchmarks/imagenette.py's (the same command): with Kaiming's start,
@@ -122,16 +123,14 @@ def trained_with(words: list[str]) -> TrainConfig:
 
 def settings(rows: dict[str, dict[str, Any]], arm: str, base: str, model: str) -> dict[str, tuple[Any, Any]]:
     """What ``arm``'s runs of ``model`` changed against ``base``'s, from their recorded train commands:
-    ``{field: (arm's value, base's value)}`` over the recipe's fields (``model`` is the architecture: a preset's
-    name or an arm's spec file), the seed aside, and AttendNets' initialisation options only for AttendNets."""
+    ``{field: (arm's value, base's value)}`` (as JSON data) over the recipe's fields, as a resumed run's are checked
+    (``model`` is the architecture: a preset's name or an arm's spec file), the seed aside."""
     def config(name: str) -> TrainConfig:
         words = shlex.split(next(iter(rows[name][model]["seeds"].values()))["train_command"])
         return trained_with(words[words.index("train"):])
 
-    ours, theirs = config(arm), config(base)
-    ignored = {"seed", *(() if is_attendnet(model) else INIT_OPTIONS)}
-    return {f: (getattr(ours, f), getattr(theirs, f)) for f in RECIPE_FIELDS
-            if f not in ignored and getattr(ours, f) != getattr(theirs, f)}
+    ours = as_json_data(dataclasses.asdict(config(arm)))
+    return {f: (mine, other) for f, mine, other in recipe_changes(ours, config(base)) if f != "seed"}
 
 
 def chosen_now(model: str, field: str, values: dict[str, Any]) -> str | None:
@@ -144,7 +143,8 @@ def chosen_now(model: str, field: str, values: dict[str, Any]) -> str | None:
         changes = {arm: ARMS[arm].spec for arm in values}
         return next((arm for arm, change in changes.items() if change is None or change(preset) == preset), None)
     command = ["train", "--model", model, "--data", ".", "--output", "."]
-    recipe_value, default = (getattr(trained_with(words), field) for words in (command + recipe(0), command))
+    recipe_value, default = (as_json_data(getattr(trained_with(words), field))
+                             for words in (command + recipe(0), command))
     return next((arm for arm, value in values.items() if value == recipe_value == default), None)
 
 
@@ -155,7 +155,7 @@ def setting(field: str) -> str:
 def shown(field: str, value: Any) -> str:
     if field == "model":
         return "the preset" if value in PRESETS else "the arm's spec"
-    return " ".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
+    return " ".join(f"{v:g}" for v in value) if isinstance(value, list) else str(value)
 
 
 def library_now(rows: dict[str, dict[str, Any]]) -> list[str]:
