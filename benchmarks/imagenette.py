@@ -8,9 +8,11 @@ val), 15 epochs, AdamW lr 2e-3, weight decay 0.05, cosine schedule with 1 warm-u
 and the script is resumable: finished models are skipped and a killed one continues with ``--resume``. A
 finished run is recorded in the ledger (benchmarks/ledger.py: docs/results/runs/imagenette/<model>.json,
 committed), and the report is built from the records, so models trained on different machines, or by
-different invocations (``--models``), make up one comparison.
+different invocations (``--models``), make up one comparison. ``--seed N`` trains the same recipe at another
+seed into ``runs/imagenette-s<N>/``: the report gives each model's top-1 at every recorded seed and their spread.
 
     python benchmarks/imagenette.py --data ../shared/datasets/imagenette2-224   # or set ATTENDNETS_DATA
+    python benchmarks/imagenette.py --models attendnet_a --seed 1   # a second seed of one model
     python benchmarks/imagenette.py --models mobilenet_v2 --epochs 1 --subset 640  # smoke run
 
 The results (docs/results/imagenette.{md,json}) hold top-1 of the re-evaluation, parameters, MACs at
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import statistics
 import subprocess
@@ -31,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, run_context, run_main  # noqa: E402
-from ledger import load, record, record_path  # noqa: E402
+from ledger import LEDGER, RUNS, load, record, record_path  # noqa: E402
 
 from attendnets import training  # noqa: E402
 from attendnets.cli import build_parser  # noqa: E402
@@ -66,7 +69,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=EPOCHS, help=f"default {EPOCHS}")
     parser.add_argument("--subset", type=int, help="at most N images of each split (smoke runs)")
     parser.add_argument("--workers", type=int, default=2, help="data loader processes (default 2)")
-    parser.add_argument("--runs", type=Path, help="runs folder (default runs/imagenette, or runs/imagenette-smoke)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="train the recipe at this seed (default 0, the comparison's; others go to "
+                             "runs/imagenette-s<N> and into the report's seed spread)")
+    parser.add_argument("--runs", type=Path, help="runs folder (default runs/imagenette, runs/imagenette-s<N> for "
+                                                  "--seed N; smoke runs: the same ending in -smoke)")
     return parser.parse_args()
 
 
@@ -146,10 +153,10 @@ def resumed(run: Path) -> list[str]:
 
 def train(model: str, run: Path, args: argparse.Namespace, data: Path) -> list[str]:
     """Train ``model`` into ``run`` unless finished or recorded; returns the command (as first given)."""
-    command = train_command(model, run, data, RECIPE, args.workers, args.epochs)
+    command = train_command(model, run, data, recipe(args.seed), args.workers, args.epochs)
     if args.subset:
         command += ["--subset", str(args.subset)]
-    changes = recipe_changes(run, model, args.epochs, args.subset)
+    changes = recipe_changes(run, model, args.epochs, args.subset, seed=args.seed)
     if changes:
         sys.exit(f"{run} holds a run of another recipe ({'; '.join(changes)}): move it away or give --runs")
     if load(run) is not None or completed_epochs(run) >= args.epochs:
@@ -187,6 +194,26 @@ def summarise(model: str, recorded: dict) -> dict:
     }
 
 
+def seed_spread(models: list[str]) -> list[dict]:
+    """Each of ``models`` recorded at more than one seed (seed 0 in ``runs/imagenette``, seed N in
+    ``runs/imagenette-s<N>``): its top-1 in float and at 8 bits per seed, and the spread (max - min) of each."""
+    folders = {0: RUNS / "imagenette"}
+    for kept in LEDGER.glob("imagenette-s*"):
+        if (found := re.fullmatch(r"imagenette-s(\d+)", kept.name)) and int(found[1]):
+            folders[int(found[1])] = RUNS / kept.name
+    spread = []
+    for model in models:
+        seeds = {seed: r for seed, folder in sorted(folders.items()) if (r := load(folder / model)) is not None}
+        if len(seeds) > 1:
+            top1 = {seed: r["top1"] for seed, r in seeds.items()}
+            int8 = {seed: r["int8_top1"] for seed, r in seeds.items()}
+            spread.append({"model": model, "top1": top1, "int8_top1": int8,
+                           "top1_spread": max(top1.values()) - min(top1.values()),
+                           "int8_spread": max(int8.values()) - min(int8.values()),
+                           "train_commands": {seed: r["train_command"] for seed, r in seeds.items()}})
+    return spread
+
+
 def ordering(rows: dict[str, dict]) -> list[str]:
     """Plain statements on the paper's two claims, where both models of a claim were run."""
     statements = []
@@ -211,11 +238,13 @@ def slow_epochs(row: dict) -> list[int]:
     return [i + 1 for i, speed in enumerate(row["epoch_images_per_s"]) if speed < row["train_images_per_s"] / 2]
 
 
-def write_report(rows: dict[str, dict], context: dict, smoke: bool, out_dir: Path, args: argparse.Namespace) -> None:
+def write_report(rows: dict[str, dict], seeds: list[dict], context: dict, smoke: bool, out_dir: Path,
+                 args: argparse.Namespace) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     statements = ordering(rows)
     report = {**context, "smoke_run": smoke, "img_size": IMG_SIZE, "epochs": args.epochs, "subset": args.subset,
-              "recipe": shlex.join(RECIPE), "models": list(rows.values()), "ordering": statements}
+              "recipe": shlex.join(RECIPE), "models": list(rows.values()), "ordering": statements,
+              "seed_spread": seeds}
     atomic_write_json(out_dir / "imagenette.json", report)
     m = context["machine"]
     lines = [
@@ -251,8 +280,17 @@ def write_report(rows: dict[str, dict], context: dict, smoke: bool, out_dir: Pat
         lines += [f"- {r['model']}, recorded at commit `{at['commit'][:7]}` on {at['machine']['cpu']} ({at['date']}):",
                   f"  `{r['train_command']}`; `{r['eval_command']}`; `{r['quantize_command']}`"]
     lines += ["", "Training images/s is the median over epochs, data loading included; wall time sums the "
-              "epochs (training, evaluation and checkpoints), process start-up excluded. One seed per model: "
-              "the seed-to-seed spread of top-1 is not measured here."]
+              "epochs (training, evaluation and checkpoints), process start-up excluded. The table is seed 0 of "
+              "each model; " + ("the models also run at other seeds follow." if seeds else
+                                "the seed-to-seed spread of top-1 is not measured here.")]
+    if seeds:
+        lines += ["", "## Seed spread", "", "The same recipe at other seeds (`--seed N`, runs/imagenette-s<N>): "
+                  "top-1 of the best checkpoint, float / 8-bit weights.", "",
+                  "| model | top-1 per seed | 8-bit per seed | spread of top-1 (float / 8-bit) |", "|---|---|---|---|"]
+        lines += [f"| {s['model']} | {', '.join(f's{k}: {v:.2f}%' for k, v in s['top1'].items())} | "
+                  f"{', '.join(f's{k}: {v:.2f}%' for k, v in s['int8_top1'].items())} | "
+                  f"{s['top1_spread']:.2f} / {s['int8_spread']:.2f} points |" for s in seeds]
+        lines += ["", *[f"- {s['model']} seed {k}: `{c}`" for s in seeds for k, c in s["train_commands"].items() if k]]
     slowed = {r["model"]: slow_epochs(r) for r in rows.values()}
     if any(slowed.values()):
         lines += ["", "Epochs that ran at less than half their run's median speed (the machine was shared or the "
@@ -269,15 +307,18 @@ def main() -> int:
     data = resolve_data_dir(args.data).resolve()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     smoke = args.epochs != EPOCHS or args.subset is not None
-    runs = args.runs or ROOT / "runs" / ("imagenette-smoke" if smoke else "imagenette")
+    folder = "imagenette" + (f"-s{args.seed}" if args.seed else "") + ("-smoke" if smoke else "")
+    runs = args.runs or ROOT / "runs" / folder
     context = run_context()
     for m in models:
         record(runs / m, train(m, runs / m, args, data), data, args.workers)
-    # Every model recorded so far, wherever it was trained; docs/results holds the whole comparison only.
-    recorded = {m: r for m in dict.fromkeys([*MODELS, *models]) if (r := load(runs / m)) is not None}
-    rows = {m: summarise(m, r) for m, r in recorded.items()}
+    # Every model recorded so far at seed 0, wherever it was trained; docs/results holds the whole comparison only.
+    comparison = ROOT / "runs" / "imagenette" if args.seed and not smoke else runs
+    everyone = list(dict.fromkeys([*MODELS, *models]))
+    rows = {m: summarise(m, r) for m in everyone if (r := load(comparison / m)) is not None}
     partial = not set(MODELS) <= set(rows)
-    write_report(rows, context, smoke, runs if smoke or partial else RESULTS, args)
+    seeds = [] if smoke else seed_spread(everyone)
+    write_report(rows, seeds, context, smoke, comparison if smoke or partial else RESULTS, args)
     return 0
 
 

@@ -77,7 +77,7 @@ def test_every_driver_trains_the_comparison_recipe_alike(tmp_path, monkeypatch) 
     line for the same model and seed, apart from the run folder (and --resume when a killed run is left)."""
     data, given = tmp_path / "data", {}
     monkeypatch.setattr(imagenette.subprocess, "run", lambda command, **_: given.setdefault("imagenette", command))
-    args = argparse.Namespace(epochs=imagenette.EPOCHS, workers=2, subset=None)
+    args = argparse.Namespace(epochs=imagenette.EPOCHS, workers=2, subset=None, seed=0)
     imagenette.train("attendnet_b", tmp_path / "plain", args, data)
     study = arms.Study(presets.ARMS, tmp_path, data, workers=2)
     given["arms"] = study.train_command("init-torch", "attendnet_b", 0)  # the arm of the recipe as it is now

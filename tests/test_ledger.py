@@ -102,8 +102,33 @@ def test_imagenette_skips_a_recorded_run_and_checks_its_recipe_from_the_record(t
     ledger.record(run, [sys.executable], data, 2)
     (run / "config.json").unlink()
     monkeypatch.setattr(imagenette.subprocess, "run", lambda *a, **k: pytest.fail("a recorded run was trained again"))
-    imagenette.train("attendnet_b", run, argparse.Namespace(epochs=imagenette.EPOCHS, workers=2, subset=None), data)
+    args = argparse.Namespace(epochs=imagenette.EPOCHS, workers=2, subset=None, seed=0)
+    imagenette.train("attendnet_b", run, args, data)
     assert imagenette.recipe_changes(run, "attendnet_b", imagenette.EPOCHS, None, seed=1) == ["seed: 0 -> 1"]
+
+
+def test_imagenette_trains_another_seed_beside_the_comparison_and_reports_the_spread(tmp_path, monkeypatch,
+                                                                                   evaluations) -> None:
+    for module in (ledger, imagenette):
+        monkeypatch.setattr(module, "RUNS", tmp_path / "runs")
+        monkeypatch.setattr(module, "LEDGER", tmp_path / "ledger")
+    data = tmp_path / "data"
+    given = []
+    args = argparse.Namespace(epochs=imagenette.EPOCHS, workers=2, subset=None, seed=1)
+    with monkeypatch.context() as training:  # subprocess.run itself: the records below need git
+        training.setattr(imagenette.subprocess, "run", lambda command, **_: given.append(command))
+        imagenette.train("attendnet_b", tmp_path / "runs" / "imagenette-s1" / "attendnet_b", args, data)
+    assert given[0][given[0].index("--seed") + 1] == "1"
+    for seed, folder in ((0, "imagenette"), (1, "imagenette-s1")):
+        run = tmp_path / "runs" / folder / "attendnet_b"
+        finished_run(run, options=imagenette.recipe(seed))
+        ledger.record(run, [sys.executable], data, 2)
+    assert (tmp_path / "ledger" / "imagenette-s1" / "attendnet_b.json").is_file()
+    seed1 = ledger.record_path(tmp_path / "runs" / "imagenette-s1" / "attendnet_b")
+    seed1.write_text(json.dumps({**json.loads(seed1.read_text()), "top1": 74.5}))
+    (spread,) = imagenette.seed_spread(["attendnet_b", "mobilenet_v1"])  # mobilenet_v1: no run, no row
+    assert spread["top1"] == {0: 73.0, 1: 74.5} and spread["top1_spread"] == pytest.approx(1.5)
+    assert spread["int8_spread"] == 0.0
 
 
 def test_the_comparison_runs_seed0_is_imagenettes_for_both_studies(tmp_path) -> None:
