@@ -196,7 +196,8 @@ def summarise(model: str, recorded: dict) -> dict:
 
 def seed_spread(models: list[str]) -> list[dict]:
     """Each of ``models`` recorded at more than one seed (seed 0 in ``runs/imagenette``, seed N in
-    ``runs/imagenette-s<N>``): its top-1 in float and at 8 bits per seed, and the spread (max - min) of each."""
+    ``runs/imagenette-s<N>``): its top-1 in float and at 8 bits per seed, the spread (max - min) of each, and
+    each seed's train command and CPU."""
     folders = {0: RUNS / "imagenette"}
     for kept in LEDGER.glob("imagenette-s*"):
         if (found := re.fullmatch(r"imagenette-s(\d+)", kept.name)) and int(found[1]):
@@ -210,7 +211,8 @@ def seed_spread(models: list[str]) -> list[dict]:
             spread.append({"model": model, "top1": top1, "int8_top1": int8,
                            "top1_spread": max(top1.values()) - min(top1.values()),
                            "int8_spread": max(int8.values()) - min(int8.values()),
-                           "train_commands": {seed: r["train_command"] for seed, r in seeds.items()}})
+                           "train_commands": {seed: r["train_command"] for seed, r in seeds.items()},
+                           "cpus": {seed: r["recorded"]["machine"]["cpu"] for seed, r in seeds.items()}})
     return spread
 
 
@@ -290,7 +292,8 @@ def write_report(rows: dict[str, dict], seeds: list[dict], context: dict, smoke:
         lines += [f"| {s['model']} | {', '.join(f's{k}: {v:.2f}%' for k, v in s['top1'].items())} | "
                   f"{', '.join(f's{k}: {v:.2f}%' for k, v in s['int8_top1'].items())} | "
                   f"{s['top1_spread']:.2f} / {s['int8_spread']:.2f} points |" for s in seeds]
-        lines += ["", *[f"- {s['model']} seed {k}: `{c}`" for s in seeds for k, c in s["train_commands"].items() if k]]
+        lines += ["", *[f"- {s['model']} seed {k}, on {s['cpus'][k]}: `{c}`"
+                        for s in seeds for k, c in s["train_commands"].items() if k]]
     slowed = {r["model"]: slow_epochs(r) for r in rows.values()}
     if any(slowed.values()):
         lines += ["", "Epochs that ran at less than half their run's median speed (the machine was shared or the "
