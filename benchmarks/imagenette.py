@@ -194,25 +194,30 @@ def summarise(model: str, recorded: dict) -> dict:
     }
 
 
+def seed_runs(seed: int, smoke: bool = False) -> Path:
+    """The runs folder of the comparison recipe at ``seed``: ``runs/imagenette`` for seed 0, else
+    ``runs/imagenette-s<N>``; a smoke run's name ends in ``-smoke`` (its records stay out of the ledger)."""
+    return RUNS / ("imagenette" + (f"-s{seed}" if seed else "") + ("-smoke" if smoke else ""))
+
+
 def seed_spread(models: list[str]) -> list[dict]:
     """Each of ``models`` recorded at more than one seed (seed 0 in ``runs/imagenette``, seed N in
     ``runs/imagenette-s<N>``): its top-1 in float and at 8 bits per seed, the spread (max - min) of each, and
     each seed's train command and CPU."""
-    folders = {0: RUNS / "imagenette"}
-    for kept in LEDGER.glob("imagenette-s*"):
-        if (found := re.fullmatch(r"imagenette-s(\d+)", kept.name)) and int(found[1]):
-            folders[int(found[1])] = RUNS / kept.name
+    seeds = [0, *(int(found[1]) for kept in LEDGER.glob("imagenette-s*")
+                  if (found := re.fullmatch(r"imagenette-s(\d+)", kept.name)) and int(found[1]))]
+    folders = {seed: seed_runs(seed) for seed in sorted(seeds)}
     spread = []
     for model in models:
-        seeds = {seed: r for seed, folder in sorted(folders.items()) if (r := load(folder / model)) is not None}
-        if len(seeds) > 1:
-            top1 = {seed: r["top1"] for seed, r in seeds.items()}
-            int8 = {seed: r["int8_top1"] for seed, r in seeds.items()}
+        recorded = {seed: r for seed, folder in folders.items() if (r := load(folder / model)) is not None}
+        if len(recorded) > 1:
+            top1 = {seed: r["top1"] for seed, r in recorded.items()}
+            int8 = {seed: r["int8_top1"] for seed, r in recorded.items()}
             spread.append({"model": model, "top1": top1, "int8_top1": int8,
                            "top1_spread": max(top1.values()) - min(top1.values()),
                            "int8_spread": max(int8.values()) - min(int8.values()),
-                           "train_commands": {seed: r["train_command"] for seed, r in seeds.items()},
-                           "cpus": {seed: r["recorded"]["machine"]["cpu"] for seed, r in seeds.items()}})
+                           "train_commands": {seed: r["train_command"] for seed, r in recorded.items()},
+                           "cpus": {seed: r["recorded"]["machine"]["cpu"] for seed, r in recorded.items()}})
     return spread
 
 
@@ -310,13 +315,12 @@ def main() -> int:
     data = resolve_data_dir(args.data).resolve()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     smoke = args.epochs != EPOCHS or args.subset is not None
-    folder = "imagenette" + (f"-s{args.seed}" if args.seed else "") + ("-smoke" if smoke else "")
-    runs = args.runs or ROOT / "runs" / folder
+    runs = args.runs or seed_runs(args.seed, smoke)
     context = run_context()
     for m in models:
         record(runs / m, train(m, runs / m, args, data), data, args.workers)
     # Every model recorded so far at seed 0, wherever it was trained; docs/results holds the whole comparison only.
-    comparison = ROOT / "runs" / "imagenette" if args.seed and not smoke else runs
+    comparison = seed_runs(0) if args.seed and not smoke else runs
     everyone = list(dict.fromkeys([*MODELS, *models]))
     rows = {m: summarise(m, r) for m in everyone if (r := load(comparison / m)) is not None}
     partial = not set(MODELS) <= set(rows)
